@@ -1,0 +1,1 @@
+"""Thin Typer layer over the library: parse arguments, call library functions, print results."""

@@ -1,0 +1,25 @@
+"""Typed errors for people: the CLI prints them as one line and exits with code 2.
+
+Library code raises a subclass of :class:`VlmoError` whenever the *input* is wrong (a recipe key, a file, a
+sample). Internal bugs stay ordinary exceptions and keep their traceback.
+"""
+
+
+class VlmoError(Exception):
+    """Base class of every user-facing error."""
+
+
+class RecipeError(VlmoError):
+    """A recipe file or a command-line override is invalid."""
+
+
+class ConfigError(VlmoError):
+    """A model configuration is inconsistent."""
+
+
+class CheckpointError(VlmoError):
+    """A checkpoint or model directory cannot be read or does not match the architecture."""
+
+
+class DataError(VlmoError):
+    """A data source or a prepared dataset is unusable."""

@@ -1,0 +1,75 @@
+"""Analytic forward FLOPs (multiply-add = 2 FLOPs) and parameter counts per component, for ``model info`` and MFU."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from .config import ModelConfig
+
+
+def block_flops(cfg: ModelConfig, n: int) -> int:
+    """One MoME block over ``n`` tokens: qkv, scores, weighted sum, output projection, one expert FFN."""
+    d, h = cfg.embed_dim, cfg.mlp_hidden
+    return 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * h
+
+
+def path_flops(cfg: ModelConfig, text_len: int | None = None) -> dict[str, int]:
+    """Forward FLOPs per sample of each path (backbone only; the heads are negligible except MLM's decoder)."""
+    t = cfg.max_text_len if text_len is None else text_len
+    i = cfg.num_image_tokens
+    top = cfg.depth - cfg.vlffn_start
+    patch = 2 * (cfg.grid_size**2) * (3 * cfg.patch_size**2) * cfg.embed_dim
+    mlm_head = 2 * t * cfg.embed_dim * (cfg.embed_dim + cfg.vocab_size)
+    out = OrderedDict()
+    out["image (dual encoder)"] = patch + cfg.depth * block_flops(cfg, i)
+    out["text (dual encoder)"] = cfg.depth * block_flops(cfg, t)
+    out["pair (fusion encoder)"] = patch + cfg.depth * block_flops(cfg, t + i)
+    if top:
+        out["image VL branch (extra)"] = top * block_flops(cfg, i)
+        out["text VL branch (extra)"] = top * block_flops(cfg, t)
+    out["MLM head (per text)"] = mlm_head
+    # stage 3: 4 fusion passes (MLM, ITM positive, 2 ITM negatives), both unimodal passes with their VL branches
+    out["stage-3 step (per pair, forward)"] = (
+        4 * out["pair (fusion encoder)"] + out["image (dual encoder)"] + out["text (dual encoder)"]
+        + out.get("image VL branch (extra)", 0) + out.get("text VL branch (extra)", 0) + mlm_head
+    )
+    return out
+
+
+def parameter_groups(model: torch.nn.Module) -> dict[str, int]:
+    """Parameter count per component: attention, each expert family, embeddings, position table, each head."""
+    groups: dict[str, int] = OrderedDict()
+
+    def add(name: str, n: int) -> None:
+        groups[name] = groups.get(name, 0) + n
+
+    for name, p in model.named_parameters():
+        n = p.numel()
+        if name.startswith("transformer.blocks."):
+            part = name.split(".")[3]
+            if part in ("norm1", "attn", "gamma_1"):
+                add("shared attention", n)
+            elif part.endswith("_text"):
+                add("language experts (L-FFN)", n)
+            elif part.endswith("_imag"):
+                add("vision experts (V-FFN)", n)
+            elif part.endswith("_vl"):
+                add("vision-language experts (VL-FFN)", n)
+            else:
+                add("layer scale (gamma_2)", n)
+        elif name.startswith("transformer."):
+            add("patch embedding, image CLS, positions, final norm", n)
+        elif name.startswith("text_embeddings.") or name.startswith("token_type_embeddings."):
+            add("text and modality embeddings", n)
+        elif name == "relative_position_bias_table":
+            add("relative position table", n)
+        else:
+            head = name.split(".")[0]
+            if head in ("logit_vl_scale", "itc_vl_text_proj", "itc_vl_image_proj"):
+                head = "itc_vl (VL-branch projections, logit_vl_scale)"
+            elif head in ("logit_scale", "itc_text_proj", "itc_image_proj"):
+                head = "itc (projections, logit_scale)"
+            add(f"head: {head}", n)
+    return groups

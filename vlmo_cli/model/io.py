@@ -1,0 +1,137 @@
+"""Model directories: ``config.json`` + ``model.safetensors`` (+ tokenizer files), written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError, ConfigError
+from .config import ModelConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def atomic_directory(final: Path) -> Path:
+    """A fresh temporary sibling of ``final`` to write into before :func:`commit_directory`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def commit_directory(tmp: Path, final: Path) -> None:
+    """Move a fully written temporary directory into place (replacing ``final``)."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+def save_model(
+    model: torch.nn.Module,
+    directory: str | Path,
+    extra_files: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``model`` as a model directory. ``extra_files`` maps file names to source paths (tokenizer, …)."""
+    final = Path(directory)
+    tmp = atomic_directory(final)
+    try:
+        model.config.save(tmp / CONFIG_NAME)
+        save_file(state_dict_for_saving(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt", **(metadata or {})})
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / name)
+        commit_directory(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read weights ({exc})") from exc
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", strict: bool = True, **config_overrides):
+    """Load a model directory, a run checkpoint (``runs/x/checkpoints/step_N``) or an official ``.pt`` checkpoint.
+
+    ``config_overrides`` (e.g. ``image_size=384``) rebuild the model with position information resized.
+    """
+    from .vlmo import VLMo
+
+    path = Path(path)
+    if path.is_file():
+        from ..interop.official import load_official
+
+        return load_official(path, **config_overrides).to(device)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model directory or checkpoint file")
+    if (path / "latest").exists() and not (path / CONFIG_NAME).exists():
+        path = path / (path / "latest").read_text().strip()
+    if not (path / CONFIG_NAME).exists() or not (path / WEIGHTS_NAME).exists():
+        raise CheckpointError(f"{path}: not a model directory (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        cfg = ModelConfig.load(path / CONFIG_NAME)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+    state = read_weights(path / WEIGHTS_NAME)
+    if config_overrides:
+        from .resize import adapt_state_dict
+
+        new_cfg = cfg.replace(**config_overrides)
+        state = adapt_state_dict(state, cfg, new_cfg)
+        cfg = new_cfg
+    model = VLMo(cfg)
+    load_state_dict_checked(model, state, source=str(path), strict=strict)
+    return model.to(device)
+
+
+def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True):
+    """``load_state_dict`` whose mismatches become a :class:`CheckpointError` naming the keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys {_few(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys {_few(unexpected)}")
+    if shape:
+        problems.append(f"shape mismatches {_few(shape)}")
+    if problems:
+        raise CheckpointError(f"{source}: weights do not match the architecture: " + "; ".join(problems))
+    model.load_state_dict(state, strict=strict)
+    return missing, unexpected
+
+
+def _few(items: list[str], n: int = 8) -> str:
+    shown = ", ".join(items[:n])
+    return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)} in all)"
+
+
+def tokenizer_files(directory: str | Path) -> dict[str, str]:
+    """Tokenizer files present in ``directory`` (to carry them into another model directory)."""
+    d = Path(directory)
+    return {name: str(d / name) for name in TOKENIZER_FILES if (d / name).exists()}
+
+
+def describe(path: str | Path) -> dict:
+    return json.loads((Path(path) / CONFIG_NAME).read_text())

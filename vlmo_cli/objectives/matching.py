@@ -1,0 +1,62 @@
+"""Image-text matching with global hard negatives (official ``compute_itm_hardneg``, reference §8.4).
+
+For every local text one negative image, and for every local image one negative text, are drawn from the softmax of
+the plain ITC similarities over the batch gathered from all processes; the exact positive is excluded (optionally
+every caption of the same image as well, which the official code does not do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class HardNegatives:
+    image_index: torch.Tensor  # [B] index into the gathered pool of the negative image of each local text
+    text_index: torch.Tensor  # [B] index into the gathered pool of the negative text of each local image
+
+
+def sample_hard_negatives(
+    logits_i2t: torch.Tensor,
+    logits_t2i: torch.Tensor,
+    local_batch: int,
+    image_ids: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> HardNegatives:
+    """Draw one negative per local row from ``softmax(ITC logits)`` with the positive (diagonal) excluded.
+
+    Args:
+        logits_i2t, logits_t2i: gathered ITC logits, local rows first (as returned by the contrastive loss).
+        local_batch: number of local rows B.
+        image_ids: gathered image ids; when given, every pair showing the same image is excluded too.
+        generator: RNG for the draws.
+    """
+    with torch.no_grad():
+        w_i2t = F.softmax(logits_i2t[:local_batch].float(), dim=1)
+        w_t2i = F.softmax(logits_t2i[:local_batch].float(), dim=1)
+        exclude = torch.zeros_like(w_i2t, dtype=torch.bool)
+        exclude.fill_diagonal_(True)
+        if image_ids is not None:
+            exclude |= image_ids[:local_batch, None] == image_ids[None, :]
+        w_i2t = w_i2t.masked_fill(exclude, 0)
+        w_t2i = w_t2i.masked_fill(exclude, 0)
+        # rows whose every candidate is excluded (a pool of one image) fall back to uniform over the others
+        for w in (w_i2t, w_t2i):
+            empty = w.sum(1) <= 0
+            if empty.any():
+                w[empty] = (~exclude[empty]).float() + (exclude[empty].all(1, keepdim=True)).float()
+        image_index = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
+        text_index = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
+    return HardNegatives(image_index=image_index, text_index=text_index)
+
+
+def itm_loss(logits: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE over ``[positives (B), image negatives (B), text negatives (B)]`` rows; returns ``(loss, accuracy)``."""
+    labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(logits.device)
+    loss = F.cross_entropy(logits, labels)
+    with torch.no_grad():
+        acc = (logits.argmax(-1) == labels).float().mean()
+    return loss, acc
