@@ -43,12 +43,17 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused to load: the file needs arbitrary code to unpickle (only tensors and plain containers "
-            f"are accepted with weights_only=True): {str(exc).splitlines()[0]}"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({str(exc).splitlines()[0]})") from exc
+        needs = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(exc))
+        if needs:
+            raise CheckpointError(
+                f"{path}: refused to load: unpickling it would run code ({needs.group(1)}); only tensors and plain "
+                "containers are accepted (torch.load with weights_only=True)"
+            ) from exc
+        raise CheckpointError(f"{path}: corrupt, truncated or not a PyTorch checkpoint (unreadable pickle)") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, UnicodeDecodeError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: corrupt, truncated or not a PyTorch checkpoint ({reason})") from exc
     config = None
     if isinstance(obj, dict) and isinstance(obj.get("hyper_parameters"), dict):
         config = obj["hyper_parameters"].get("config")
@@ -71,6 +76,13 @@ def infer_config(state: dict[str, torch.Tensor], official: dict[str, Any] | None
             f"{source}: not a VLMo checkpoint (no transformer.cls_token / transformer.patch_embed.proj.weight); "
             f"first keys: {list(state)[:5]}"
         )
+    required = ["transformer.blocks.0.mlp_text.fc1.weight", "text_embeddings.position_embeddings.weight",
+                "text_embeddings.word_embeddings.weight", "token_type_embeddings.weight"]
+    if "relative_position_bias_table" not in state:
+        required.append("transformer.pos_embed")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{source}: weights do not match the VLMo architecture: missing keys [{', '.join(missing)}]")
     dim = state["transformer.cls_token"].shape[-1]
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"transformer\.blocks\.(\d+)\.", k))}
     depth = max(blocks) + 1 if blocks else 0

@@ -17,7 +17,7 @@ from ..errors import ConfigError
 
 #: Heads a model may carry. ``itc`` = the two plain projections and ``logit_scale``; ``itc_vl`` = the VL-branch
 #: projections and ``logit_vl_scale``; ``mim`` = our light masked-image-modelling head (pixel regression).
-KNOWN_HEADS = ("pooler", "itc", "itc_vl", "itm", "mlm", "vqa", "nlvr2", "mim")
+KNOWN_HEADS = ("pooler", "itc", "itc_vl", "itm", "mlm", "vqa", "nlvr2", "classify", "mim")
 
 
 @dataclass
@@ -44,7 +44,7 @@ class ModelConfig:
         layer_norm_eps: LayerNorm epsilon of the backbone.
         heads: heads present in the model (subset of :data:`KNOWN_HEADS`).
         vqa_num_answers: output size of the VQA head.
-        num_classes: output size of the NLVR2-style classification head (2 for NLVR2).
+        num_classes: output size of the ``classify`` head (users' own image-text classification).
         pad_token_id: id of ``[PAD]``.
         name: the registered size this config was derived from (informational).
     """

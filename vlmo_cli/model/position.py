@@ -100,6 +100,10 @@ def _not_a_knot_matrix(x: np.ndarray, x_new: np.ndarray) -> np.ndarray:
     A[0, 0], A[0, 1], A[0, 2] = h[1], -(h[0] + h[1]), h[0]
     A[-1, -3], A[-1, -2], A[-1, -1] = h[-1], -(h[-2] + h[-1]), h[-2]
     M2 = np.linalg.solve(A, B)  # second derivatives = M2 @ y
+    # FITPACK's evaluator (fpbisp, behind interp2d and RectBivariateSpline) clamps points outside the data range
+    # to the boundary instead of extrapolating the cubic; the geometric source grid often ends just short of the
+    # target offsets (by the bisection tolerance, or by whole units for small grids), so clamp the same way.
+    x_new = np.clip(x_new, x[0], x[-1])
     out = np.zeros((len(x_new), n))
     seg = np.clip(np.searchsorted(x, x_new, side="right") - 1, 0, n - 2)
     for r, (xv, k) in enumerate(zip(x_new, seg)):

@@ -142,7 +142,8 @@ class VLMo(nn.Module):
         self.itm_score = ITMHead(d) if "itm" in heads else None
         self.mlm_score = MLMHead(d, cfg.vocab_size) if "mlm" in heads else None
         self.vqa_classifier = classifier(d, 2 * d, cfg.vqa_num_answers) if "vqa" in heads else None
-        self.nlvr2_classifier = classifier(2 * d, 2 * d, cfg.num_classes) if "nlvr2" in heads else None
+        self.nlvr2_classifier = classifier(2 * d, 2 * d, 2) if "nlvr2" in heads else None
+        self.classify_head = classifier(d, 2 * d, cfg.num_classes) if "classify" in heads else None
         self.mim_head = MIMHead(d, cfg.patch_size) if "mim" in heads else None
         self.grad_checkpointing = False
         self.reset_parameters()
@@ -373,6 +374,9 @@ class VLMo(nn.Module):
 
     def vqa_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.vqa_classifier(pooled)
+
+    def classify_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classify_head(pooled)
 
     def nlvr2_logits(
         self,

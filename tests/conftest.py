@@ -1,0 +1,30 @@
+"""Test-suite setup: offline Hugging Face libraries, two CPU threads, and the optional shared reference folder.
+
+The environment variables are set at import time, before any test module imports ``datasets``/``transformers``,
+because those libraries read them once when they are first imported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` next to the repository (reference fixtures); the test is skipped when it is absent."""
+    path = (REPO_ROOT / ".." / "shared").resolve()
+    if not path.is_dir():
+        pytest.skip(f"shared reference folder {path} is absent (only present in the development checkout)")
+    return path

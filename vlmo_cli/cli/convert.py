@@ -1,0 +1,77 @@
+"""``vlmo convert official|beit``: foreign checkpoints → model directories (config.json + model.safetensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+convert_app = typer.Typer(
+    help="Convert official VLMo or BEiT checkpoints into model directories.", no_args_is_help=True
+)
+console = Console()
+
+
+def _summary(model, out: Path) -> None:
+    cfg = model.config
+    n = sum(p.numel() for p in model.parameters())
+    console.print(
+        f"wrote {out}: {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, VL-FFN from block {cfg.vlffn_start}, "
+        f"{'relative' if cfg.relative_position else 'absolute'} positions, {cfg.image_size}px, "
+        f"heads {cfg.heads}, {n:,} parameters",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@convert_app.command("official")
+def official(
+    checkpoint: Path = typer.Argument(..., help="official VLMo checkpoint (.pt: Lightning, DeepSpeed or bare)"),
+    out_dir: Path = typer.Argument(..., help="model directory to write"),
+    image_size: int = typer.Option(None, "--image-size", help="resize position information to this resolution"),
+    vocab: Path = typer.Option(None, "--vocab", help="vocab.txt or tokenizer.json to copy into the directory"),
+) -> None:
+    """Convert a microsoft/unilm VLMo checkpoint (architecture inferred from the weights)."""
+    from ..interop.official import convert_official
+    from ..model.io import load_model
+
+    out = convert_official(checkpoint, out_dir, image_size=image_size, vocab=vocab)
+    _summary(load_model(out), out)
+
+
+@convert_app.command("beit")
+def beit(
+    checkpoint: Path = typer.Argument(..., help="BEiT weights (unilm .pth or a timm beit_* state dict)"),
+    out_dir: Path = typer.Argument(..., help="model directory to write"),
+    size: str = typer.Option(..., "--size", help="VLMo size matching the BEiT weights (tiny, base, large, ...)"),
+    image_size: int = typer.Option(None, "--image-size", help="target resolution (relative table resized)"),
+    init_text_from: str = typer.Option("random", "--init-text-from", help="language experts: random | image"),
+    init_vl_from: str = typer.Option("random", "--init-vl-from", help="VL experts: random | image"),
+    no_vl_ffn: bool = typer.Option(False, "--no-vl-ffn", help="no VL experts (the official text-stage layout)"),
+    final_norm: str = typer.Option(
+        "auto", "--final-norm", help="auto: norm, else fc_norm | official: norm, else left at init"
+    ),
+    vocab: Path = typer.Option(None, "--vocab", help="vocab.txt or tokenizer.json to copy into the directory"),
+    seed: int = typer.Option(0, "--seed", help="seed of the parameters BEiT does not provide"),
+) -> None:
+    """Initialise VLMo's attention and vision experts from BEiT (stage-1 weights)."""
+    from ..interop.beit import convert_beit_to_dir
+    from ..model.config import get_config
+    from ..model.io import load_model
+
+    overrides = {}
+    if image_size:
+        overrides["image_size"] = image_size
+    cfg = get_config(size, **overrides)
+    if no_vl_ffn:
+        cfg = cfg.replace(vlffn_start=cfg.depth, heads=[h for h in cfg.heads if h != "itc_vl"])
+    out = convert_beit_to_dir(
+        checkpoint, out_dir, cfg, vocab=vocab, init_text=init_text_from, init_vl=init_vl_from,
+        final_norm=final_norm, seed=seed,
+    )
+    _summary(load_model(out), out)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(convert_app, name="convert")

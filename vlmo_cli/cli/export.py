@@ -1,0 +1,39 @@
+"""``vlmo export MODEL_DIR OUT --format safetensors|onnx``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+class ExportFormat(str, Enum):
+    safetensors = "safetensors"
+    onnx = "onnx"
+
+
+def export(
+    model_dir: Path = typer.Argument(..., help="model directory, run checkpoint, or official .pt checkpoint"),
+    out: Path = typer.Argument(..., help="output directory"),
+    format: ExportFormat = typer.Option(ExportFormat.safetensors, "--format", "-f", help="safetensors | onnx"),
+    title: str = typer.Option(None, "--title", help="title of the README card (safetensors)"),
+) -> None:
+    """Export a model: a clean model directory with a README card, or ONNX image and text towers."""
+    from ..interop.export import ONNX_TOLERANCE, export_onnx, export_safetensors
+
+    if format is ExportFormat.safetensors:
+        path = export_safetensors(model_dir, out, title=title)
+        console.print(f"wrote {path} (config.json, model.safetensors, README.md)", highlight=False, soft_wrap=True)
+        return
+    diffs = export_onnx(model_dir, out)
+    for name, diff in diffs.items():
+        console.print(f"{out / name}: max |onnxruntime - PyTorch| = {diff:.2e} (tolerance {ONNX_TOLERANCE:g})",
+                      highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

@@ -1,0 +1,443 @@
+"""Loaders: ``torch`` datasets over prepared directories, a resumable sharded sampler and :func:`build_dataloader`.
+
+Prepared splits are memory-mapped Arrow (``datasets.load_from_disk``); images are decoded in the DataLoader workers.
+An image that fails to decode at read time becomes ``None``, is dropped by the collator and counted in the batch's
+``num_skipped`` (and in the dataset's ``skipped`` counter in-process) - never a crash mid-run.
+
+Order is a pure function of ``(seed, epoch)``: :class:`ResumableSampler` draws one permutation per epoch, shards it
+``rank::world_size`` like ``DistributedSampler`` and can start after the first ``skip_batches`` batches, so a resumed
+run sees exactly the batches the interrupted one would have seen. Augmentation and masking randomness comes from the
+torch generator of each worker, which the DataLoader seeds from ``seed``, ``epoch`` and the worker id.
+
+Items per task (what :class:`~vlmo_cli.data.collate.Collator` receives):
+
+- ``pairs``: one item per (image, caption) pair -> ``pixel_values``, ``text``, ``image_index`` (row of the image).
+- ``text``: ``text`` (a text dataset, or every caption of a pairs dataset).
+- ``images``: ``pixel_values``, ``image_index`` (an images or pairs dataset).
+- ``vqa``: ``pixel_values``, ``text`` (question), ``labels``, ``scores``, ``question_id``, ``image_index``.
+- ``nlvr2``: ``pixel_values``, ``pixel_values_1``, ``text`` (sentence), ``label``.
+- ``classify``: one item per labelled (image, caption) -> ``pixel_values``, ``text``, ``label``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+
+from ..errors import DataError
+from .collate import TASKS, CollateConfig, Collator
+from .images import decode_rgb
+from .store import PreparedDataset, open_prepared
+from .tokenizer import TextTokenizer, load_tokenizer
+from .transforms import build_transform
+
+log = logging.getLogger(__name__)
+
+#: task -> prepared kinds it can read
+TASK_KINDS = {
+    "pairs": ("pairs",),
+    "text": ("text", "pairs"),
+    "images": ("images", "pairs"),
+    "vqa": ("vqa",),
+    "nlvr2": ("nlvr2",),
+    "classify": ("pairs",),
+}
+
+
+class _Images:
+    """Safe decoding + transform; counts and logs images that cannot be decoded."""
+
+    transform: Callable | None
+    skipped: int = 0
+
+    def _pixels(self, data: dict[str, Any] | None, where: str) -> torch.Tensor | None:
+        try:
+            if data is None or data.get("bytes") is None:
+                raise ValueError("no image bytes")
+            image = decode_rgb(data["bytes"])
+        except Exception as exc:  # corrupt bytes: skip, count, carry on
+            self.skipped += 1
+            if self.skipped <= 5:
+                log.warning("skipping unreadable image %s: %s", where, exc)
+            return None
+        return self.transform(image) if self.transform is not None else image
+
+
+def _caption_offsets(ds) -> np.ndarray:
+    """Cumulative caption counts per row (``offsets[r]`` = first flat index of row ``r``), computed in Arrow."""
+    import pyarrow.compute as pc
+
+    column = ds.data.column("captions")
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.concatenate([[0], np.cumsum(lengths)])
+
+
+class PairsDataset(Dataset, _Images):
+    """Image-caption pairs from a ``pairs`` dataset: one item per caption (``per_image=False``) or per image."""
+
+    def __init__(self, prepared: PreparedDataset, split: str, transform: Callable | None, *, per_image: bool = False,
+                 with_label: bool = False) -> None:
+        self.ds = prepared.split(split)
+        self.transform = transform
+        self.per_image = per_image
+        self.with_label = with_label
+        if with_label and "label" not in self.ds.column_names:
+            raise DataError(f"{prepared.root}: task 'classify' needs a 'label' column (prepare pairs with --label-col)")
+        self.offsets = _caption_offsets(self.ds)
+
+    def __len__(self) -> int:
+        return len(self.ds) if self.per_image else int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Flat caption index -> (row, caption number)."""
+        row = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return row, index - int(self.offsets[row])
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        row, cap = (index, 0) if self.per_image else self.locate(index)
+        item = self.ds[row]
+        pixels = self._pixels(item["image"], f"{item['image_id']} (row {row})")
+        if pixels is None:
+            return None
+        out = {"pixel_values": pixels, "text": item["captions"][cap], "image_index": row}
+        if self.with_label:
+            out["label"] = int(item["label"])
+        return out
+
+
+class CaptionsDataset(Dataset):
+    """Texts of a ``text`` dataset, or every caption of a ``pairs`` dataset (with the row of its image)."""
+
+    def __init__(self, prepared: PreparedDataset, split: str) -> None:
+        self.ds = prepared.split(split)
+        self.captions = prepared.kind == "pairs"
+        self.offsets = _caption_offsets(self.ds) if self.captions else None
+        if self.captions:
+            self.ds = self.ds.select_columns(["captions"])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1]) if self.captions else len(self.ds)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not self.captions:
+            return {"text": self.ds[index]["text"]}
+        row = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return {"text": self.ds[row]["captions"][index - int(self.offsets[row])], "image_index": row}
+
+
+class ImagesDataset(Dataset, _Images):
+    """Images of an ``images`` or ``pairs`` dataset, one item per row."""
+
+    def __init__(self, prepared: PreparedDataset, split: str, transform: Callable | None) -> None:
+        self.ds = prepared.split(split).select_columns(["image", "image_id"])
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        item = self.ds[index]
+        pixels = self._pixels(item["image"], f"{item['image_id']} (row {index})")
+        return None if pixels is None else {"pixel_values": pixels, "image_index": index}
+
+
+class VqaDataset(Dataset, _Images):
+    """VQA questions; the image comes from the split's image table (``image_index`` = its table row)."""
+
+    def __init__(self, prepared: PreparedDataset, split: str, transform: Callable | None) -> None:
+        self.ds = prepared.split(split)
+        self.images = prepared.image_table(split)
+        self.transform = transform
+        parts = [p for p in split.split("+") if p]
+        offsets = prepared.image_row_offsets(split)
+        sizes = [prepared.manifest["splits"][p] for p in parts]
+        self.row_offset = np.repeat(np.asarray(offsets, dtype=np.int64), sizes)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        item = self.ds[index]
+        image_row = int(item["image_row"]) + int(self.row_offset[index])
+        pixels = self._pixels(self.images[image_row]["image"], f"image {item['image_id']}")
+        if pixels is None:
+            return None
+        return {"pixel_values": pixels, "text": item["question"], "labels": item["labels"], "scores": item["scores"],
+                "question_id": int(item["question_id"]), "image_index": image_row}
+
+
+class Nlvr2Dataset(Dataset, _Images):
+    """NLVR2 statements with their two images."""
+
+    def __init__(self, prepared: PreparedDataset, split: str, transform: Callable | None) -> None:
+        self.ds = prepared.split(split)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        item = self.ds[index]
+        left = self._pixels(item["image_0"], f"{item['identifier']} image_0")
+        right = self._pixels(item["image_1"], f"{item['identifier']} image_1") if left is not None else None
+        if left is None or right is None:
+            return None
+        return {"pixel_values": left, "pixel_values_1": right, "text": item["sentence"], "label": int(item["label"])}
+
+
+class ResumableSampler(Sampler[int]):
+    """Deterministic, shardable, resumable index order.
+
+    Args:
+        size: dataset length.
+        shuffle: permute per epoch (``torch.randperm`` seeded with ``seed + epoch``), else keep order.
+        seed: base seed.
+        rank / world_size: this process takes ``order[rank::world_size]`` (the order is padded by wrapping, as
+            ``DistributedSampler`` does, so every rank gets the same count).
+        drop_last: with ``batch_size``, drop the incomplete last batch of this rank.
+        batch_size: only used for ``drop_last`` and ``skip_batches``.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 1, drop_last: bool = False) -> None:
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} must lie in [0, world_size={world_size})")
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Select the epoch's permutation and resume after its first ``skip_batches`` batches."""
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        per_rank = -(-self.size // self.world_size) if self.size else 0
+        total = per_rank * self.world_size
+        if total > len(order) and order:
+            order += (order * (total // len(order) + 1))[: total - len(order)]
+        mine = order[self.rank:total:self.world_size]
+        if self.drop_last:
+            mine = mine[: len(mine) // self.batch_size * self.batch_size]
+        return mine[self.skip_batches * self.batch_size:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return len(self.indices())
+
+
+class StreamingPairs(IterableDataset, _Images):
+    """Image-caption pairs read straight from webdataset tar shards (no prepare step), for corpora too large to copy.
+
+    Shards are shuffled per epoch (seeded) and split over ``rank``/``world_size`` and DataLoader workers; a shuffle
+    buffer mixes samples within the stream. ``image_index`` is unique per sample (shard number * 10^7 + position).
+    """
+
+    def __init__(self, shards, transform: Callable | None, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle_buffer: int = 1000, shuffle: bool = True) -> None:
+        from .sources.webdataset import list_shards
+
+        self.shards = list_shards(shards)
+        self.transform = transform
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shuffle_buffer = shuffle_buffer if shuffle else 0
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _my_shards(self) -> list[tuple[int, Path]]:
+        order = list(enumerate(self.shards))
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(order)
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        total, me = self.world_size * workers, self.rank * workers + worker
+        return order[me::total]
+
+    def _samples(self) -> Iterator[dict[str, Any]]:
+        from .sources.webdataset import iter_shard_samples, sample_to_pair
+
+        for number, shard in self._my_shards():
+            for position, (key, members) in enumerate(iter_shard_samples(shard)):
+                image, captions, reason = sample_to_pair(members)
+                if reason is not None:
+                    self.skipped += 1
+                    continue
+                pixels = self._pixels({"bytes": image}, f"{shard.name}:{key}")
+                if pixels is None:
+                    continue
+                yield {"pixel_values": pixels, "text": captions[0], "image_index": number * 10_000_000 + position}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if not self.shuffle_buffer:
+            yield from self._samples()
+            return
+        info = get_worker_info()
+        rng = random.Random(hash((self.seed, self.epoch, self.rank, info.id if info else 0)))
+        buffer: list[dict[str, Any]] = []
+        for sample in self._samples():
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            slot = rng.randrange(len(buffer))
+            buffer[slot], sample = sample, buffer[slot]
+            yield sample
+        rng.shuffle(buffer)
+        yield from buffer
+
+
+def resolve_tokenizer(tokenizer: TextTokenizer | str | Path | None, prepared: PreparedDataset | None
+                      ) -> TextTokenizer | None:
+    """A tokenizer object from an object, a path, or the one stored in the prepared directory."""
+    if isinstance(tokenizer, TextTokenizer):
+        return tokenizer
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    if prepared is not None and prepared.tokenizer_path is not None:
+        return load_tokenizer(prepared.tokenizer_path)
+    return None
+
+
+def _flip_default(task: str, prepared: PreparedDataset | None) -> bool:
+    if prepared is not None and "flip_ok" in prepared.manifest:
+        return bool(prepared.manifest["flip_ok"])
+    return task not in ("vqa", "nlvr2")
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_dataset(path: str | Path, split: str, task: str, *, image_size: int = 224, train: bool = True,
+                  randaug: bool = True, hflip: bool | None = None, per_image: bool = False) -> Dataset:
+    """The torch dataset of ``task`` over split ``split`` of a prepared directory (see the module docstring)."""
+    if task not in TASK_KINDS:
+        raise DataError(f"unknown task {task!r}; allowed: {list(TASK_KINDS)}")
+    prepared = open_prepared(path, TASK_KINDS[task])
+    flip = _flip_default(task, prepared) if hflip is None else hflip
+    transform = build_transform(image_size, train, randaug=randaug, hflip=flip) if TASKS[task][0] else None
+    if task in ("pairs", "classify"):
+        return PairsDataset(prepared, split, transform, per_image=per_image, with_label=task == "classify")
+    if task == "text":
+        return CaptionsDataset(prepared, split)
+    if task == "images":
+        return ImagesDataset(prepared, split, transform)
+    if task == "vqa":
+        return VqaDataset(prepared, split, transform)
+    return Nlvr2Dataset(prepared, split, transform)
+
+
+def build_dataloader(path: str | Path, split: str, task: str, *, tokenizer: TextTokenizer | str | Path | None = None,
+                     image_size: int = 224, batch_size: int = 32, train: bool = True, seed: int = 0,
+                     workers: int = 0, rank: int = 0, world_size: int = 1, epoch: int = 0, skip_batches: int = 0,
+                     max_text_len: int = 40, padding: str = "max_length", mlm: bool = False,
+                     mlm_probability: float = 0.15, mlm_budget: str = "padded", mim: bool = False,
+                     patch_size: int = 16, mim_ratio: float = 0.4, randaug: bool = True, hflip: bool | None = None,
+                     drop_last: bool | None = None, shuffle: bool | None = None, streaming: bool = False,
+                     pin_memory: bool = False) -> DataLoader:
+    """A DataLoader yielding collated batches (keys: :mod:`vlmo_cli.data.collate`).
+
+    Args:
+        path: prepared directory (or, with ``streaming=True``, webdataset shards: a folder, glob or file).
+        split: split name; ``"a+b"`` concatenates splits.
+        task: one of ``pairs``, ``text``, ``images``, ``vqa``, ``nlvr2``, ``classify``.
+        tokenizer: object or path; default: the prepared directory's ``tokenizer/``.
+        image_size: model input side.
+        batch_size: per-process batch size.
+        train: training transforms, shuffling and ``drop_last`` (each overridable); else eval transforms, in order.
+        seed / epoch / skip_batches: the order is a function of ``(seed, epoch)``; ``skip_batches`` resumes
+            mid-epoch. Change the epoch later with ``loader.sampler.set_epoch(epoch, skip_batches)``.
+        workers: DataLoader worker processes.
+        rank / world_size: shard the data over processes.
+        max_text_len / padding / mlm* / mim* / patch_size: collation (:class:`~vlmo_cli.data.collate.CollateConfig`).
+        randaug / hflip: train augmentation; ``hflip=None`` follows the manifest's ``flip_ok`` (off for vqa/nlvr2).
+    """
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; allowed: {list(TASKS)}")
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if workers > 0:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    shuffle = train if shuffle is None else shuffle
+    drop_last = train if drop_last is None else drop_last
+    prepared = None if streaming else open_prepared(path, TASK_KINDS.get(task))
+    tok = resolve_tokenizer(tokenizer, prepared)
+    config = CollateConfig(max_text_len=max_text_len, padding=padding, mlm=mlm, mlm_probability=mlm_probability,
+                           mlm_budget=mlm_budget, mim=mim, mim_ratio=mim_ratio, grid=image_size // patch_size,
+                           num_answers=len(prepared.answers) if task == "vqa" and prepared else None)
+    collate = Collator(task, tok, config)
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    common = dict(batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                  worker_init_fn=_seed_worker, generator=generator, persistent_workers=False)
+    if streaming:
+        if task != "pairs":
+            raise DataError("streaming webdataset shards supports task 'pairs' only")
+        transform = build_transform(image_size, train, randaug=randaug, hflip=True if hflip is None else hflip)
+        dataset = StreamingPairs(path, transform, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle)
+        dataset.set_epoch(epoch)
+        return DataLoader(dataset, drop_last=drop_last, **common)
+    dataset = build_dataset(path, split, task, image_size=image_size, train=train, randaug=randaug, hflip=hflip)
+    sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                               batch_size=batch_size, drop_last=drop_last)
+    sampler.set_epoch(epoch, skip_batches)
+    return DataLoader(dataset, sampler=sampler, **common)
+
+
+@dataclass
+class RetrievalEval:
+    """What image-text retrieval evaluation needs.
+
+    Attributes:
+        images: batches of ``pixel_values`` + ``image_ids`` (row index of each image), in row order.
+        texts: batches of ``input_ids`` + ``attention_mask`` + ``image_ids`` (the image each caption describes),
+            in caption order.
+        text_to_image: ``[num_captions]`` int64, the image row of every caption (multi-caption ground truth).
+        image_names: ``image_id`` strings of the rows.
+    """
+
+    images: DataLoader
+    texts: DataLoader
+    text_to_image: torch.Tensor
+    image_names: list[str]
+
+
+def build_retrieval_eval(path: str | Path, split: str = "test", *, tokenizer: TextTokenizer | str | Path | None = None,
+                         image_size: int = 224, batch_size: int = 64, workers: int = 0, max_text_len: int = 40
+                         ) -> RetrievalEval:
+    """Image and caption loaders (eval transforms, fixed order) over a ``pairs`` split for retrieval metrics."""
+    prepared = open_prepared(path, "pairs")
+    tok = resolve_tokenizer(tokenizer, prepared)
+    if tok is None:
+        raise DataError(f"{path}: no tokenizer given and none stored in the prepared directory")
+    images = ImagesDataset(prepared, split, build_transform(image_size, False))
+    texts = CaptionsDataset(prepared, split)
+    offsets = texts.offsets
+    text_to_image = torch.from_numpy(np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)).astype(np.int64))
+    config = CollateConfig(max_text_len=max_text_len)
+    common = dict(batch_size=batch_size, num_workers=workers, shuffle=False)
+    return RetrievalEval(
+        images=DataLoader(images, collate_fn=Collator("images", None, config), **common),
+        texts=DataLoader(texts, collate_fn=Collator("text", tok, config), **common),
+        text_to_image=text_to_image,
+        image_names=list(prepared.split(split)["image_id"]),
+    )

@@ -1,0 +1,66 @@
+"""Helpers shared by the pair readers: column lookup, grouping captions per image, seeded validation hold-out."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterable
+
+from ...errors import DataError
+
+IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_name", "filename", "path", "img", "url", "jpg")
+CAPTION_COLUMNS = ("caption", "captions", "text", "sentence", "sentences", "raw", "txt")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def pick_column(available: Iterable[str], wanted: str | None, candidates: tuple[str, ...], what: str, where: str) -> str:
+    available = list(available)
+    if wanted is not None:
+        if wanted not in available:
+            raise DataError(f"{where}: no {what} column {wanted!r}; columns are {available}")
+        return wanted
+    for name in candidates:
+        if name in available:
+            return name
+    raise DataError(f"{where}: cannot tell the {what} column among {available}; pass --{what}-col")
+
+
+def as_captions(value: Any) -> list[str]:
+    """A caption cell (string or list of strings) -> non-empty stripped captions."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        value = [str(value)]
+    return [str(v).strip() for v in value if v is not None and str(v).strip()]
+
+
+def holdout(keys: list[str], fraction: float, seed: int) -> set[str]:
+    """A seeded subset of ``keys`` of size round(fraction * len) (at least 1 when fraction > 0)."""
+    if fraction <= 0 or not keys:
+        return set()
+    if fraction >= 1:
+        raise DataError(f"val fraction must lie in [0, 1), got {fraction}")
+    n = max(1, round(fraction * len(keys)))
+    return set(random.Random(seed).sample(sorted(keys), n))
+
+
+class LabelMap:
+    """Class labels of a labelled pairs dataset: integers kept as they are, strings mapped to sorted ids."""
+
+    def __init__(self, values: list[Any], names: list[str] | None = None) -> None:
+        if names is not None:
+            self.names = list(names)
+            self.ids = None
+        elif all(isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit()) for v in values):
+            ints = sorted({int(v) for v in values})
+            if ints and ints[0] < 0:
+                raise DataError(f"integer labels must be >= 0, found {ints[0]}")
+            self.names = [str(i) for i in range(ints[-1] + 1 if ints else 0)]
+            self.ids = None
+        else:
+            self.names = sorted({str(v) for v in values})
+            self.ids = {name: i for i, name in enumerate(self.names)}
+
+    def __call__(self, value: Any) -> int:
+        return int(value) if self.ids is None else self.ids[str(value)]

@@ -1,0 +1,65 @@
+"""COCO and Flickr30k Karpathy splits (``dataset_coco.json`` / ``dataset_flickr30k.json``) -> kind ``pairs``.
+
+One row per image with *every* caption (``sentences[*].raw``; a few COCO images have more than five). Splits are the
+file's own ``train`` / ``restval`` / ``val`` / ``test``; read ``"train+restval"`` for the usual 113k training set.
+Image path: ``<images>/<filepath>/<filename>`` for COCO, ``<images>/<filename>`` for Flickr30k (a ``filepath`` field
+is honoured when present; for COCO ``<images>/<filename>`` is tried too, for flat folders).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from ...errors import DataError
+from .base import Record, SkipLog, Source, load_json
+
+
+class KarpathySource(Source):
+    kind = "pairs"
+
+    def __init__(self, annotations: str | Path, images: str | Path, *, dataset: str = "coco",
+                 splits: tuple[str, ...] | None = None) -> None:
+        self.annotations = Path(annotations)
+        self.images = Path(images)
+        self.dataset = dataset
+        self.format = f"{dataset}-karpathy"
+        self.splits = splits
+        data = load_json(self.annotations, f"a Karpathy split file ({'dataset_coco.json' if dataset == 'coco' else 'dataset_flickr30k.json'})")
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+            raise DataError(f"{self.annotations}: expected an object with an 'images' list (Karpathy split format)")
+        self.entries: list[Any] = data["images"]
+        if not self.images.is_dir():
+            raise DataError(f"{self.images}: image folder not found")
+
+    def describe(self) -> dict[str, Any]:
+        return {"format": self.format, "annotations": str(self.annotations), "images": str(self.images),
+                "splits": list(self.splits) if self.splits else None}
+
+    def estimate(self) -> int:
+        return len(self.entries)
+
+    def _path(self, entry: dict[str, Any]) -> Path:
+        filename = entry["filename"]
+        if entry.get("filepath"):
+            nested = self.images / entry["filepath"] / filename
+            if nested.exists() or not (self.images / filename).exists():
+                return nested
+        return self.images / filename
+
+    def records(self, log: SkipLog) -> Iterator[Record]:
+        for index, entry in enumerate(self.entries):
+            where = f"{self.annotations.name}:images[{index}]"
+            if not isinstance(entry, dict) or "filename" not in entry or "split" not in entry:
+                log.add("?", where, "malformed entry: needs 'filename', 'split' and 'sentences'")
+                continue
+            split = str(entry["split"])
+            if self.splits and split not in self.splits:
+                continue
+            captions = [s["raw"].strip() for s in entry.get("sentences", []) if isinstance(s, dict) and str(s.get("raw", "")).strip()]
+            where = f"{self.annotations.name}:{entry['filename']}"
+            if not captions:
+                log.add(split, where, "no captions")
+                continue
+            yield Record(split, {"image_id": str(entry["filename"]), "captions": captions, "split": split},
+                         {"image": self._path(entry)}, where)

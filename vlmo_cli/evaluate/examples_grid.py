@@ -1,0 +1,183 @@
+"""A PNG grid of top retrievals: one row per query, the query first, then its best K results with their scores.
+
+Recall numbers say how often the right item is near the top; looking at the top of a few rankings says why
+(near-duplicates, captions that fit several images, a wrong ground truth). Captions are drawn with PIL's default
+font so the grid needs no font files.
+
+Cells: a query or a result is a ``PIL.Image.Image``, encoded image ``bytes``, an image file path
+(``pathlib.Path``), or a ``str`` caption (drawn as text). Text -> image retrieval puts a caption in the query cell
+and images in the result cells; image -> text retrieval the other way round.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageDraw, ImageFont
+
+    Cell = Union[str, bytes, Path, Image.Image]
+else:
+    Cell = object
+
+PAD = 4
+CAPTION_LINES = 3
+HIT_COLOUR = (40, 160, 60)
+MISS_COLOUR = (200, 50, 50)
+QUERY_COLOUR = (60, 90, 200)
+BACKGROUND = (255, 255, 255)
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def _line_height(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
+    left, top, right, bottom = font.getbbox("Ag|")
+    return int(bottom - min(top, 0)) + 2
+
+
+def grid_size(num_queries: int, k: int, *, tile_size: int = 160) -> tuple[int, int]:
+    """The (width, height) in pixels of the grid :func:`save_retrieval_grid` draws for these arguments.
+
+    Each cell is a ``tile_size`` square above ``CAPTION_LINES`` lines of text; cells are separated and surrounded
+    by ``PAD`` pixels.
+    """
+    cell_height = tile_size + CAPTION_LINES * _line_height(_font())
+    width = (k + 1) * (tile_size + PAD) + PAD
+    height = num_queries * (cell_height + PAD) + PAD
+    return width, height
+
+
+def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int, max_lines: int) -> list[str]:
+    """Greedy word wrap to ``width`` pixels; the last kept line ends with an ellipsis if text was cut."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}".strip()
+        if font.getlength(candidate) <= width or not current:
+            current = candidate
+        else:
+            lines.append(current)
+            current = word
+    if current:
+        lines.append(current)
+    lines = [_fit(line, font, width) for line in lines]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = _fit(lines[-1] + " ...", font, width)
+    return lines
+
+
+def _fit(line: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
+    """Cut a line that is too wide (e.g. one very long word) to ``width`` pixels, ending it with '...'."""
+    if font.getlength(line) <= width:
+        return line
+    while line and font.getlength(line + "...") > width:
+        line = line[:-1]
+    return line + "..."
+
+
+def _as_image(cell: Cell) -> Image.Image | None:
+    from PIL import Image
+
+    if isinstance(cell, Image.Image):
+        return cell
+    if isinstance(cell, (bytes, bytearray, memoryview)):
+        return Image.open(io.BytesIO(bytes(cell)))
+    if isinstance(cell, Path):
+        return Image.open(cell)
+    return None
+
+
+def _draw_cell(
+    canvas: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    cell: Cell,
+    caption: str,
+    origin: tuple[int, int],
+    tile_size: int,
+    border: tuple[int, int, int] | None,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+) -> None:
+    x, y = origin
+    line_height = _line_height(font)
+    image = _as_image(cell)
+    if image is not None:
+        thumb = image.convert("RGB")
+        thumb.thumbnail((tile_size, tile_size))
+        canvas.paste(thumb, (x + (tile_size - thumb.width) // 2, y + (tile_size - thumb.height) // 2))
+    else:  # a caption fills the tile as wrapped text on a light panel
+        draw.rectangle([x, y, x + tile_size - 1, y + tile_size - 1], fill=(240, 240, 240))
+        lines = _wrap(str(cell), font, tile_size - 2 * PAD, max(1, (tile_size - 2 * PAD) // line_height))
+        for row, line in enumerate(lines):
+            draw.text((x + PAD, y + PAD + row * line_height), line, fill=(0, 0, 0), font=font)
+    if border is not None:
+        draw.rectangle([x, y, x + tile_size - 1, y + tile_size - 1], outline=border, width=3)
+    for row, line in enumerate(_wrap(caption, font, tile_size, CAPTION_LINES)):
+        draw.text((x, y + tile_size + row * line_height), line, fill=(0, 0, 0), font=font)
+
+
+def save_retrieval_grid(
+    queries: Sequence[Cell],
+    results: Sequence[Sequence[Cell]],
+    scores: Sequence[Sequence[float]],
+    path: str | Path,
+    *,
+    hits: Sequence[Sequence[bool]] | None = None,
+    query_labels: Sequence[str] | None = None,
+    tile_size: int = 160,
+) -> Path:
+    """Draw the top results of ``len(queries)`` queries into one PNG and write it to ``path``.
+
+    Args:
+        queries: one cell per row (a caption for text -> image retrieval, an image for image -> text).
+        results: per query, its K best results, best first (rows shorter than the longest leave blank cells).
+        scores: per query, the scores of those results (printed under each result).
+        path: the PNG to write (parent folders are created).
+        hits: per query and result, whether it is a ground-truth match (green frame) or not (red frame).
+        query_labels: text under each query cell (default ``"query i"``).
+        tile_size: side of each square tile in pixels.
+
+    Returns:
+        The path written; the image is ``grid_size(len(queries), K, tile_size=tile_size)`` pixels.
+    """
+    from PIL import Image, ImageDraw
+
+    if len(results) != len(queries) or len(scores) != len(queries):
+        raise ValueError(
+            f"need one result row and one score row per query: {len(queries)} queries, "
+            f"{len(results)} result rows, {len(scores)} score rows"
+        )
+    if hits is not None and len(hits) != len(queries):
+        raise ValueError(f"hits has {len(hits)} rows for {len(queries)} queries")
+    if tile_size < 16:
+        raise ValueError(f"tile_size must be >= 16 pixels, got {tile_size}")
+    k = max((len(row) for row in results), default=0)
+    font = _font()
+    width, height = grid_size(len(queries), k, tile_size=tile_size)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    cell_height = tile_size + CAPTION_LINES * _line_height(font)
+    for row, query in enumerate(queries):
+        y = PAD + row * (cell_height + PAD)
+        label = query_labels[row] if query_labels is not None else f"query {row}"
+        _draw_cell(canvas, draw, query, label, (PAD, y), tile_size, QUERY_COLOUR, font)
+        if len(scores[row]) < len(results[row]):
+            raise ValueError(f"query {row}: {len(results[row])} results but {len(scores[row])} scores")
+        for rank, result in enumerate(results[row]):
+            border = None
+            if hits is not None:
+                border = HIT_COLOUR if hits[row][rank] else MISS_COLOUR
+            x = PAD + (rank + 1) * (tile_size + PAD)
+            caption = f"#{rank + 1}  {float(scores[row][rank]):.3f}"
+            _draw_cell(canvas, draw, result, caption, (x, y), tile_size, border, font)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(target, format="PNG")
+    return target

@@ -1,0 +1,414 @@
+"""VQA accuracy exactly as the official evaluator computes it, plus the submission file and VLMo's training metric.
+
+The reference is ``GT-Vision-Lab/VQA PythonEvaluationTools/vqaEvaluation/vqaEval.py`` (master; LAVIS and ALBEF
+carry verbatim copies). What it does per question, reproduced here on purpose, quirks included:
+
+1. The prediction: ``\\n`` and ``\\t`` become spaces, outer whitespace is stripped, then it is **always** passed
+   through ``processPunctuation`` and ``processDigitArticle``.
+2. The ground-truth answers are only touched when they are not all identical (``len(set(gtAnswers)) > 1``), and
+   then only by ``processPunctuation`` -- never lowercased, never stripped, no number words, no articles. With
+   the official annotations (already lowercase, digits, no articles) this is harmless; on other data a correct
+   prediction such as ``"two"`` against ground truth ``"two"`` scores 0 because the prediction became ``"2"``.
+   (``reference/ecosystem.md`` §5.2 describes steps 1-2 differently; the code above is what the source says.)
+3. ``processPunctuation``: for each of 21 characters, if the *original* text has it followed or preceded by a
+   space, or has a comma between two digits anywhere, the character is deleted, otherwise replaced by a space.
+   Then periods not followed by a digit are deleted by ``(?!<=\\d)(\\.)(?!\\d)`` -- a malformed look-behind that
+   really is only the look-ahead -- and ``re.UNICODE`` is passed in the *count* position, so at most 32 periods
+   are removed.
+4. ``processDigitArticle``: lowercase, split on whitespace, number words ``none, zero .. ten`` -> digits, drop
+   ``a, an, the``, map contraction typos (``dont`` -> ``don't``; the capitalised keys such as ``Im`` can never
+   match after lowercasing), join with single spaces.
+5. Accuracy: for each ground-truth answer, ``min(1, matches among the *other* answers / 3)``, averaged. "Other" is
+   decided by comparing the answer *dicts* (which differ by ``answer_id`` in official files). By the number k of
+   matching answers: 0, 0.3, 0.6, 0.9, 1.0 for k = 0, 1, 2, 3, >=4.
+6. ``overall`` and per answer type / question type: ``round(100 * mean, 2)`` (Python 3 ``round``).
+
+Results files are checked like ``vqa.py::loadRes``: the set of question ids must equal the annotated one; for a
+duplicated id the last entry wins (its ``createIndex`` builds a dict).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlmo_cli.errors import DataError
+from vlmo_cli.evaluate.report import write_json
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+EVALUATOR = "GT-Vision-Lab/VQA vqaEval.py (master), re-implemented with its quirks"
+
+# --- tables of vqaEval.py (the contraction table is copied as data, typos and dead capitalised keys included) ---
+CONTRACTIONS: dict[str, str] = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
+    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've",
+    "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's",
+    "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've",
+    "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
+    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's",
+    "shouldve": "should've", "shouldnt": "shouldn't", "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd", "somebodyd've": "somebody'd've",
+    "somebody'dve": "somebody'd've", "somebodyll": "somebody'll", "somebodys": "somebody's",
+    "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
+    "somethingd've": "something'd've", "something'dve": "something'd've", "somethingll": "something'll",
+    "thats": "that's", "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
+    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas",
+    "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't",
+    "whatll": "what'll", "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
+    "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
+    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
+    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll",
+    "y'allll": "y'all'll", "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
+    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're",
+    "youve": "you've",
+}  # fmt: skip
+NUMBER_WORDS: dict[str, str] = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+ARTICLES: frozenset[str] = frozenset({"a", "an", "the"})
+PUNCTUATION: tuple[str, ...] = (
+    ";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!",
+)  # fmt: skip
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # malformed look-behind kept as in the original
+_COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(\,)(\d)")
+_PERIOD_STRIP_COUNT = int(re.UNICODE)  # the original passes re.UNICODE (= 32) as Pattern.sub's count
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def process_punctuation(text: str) -> str:
+    """``vqaEval.processPunctuation``: delete or space out punctuation, then strip (up to 32) periods."""
+    out = text
+    digit_comma = _COMMA_BETWEEN_DIGITS.search(text) is not None
+    for p in PUNCTUATION:
+        if (p + " " in text or " " + p in text) or digit_comma:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def process_digit_article(text: str) -> str:
+    """``vqaEval.processDigitArticle``: lowercase, number words -> digits, drop articles, fix contractions."""
+    words = [NUMBER_WORDS.get(word, word) for word in text.lower().split()]
+    words = [word for word in words if word not in ARTICLES]
+    return " ".join(CONTRACTIONS.get(word, word) for word in words)
+
+
+def normalize_prediction(answer: str) -> str:
+    """What the official evaluator compares for a predicted answer (always applied to predictions)."""
+    answer = answer.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(answer))
+
+
+def normalize_answer(answer: str) -> str:
+    """VLMo/ViLT ``glossary.normalize_word``: the normalisation used to build the answer vocabulary.
+
+    The evaluator's two steps (without its whitespace handling) followed by deleting every remaining comma.
+    """
+    return process_digit_article(process_punctuation(answer)).replace(",", "")
+
+
+def soft_score(count: int) -> float:
+    """VLMo ``get_score``: soft target of an answer given by ``count`` annotators (0, .3, .6, .9, 1)."""
+    if count <= 0:
+        return 0.0
+    return (0.3, 0.6, 0.9)[count - 1] if count < 4 else 1.0
+
+
+def _answer_records(answers: Sequence[Any], where: str) -> list[dict[str, Any]]:
+    """Ground-truth answers as dicts; bare strings get distinct ``answer_id`` so leave-one-out is positional."""
+    if not isinstance(answers, (list, tuple)) or not answers:
+        raise DataError(f"{where}: 'answers' must be a non-empty list, got {answers!r:.80}")
+    records = []
+    for position, answer in enumerate(answers):
+        if isinstance(answer, str):
+            records.append({"answer": answer, "answer_id": position + 1})
+        elif isinstance(answer, Mapping) and isinstance(answer.get("answer"), str):
+            records.append(dict(answer))
+        else:
+            raise DataError(f"{where}: answer {position} must be a string or an object with a string 'answer'")
+    return records
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str | Mapping[str, Any]]) -> float:
+    """Official accuracy (0..1) of one predicted answer against the annotators' answers.
+
+    Args:
+        prediction: the raw predicted answer.
+        answers: the ground-truth answers (10 in VQAv2), as strings or official ``{"answer", "answer_id", ...}``.
+    """
+    records = _answer_records(list(answers), "answers")
+    prediction = normalize_prediction(prediction)
+    if len({record["answer"] for record in records}) > 1:
+        for record in records:
+            record["answer"] = process_punctuation(record["answer"])
+    per_annotator = []
+    for held_out in records:
+        matches = sum(1 for other in records if other != held_out and other["answer"] == prediction)
+        per_annotator.append(min(1, float(matches) / 3))
+    return float(sum(per_annotator)) / len(per_annotator)
+
+
+# --- official-format files ------------------------------------------------------------------------------------
+
+
+def _load_json(source: str | Path | Any) -> Any:
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            with path.open(encoding="utf-8") as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            raise DataError(f"{path}: file not found") from None
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: not valid JSON ({error})") from None
+    return source
+
+
+def _entries(source: str | Path | Any, key: str, what: str) -> list[dict[str, Any]]:
+    data = _load_json(source)
+    if isinstance(data, Mapping):
+        if key not in data:
+            raise DataError(f"{what}: expected an object with a {key!r} list, found keys {sorted(data)[:8]}")
+        data = data[key]
+    if not isinstance(data, list) or not all(isinstance(entry, Mapping) for entry in data):
+        raise DataError(f"{what}: {key!r} must be a list of objects")
+    return list(data)
+
+
+def _question_id(entry: Mapping[str, Any], where: str) -> int:
+    qid = entry.get("question_id")
+    if isinstance(qid, bool) or not isinstance(qid, int):
+        raise DataError(f"{where}: 'question_id' must be an integer, got {qid!r}")
+    return qid
+
+
+def load_vqa_questions(source: str | Path | Mapping[str, Any] | list) -> list[dict[str, Any]]:
+    """Questions from an official questions file (``{"questions": [{"question_id", "image_id", "question"}]}``)."""
+    questions = _entries(source, "questions", f"questions {source if isinstance(source, (str, Path)) else ''}")
+    for position, question in enumerate(questions):
+        _question_id(question, f"questions[{position}]")
+    return questions
+
+
+def load_vqa_annotations(source: str | Path | Mapping[str, Any] | list) -> list[dict[str, Any]]:
+    """Annotations from an official file (``{"annotations": [{"question_id", "answers", "answer_type", ...}]}``)."""
+    label = f"annotations {source if isinstance(source, (str, Path)) else ''}".strip()
+    annotations = _entries(source, "annotations", label)
+    for position, annotation in enumerate(annotations):
+        qid = _question_id(annotation, f"{label}[{position}]")
+        for key in ("answers", "answer_type", "question_type"):
+            if key not in annotation:
+                raise DataError(f"{label}: question {qid} has no {key!r}")
+    return annotations
+
+
+def load_vqa_results(source: str | Path | list) -> list[dict[str, Any]]:
+    """A results file: a JSON list ``[{"question_id": int, "answer": str}, ...]``."""
+    label = f"results {source if isinstance(source, (str, Path)) else ''}".strip()
+    data = _load_json(source)
+    if not isinstance(data, list):
+        raise DataError(f"{label}: must be a JSON list of {{'question_id', 'answer'}} objects")
+    for position, entry in enumerate(data):
+        if not isinstance(entry, Mapping):
+            raise DataError(f"{label}[{position}]: must be an object with 'question_id' and 'answer'")
+        qid = _question_id(entry, f"{label}[{position}]")
+        if not isinstance(entry.get("answer"), str):
+            raise DataError(f"{label}: question {qid} has a non-string answer {entry.get('answer')!r}")
+    return list(data)
+
+
+def _describe_ids(ids: Iterable[int], limit: int = 5) -> str:
+    ids = sorted(ids)
+    shown = ", ".join(str(qid) for qid in ids[:limit])
+    return f"{len(ids)} (e.g. {shown}{', ...' if len(ids) > limit else ''})"
+
+
+def score_results(
+    results: str | Path | list,
+    questions: str | Path | Mapping[str, Any] | list | None,
+    annotations: str | Path | Mapping[str, Any] | list,
+    *,
+    per_question: bool = False,
+) -> dict[str, Any]:
+    """Score a results file against the annotations, as ``vqaEval.evaluate`` does.
+
+    Args:
+        results: ``[{"question_id", "answer"}]`` (path or loaded list); must cover exactly the annotated ids.
+        questions: the questions file (path or loaded), used to check that every annotated question exists;
+            ``None`` skips the check.
+        annotations: the annotations file (path or loaded).
+        per_question: also return ``per_question`` = ``{question_id: round(100 * accuracy, 2)}``.
+
+    Returns:
+        ``overall``, ``per_answer_type``, ``per_question_type`` (percent, 2 decimals), counts and the evaluator.
+    """
+    annotation_list = load_vqa_annotations(annotations)
+    result_list = load_vqa_results(results)
+    annotated = {annotation["question_id"]: annotation for annotation in annotation_list}
+    if not annotated:
+        raise DataError("annotations: no questions to score")
+    if questions is not None:
+        known = {question["question_id"] for question in load_vqa_questions(questions)}
+        unknown = annotated.keys() - known
+        if unknown:
+            raise DataError(f"annotations: {_describe_ids(unknown)} question ids are not in the questions file")
+
+    predicted: dict[int, str] = {}
+    for entry in result_list:  # last entry wins for a duplicated id, as vqa.py's createIndex
+        predicted[entry["question_id"]] = entry["answer"]
+    missing = annotated.keys() - predicted.keys()
+    extra = predicted.keys() - annotated.keys()
+    if missing or extra:
+        problems = []
+        if missing:
+            problems.append(f"missing predictions for {_describe_ids(missing)} question ids")
+        if extra:
+            problems.append(f"{_describe_ids(extra)} predicted question ids are not in the annotations")
+        raise DataError("results do not match the annotated questions: " + "; ".join(problems))
+
+    overall: list[float] = []
+    by_question_type: dict[str, list[float]] = {}
+    by_answer_type: dict[str, list[float]] = {}
+    question_scores: dict[int, float] = {}
+    for qid, annotation in annotated.items():
+        accuracy = vqa_accuracy(predicted[qid], _answer_records(annotation["answers"], f"question {qid}"))
+        overall.append(accuracy)
+        by_question_type.setdefault(annotation["question_type"], []).append(accuracy)
+        by_answer_type.setdefault(annotation["answer_type"], []).append(accuracy)
+        if per_question:
+            question_scores[qid] = round(100 * accuracy, 2)
+
+    def percent(values: list[float]) -> float:
+        return round(100 * float(sum(values)) / len(values), 2)
+
+    report: dict[str, Any] = {
+        "overall": percent(overall),
+        "per_answer_type": {name: percent(values) for name, values in by_answer_type.items()},
+        "per_question_type": {name: percent(values) for name, values in by_question_type.items()},
+        "num_questions": len(annotated),
+        "num_results": len(result_list),
+        "num_duplicate_results": len(result_list) - len(predicted),
+        "evaluator": EVALUATOR,
+    }
+    if per_question:
+        report["per_question"] = question_scores
+    return report
+
+
+@dataclass(frozen=True)
+class SubmissionSummary:
+    """What :func:`write_submission` wrote: entries, dropped duplicates (and how many disagreed) and the path."""
+
+    path: Path
+    num_written: int
+    num_duplicates: int
+    num_conflicting_duplicates: int
+
+
+def write_submission(
+    pairs: Iterable[tuple[int, str] | Mapping[str, Any]],
+    path: str | Path,
+    expected_question_ids: Iterable[int] | None,
+) -> SubmissionSummary:
+    """Write an EvalAI/official results file ``[{"question_id": int, "answer": str}]``, one entry per question.
+
+    Duplicated question ids (e.g. from a distributed sampler that pads the last batch) are dropped, the **first**
+    answer wins; duplicates are counted and logged, those with a different answer separately. With
+    ``expected_question_ids`` (all ids of the split, e.g. every test2015 question for test-dev) the ids must match
+    exactly -- a missing or foreign id raises :class:`DataError` before anything is written -- and entries are
+    written in that order; otherwise in first-seen order. The file is replaced atomically.
+    """
+    answers: dict[int, str] = {}
+    duplicates = conflicts = 0
+    for position, pair in enumerate(pairs):
+        if isinstance(pair, Mapping):
+            qid, answer = pair.get("question_id"), pair.get("answer")
+        else:
+            qid, answer = pair
+        if isinstance(qid, bool) or not isinstance(qid, int):
+            try:
+                qid = int(qid)  # numpy / torch integer scalars
+            except (TypeError, ValueError):
+                raise DataError(f"prediction {position}: question_id must be an integer, got {qid!r}") from None
+        if not isinstance(answer, str):
+            raise DataError(f"prediction {position} (question {qid}): answer must be a string, got {answer!r}")
+        if qid in answers:
+            duplicates += 1
+            conflicts += answers[qid] != answer
+            continue
+        answers[qid] = answer
+
+    order: list[int] = list(answers)
+    if expected_question_ids is not None:
+        order = [int(qid) for qid in expected_question_ids]
+        expected = set(order)
+        missing = expected - answers.keys()
+        extra = answers.keys() - expected
+        if missing:
+            raise DataError(f"submission incomplete: no answer for {_describe_ids(missing)} question ids of the split")
+        if extra:
+            raise DataError(f"submission has {_describe_ids(extra)} question ids that are not in the split")
+        order = list(dict.fromkeys(order))
+    if duplicates:
+        logger.warning(
+            "submission: dropped %d duplicated question ids (first answer kept; %d had a different answer)",
+            duplicates,
+            conflicts,
+        )
+    target = write_json([{"question_id": qid, "answer": answers[qid]} for qid in order], path, indent=None)
+    return SubmissionSummary(
+        path=target, num_written=len(order), num_duplicates=duplicates, num_conflicting_duplicates=conflicts
+    )
+
+
+# --- training-time metric -------------------------------------------------------------------------------------
+
+
+def soft_vqa_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """VLMo's ``VQAScore`` per sample: the soft target score of the arg-max answer (``[B, A]`` -> ``[B]``).
+
+    It equals the official accuracy up to answer normalisation and the closed answer vocabulary.
+    """
+    if logits.shape != targets.shape or logits.ndim != 2:
+        raise ValueError(f"logits and targets must both be [B, A]; got {list(logits.shape)} and {list(targets.shape)}")
+    best = logits.detach().argmax(dim=1, keepdim=True)
+    return targets.detach().to(best.device).float().gather(1, best).squeeze(1)
+
+
+class SoftVQAScore:
+    """Running mean of :func:`soft_vqa_scores` over batches (VLMo's validation ``vqa_score``), in 0..1."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        scores = soft_vqa_scores(logits, targets)
+        self.total += float(scores.double().sum().item())
+        self.count += int(scores.numel())
+
+    def compute(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def reset(self) -> None:
+        self.total, self.count = 0.0, 0

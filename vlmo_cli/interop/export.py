@@ -1,0 +1,325 @@
+"""Export a trained model: a clean safetensors model directory with a README card, or two ONNX retrieval towers.
+
+* :func:`export_safetensors` — ``config.json``, ``model.safetensors`` (weights only, no optimizer state), tokenizer
+  files, the run's ``recipe.toml`` when found, and ``README.md``: architecture table, parameter counts, training
+  provenance (``trainer_state.json`` / ``recipe.toml``) and evaluation results (``eval/*.json`` of the run).
+* :func:`export_onnx` — ``image_encoder.onnx`` (``pixel_values`` → ``embedding``) and ``text_encoder.onnx``
+  (``input_ids``, ``attention_mask`` → ``embedding``), the L2-normalised dual-encoder embeddings, batch dimension
+  dynamic, text length fixed to ``max_text_len``; both graphs are checked against PyTorch with onnxruntime.
+
+``MODEL_DIR`` may be a model directory, a run checkpoint (``runs/x/checkpoints/step_N``), a checkpoints folder with a
+``latest`` pointer, or an official ``.pt`` file — whatever :func:`~vlmo_cli.model.io.load_model` accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..model.io import CONFIG_NAME, load_model, save_model, tokenizer_files
+
+#: largest |ONNX − PyTorch| accepted by :func:`export_onnx`
+ONNX_TOLERANCE = 1e-4
+ONNX_OPSET = 17
+
+
+# ---------------------------------------------------------------------- locating the run around a checkpoint
+def _checkpoint_dir(path: Path) -> Path:
+    """The directory actually holding ``config.json`` (follows a ``latest`` pointer)."""
+    if path.is_dir() and not (path / CONFIG_NAME).exists() and (path / "latest").exists():
+        return path / (path / "latest").read_text().strip()
+    return path
+
+
+def _find_up(start: Path, name: str, levels: int = 3) -> Path | None:
+    """``name`` in ``start`` or one of its ``levels`` parents (``step_N`` → ``checkpoints`` → run folder)."""
+    for directory in [start, *list(start.parents)[:levels]]:
+        if (directory / name).exists():
+            return directory / name
+    return None
+
+
+@dataclass
+class Provenance:
+    """What is known about how a model was made."""
+
+    trainer_state: dict[str, Any] | None = None
+    recipe: Path | None = None
+    eval_results: dict[str, dict[str, Any]] | None = None
+    source: str | None = None
+
+
+def find_provenance(model_dir: str | Path) -> Provenance:
+    """Collect ``trainer_state.json``, ``recipe.toml`` and ``eval/*.json`` around a model directory."""
+    path = Path(model_dir)
+    if path.is_file():
+        return Provenance(source=f"official checkpoint {path.name}")
+    ckpt = _checkpoint_dir(path)
+    out = Provenance()
+    state = _find_up(ckpt, "trainer_state.json", levels=0)
+    if state is not None:
+        try:
+            out.trainer_state = json.loads(state.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{state}: unreadable trainer state ({exc})") from exc
+    out.recipe = _find_up(ckpt, "recipe.toml")
+    eval_dir = _find_up(ckpt, "eval")
+    if eval_dir is not None and eval_dir.is_dir():
+        results = {}
+        for f in sorted(eval_dir.glob("*.json")):
+            try:
+                results[f.stem] = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"{f}: unreadable evaluation result ({exc})") from exc
+        out.eval_results = results or None
+    official = ckpt / "official_config.json"
+    if official.exists():
+        out.source = "converted from an official microsoft/unilm VLMo checkpoint"
+    return out
+
+
+# ---------------------------------------------------------------------- the model card
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters per component: shared attention, each expert family, embeddings, position tables, heads."""
+    groups: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        if name.startswith("transformer.blocks."):
+            part = name.split(".", 3)[3]
+            if part.startswith(("mlp_imag", "norm2_imag")):
+                group = "vision experts"
+            elif part.startswith(("mlp_text", "norm2_text")):
+                group = "language experts"
+            elif part.startswith(("mlp_vl", "norm2_vl")):
+                group = "vision-language experts"
+            else:
+                group = "shared attention (+ norm1, layer scale)"
+        elif name.startswith(("transformer.patch_embed", "transformer.cls_token", "transformer.pos_embed")):
+            group = "image embedding"
+        elif name.startswith(("text_embeddings", "token_type_embeddings")):
+            group = "text and modality embeddings"
+        elif name == "relative_position_bias_table":
+            group = "relative position table"
+        elif name.startswith("transformer.norm"):
+            group = "final norm"
+        else:
+            group = "heads"
+        groups[group] = groups.get(group, 0) + p.numel()
+    return groups
+
+
+def _flat_scalars(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out += _flat_scalars(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(data, (int, float, str, bool)) or data is None:
+        out.append((prefix, data))
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def model_card(model: nn.Module, provenance: Provenance, title: str) -> str:
+    """README.md of an exported model directory."""
+    cfg = model.config
+    counts = parameter_counts(model)
+    total = sum(counts.values())
+    lines = [
+        f"# {title}",
+        "",
+        "VLMo (Vision-Language pre-training with Mixture-of-Modality-Experts): one Multiway Transformer used as a "
+        "dual encoder (image and text towers, L2-normalised embeddings for retrieval) and as a fusion encoder "
+        "(image-text pairs; VQA, NLVR2, image-text matching).",
+        "",
+        "## Architecture",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| size | {cfg.name} |",
+        f"| blocks × width | {cfg.depth} × {cfg.embed_dim} |",
+        f"| attention heads | {cfg.num_heads} |",
+        f"| expert MLP width | {cfg.mlp_hidden} |",
+        f"| VL experts | blocks {cfg.vlffn_start}–{cfg.depth - 1} |" if cfg.has_vlffn else "| VL experts | none |",
+        f"| positions | {'shared relative-position bias table' if cfg.relative_position else 'absolute'} |",
+        f"| layer scale | {'yes' if cfg.layer_scale_init is not None else 'no'} |",
+        f"| image size / patch | {cfg.image_size} px / {cfg.patch_size} px ({cfg.num_image_tokens} image tokens) |",
+        f"| text length | {cfg.max_text_len} tokens, vocabulary {cfg.vocab_size} |",
+        f"| heads | {', '.join(cfg.heads)} |",
+        f"| parameters | {total:,} |",
+        "",
+        "| component | parameters |",
+        "|---|---:|",
+        *[f"| {k} | {v:,} |" for k, v in counts.items()],
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from vlmo_cli.model.io import load_model",
+        "",
+        "model = load_model('path/to/this/directory').eval()",
+        "image_emb = model.encode_image(pixel_values)           # [B, D], L2-normalised",
+        "text_emb = model.encode_text(input_ids, attention_mask)  # [B, D], L2-normalised",
+        "```",
+        "",
+        "## Training provenance",
+        "",
+    ]
+    known = False
+    if provenance.source:
+        lines += [f"- {provenance.source}"]
+        known = True
+    if provenance.recipe is not None:
+        lines += [f"- recipe: `{provenance.recipe.name}` (copied next to this card)"]
+        known = True
+    if provenance.trainer_state:
+        lines += ["", "| trainer state | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in _flat_scalars(provenance.trainer_state)[:40]]
+        known = True
+    if not known:
+        lines += ["No training record was found next to the exported model."]
+    lines += ["", "## Evaluation results", ""]
+    if provenance.eval_results:
+        for task, result in provenance.eval_results.items():
+            lines += [f"### {task}", "", "| metric | value |", "|---|---:|"]
+            lines += [f"| {k} | {_fmt(v)} |" for k, v in _flat_scalars(result)[:60]]
+            lines += [""]
+    else:
+        lines += ["No evaluation results were found (`eval/*.json` of the run).", ""]
+    return "\n".join(lines)
+
+
+def export_safetensors(model_dir: str | Path, out_dir: str | Path, title: str | None = None) -> Path:
+    """Write a clean model directory (weights, config, tokenizer, recipe, README card) to ``out_dir``."""
+    src = Path(model_dir)
+    model = load_model(src)
+    provenance = find_provenance(src)
+    extra: dict[str, str] = {}
+    if src.is_dir():
+        extra.update(tokenizer_files(_checkpoint_dir(src)))
+    if provenance.recipe is not None:
+        extra["recipe.toml"] = str(provenance.recipe)
+    out = save_model(model, out_dir, extra_files=extra, metadata={"exported_from": src.name})
+    card = model_card(model, provenance, title or f"VLMo {model.config.name} ({src.name})")
+    (out / "README.md").write_text(card + "\n")
+    return out
+
+
+# ---------------------------------------------------------------------- ONNX towers
+class ImageTower(nn.Module):
+    """``pixel_values [B, 3, S, S]`` → L2-normalised image embedding ``[B, D]``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixel_values)
+
+
+class TextTower(nn.Module):
+    """``input_ids``, ``attention_mask`` ``[B, T]`` → L2-normalised text embedding ``[B, D]``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(input_ids, attention_mask)
+
+
+def _text_inputs(batch: int, cfg, generator: torch.Generator, padded: bool = True):
+    ids = torch.randint(1, cfg.vocab_size, (batch, cfg.max_text_len), generator=generator)
+    mask = torch.ones(batch, cfg.max_text_len, dtype=torch.long)
+    if padded:  # several real lengths, at least one padded sample
+        lengths = torch.randint(2, cfg.max_text_len, (batch,), generator=generator)
+        mask = (torch.arange(cfg.max_text_len)[None] < lengths[:, None]).long()
+    return ids * mask, mask
+
+
+def _export(tower: nn.Module, args: tuple, path: Path, inputs: list[str]) -> None:
+    axes = {name: {0: "batch"} for name in [*inputs, "embedding"]}
+    with warnings.catch_warnings():
+        # tracing warns about Python control flow on shapes; the traced example takes the general branches
+        # (padded attention mask), and the graphs are verified on other batch sizes and masks afterwards
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            tower, args, str(path), input_names=inputs, output_names=["embedding"], dynamic_axes=axes,
+            opset_version=ONNX_OPSET, dynamo=False,
+        )
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, verify: bool = True, seed: int = 0) -> dict[str, float]:
+    """Write ``image_encoder.onnx`` and ``text_encoder.onnx`` to ``out_dir``; return the max |ONNX − PyTorch|.
+
+    The TorchScript-based exporter (``dynamo=False``) is used: the dynamo exporter needs ``onnxscript``, which is
+    not a dependency. Tracing runs on a text batch with padding, so the key-padding branch is part of the graph
+    (it adds zeros for unpadded rows). Raises ``RuntimeError`` if a difference exceeds :data:`ONNX_TOLERANCE`.
+    """
+    model = load_model(model_dir).eval()
+    cfg = model.config
+    if "itc" not in cfg.heads:
+        raise CheckpointError(f"{model_dir}: the model has no ITC projections ('itc' head): no retrieval embeddings")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    image_tower, text_tower = ImageTower(model).eval(), TextTower(model).eval()
+    pixels = torch.randn(2, 3, cfg.image_size, cfg.image_size, generator=g)
+    _export(image_tower, (pixels,), out / "image_encoder.onnx", ["pixel_values"])
+    _export(text_tower, _text_inputs(2, cfg, g), out / "text_encoder.onnx", ["input_ids", "attention_mask"])
+    model.eval()  # the exporter restores the wrappers' mode; keep the reference deterministic
+    src = Path(model_dir)
+    if src.is_dir():
+        for name, path in tokenizer_files(_checkpoint_dir(src)).items():
+            shutil.copyfile(path, out / name)
+    info = {
+        "image_encoder.onnx": {"inputs": {"pixel_values": ["batch", 3, cfg.image_size, cfg.image_size]}},
+        "text_encoder.onnx": {"inputs": {"input_ids": ["batch", cfg.max_text_len],
+                                         "attention_mask": ["batch", cfg.max_text_len]}},
+        "output": {"embedding": ["batch", cfg.embed_dim], "normalised": True},
+        "opset": ONNX_OPSET,
+        "config": cfg.to_dict(),
+    }
+    (out / "onnx_export.json").write_text(json.dumps(info, indent=2) + "\n")
+    return verify_onnx(model, out, seed=seed + 1) if verify else {}
+
+
+def verify_onnx(model: nn.Module, out_dir: str | Path, seed: int = 1) -> dict[str, float]:
+    """Compare both graphs with PyTorch on random inputs (batch 1 and 3, padded and unpadded text)."""
+    import onnxruntime as ort
+
+    cfg = model.config
+    out = Path(out_dir)
+    g = torch.Generator().manual_seed(seed)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    image = ort.InferenceSession(str(out / "image_encoder.onnx"), options, providers=["CPUExecutionProvider"])
+    text = ort.InferenceSession(str(out / "text_encoder.onnx"), options, providers=["CPUExecutionProvider"])
+    diffs = {"image_encoder.onnx": 0.0, "text_encoder.onnx": 0.0}
+    model.eval()
+    with torch.no_grad():
+        for batch in (1, 3):
+            pixels = torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g)
+            got = torch.from_numpy(image.run(None, {"pixel_values": pixels.numpy()})[0])
+            diffs["image_encoder.onnx"] = max(diffs["image_encoder.onnx"],
+                                              (got - model.encode_image(pixels)).abs().max().item())
+            for padded in (True, False):
+                ids, mask = _text_inputs(batch, cfg, g, padded)
+                got = torch.from_numpy(text.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0])
+                diffs["text_encoder.onnx"] = max(diffs["text_encoder.onnx"],
+                                                 (got - model.encode_text(ids, mask)).abs().max().item())
+    bad = {k: v for k, v in diffs.items() if not v <= ONNX_TOLERANCE}
+    if bad:
+        raise RuntimeError(f"ONNX export differs from PyTorch by more than {ONNX_TOLERANCE}: {bad}")
+    return diffs

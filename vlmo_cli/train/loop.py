@@ -1,0 +1,329 @@
+"""The one training loop: every pre-training stage and fine-tuning task runs through :func:`train`.
+
+Accelerate handles device placement, mixed precision and DDP (launch with ``accelerate launch`` or ``torchrun``).
+One optimizer step consumes ``grad_accum`` micro-batches; the data position, optimizer, schedule and RNG streams are
+checkpointed so that ``--resume`` continues exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from ..errors import RecipeError, VlmoError
+from ..model.vlmo import VLMo
+from .checkpoint import TrainerState, find_resume, list_checkpoints, load_training_state, save_checkpoint, set_rng_state
+from .init import initialise
+from .monitor import Monitor, format_metrics
+from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
+from .stages import STAGES, StageDef, StepOutput, stage_model_config
+from .validate import validate
+
+
+class TrainingDiverged(VlmoError):
+    """The loss became NaN or infinite."""
+
+
+class StageModule(nn.Module):
+    """Runs a stage's objective inside ``forward`` so that DDP sees one forward per backward."""
+
+    def __init__(self, model: VLMo, stage_def: StageDef, task: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.stage_def = stage_def
+        self.task = task
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out: StepOutput = self.stage_def.objective(self.model, batch, self.task)
+        return out.loss, out.metrics
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves: its folder, the final checkpoint (a model directory) and the last metrics."""
+
+    run_dir: Path
+    checkpoint: Path
+    state: TrainerState
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------- helpers
+def default_run_name(source: str, stage_name: str) -> str:
+    return f"{Path(source).stem}-{stage_name.replace('.', '-').replace('_', '-')}"
+
+
+def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path:
+    """Create the run folder; refuse to mix a new run into one that holds checkpoints (unless resuming)."""
+    if list_checkpoints(run_dir) and not resume and not overwrite:
+        raise VlmoError(
+            f"{run_dir} already holds checkpoints of a run; continue it with --resume auto, "
+            "or choose another --run-name, or pass --overwrite to start afresh"
+        )
+    if overwrite and not resume and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _dataset_paths(task) -> str | list[str]:
+    paths = list(task.dataset)
+    return paths[0] if len(paths) == 1 else paths
+
+
+def _fmt(metrics: dict) -> dict:
+    return {k: (round(float(v), 6) if isinstance(v, (float, int, torch.Tensor)) else v) for k, v in metrics.items()}
+
+
+# ---------------------------------------------------------------------- the loop
+def train(
+    stage,
+    *,
+    init: str | None = None,
+    resume: str = "",
+    run_dir: str | Path | None = None,
+    overwrite: bool = False,
+    console: Console | None = None,
+    stop_after: int | None = None,
+) -> RunResult:
+    """Train one resolved recipe stage (``recipe.resolve("pretrain.vl")``).
+
+    Args:
+        stage: a :class:`~vlmo_cli.recipe_schema.ResolvedStage` of kind ``train``.
+        init: weights to start from (overrides ``[model] init``); ignored when resuming.
+        resume: ``"auto"`` (newest complete checkpoint of the run folder, if any) or a checkpoint path.
+        run_dir: run folder (default ``output_dir/run_name``).
+        overwrite: delete an existing run folder first.
+        stop_after: stop (with a checkpoint) after this many optimizer steps of this invocation — simulates an
+            interruption in tests and lets users train in slices.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from ..data.loader import build_dataloader
+    from ..data.store import open_prepared
+
+    if stage.kind != "train" or stage.name not in STAGES:
+        raise RecipeError(f"{stage.name} is not a training stage; allowed: {sorted(STAGES)}")
+    stage_def = STAGES[stage.name]
+    tcfg, dcfg, task = stage.train, stage.data, stage.task
+    console = console or Console()
+
+    log_with = []
+    try:
+        import tensorboard  # noqa: F401
+
+        log_with = ["tensorboard"]
+    except ImportError:
+        pass
+    run_path = Path(run_dir) if run_dir else Path(tcfg.output_dir) / (
+        tcfg.run_name or default_run_name(stage.source, stage.name))
+    accelerator = Accelerator(mixed_precision=tcfg.precision, log_with=log_with or None, project_dir=str(run_path))
+    main = accelerator.is_main_process
+    if main:
+        prepare_run_dir(run_path, resume, overwrite)
+    accelerator.wait_for_everyone()
+    plan = stage.batch_plan(accelerator.num_processes)
+    set_seed(tcfg.seed)
+
+    # ---------------- data
+    paths = _dataset_paths(task)
+    first = paths if isinstance(paths, str) else paths[0]
+    prepared = open_prepared(first)
+    num_answers = len(prepared.answers) if stage_def.data_task == "vqa" else None
+    if stage_def.data_task == "vqa" and getattr(task, "num_answers", 0):
+        num_answers = task.num_answers
+    num_classes = len(prepared.manifest.get("labels", [])) or None if stage_def.data_task == "classify" else None
+    tokenizer_arg = dcfg.tokenizer or None
+
+    def loader_for(epoch: int, skip: int):
+        return build_dataloader(
+            paths, task.split, stage_def.data_task, tokenizer=tokenizer_arg, image_size=dcfg.image_size,
+            batch_size=plan.micro_batch_size, train=True, seed=tcfg.seed, workers=dcfg.num_workers,
+            rank=accelerator.process_index, world_size=accelerator.num_processes, epoch=epoch, skip_batches=skip,
+            max_text_len=dcfg.max_text_len, mlm=stage_def.mlm, mlm_probability=dcfg.mlm_probability,
+            mlm_budget="real" if dcfg.mlm_budget_on_real_tokens else "padded", mim=stage_def.mim,
+            patch_size=stage.model.get("patch_size"), mim_ratio=dcfg.mim_mask_ratio, randaug=dcfg.randaugment,
+            hflip=None if stage_def.data_task in ("vqa", "nlvr2") else dcfg.horizontal_flip,
+            pin_memory=accelerator.device.type == "cuda",
+        )
+
+    # ---------------- model
+    base = stage.model.build_config(image_size=dcfg.image_size)
+    cfg = stage_model_config(stage_def, base, task, num_answers=num_answers, num_classes=num_classes,
+                             text_len=dcfg.max_text_len)
+    if not getattr(task, "itc_vl", True):
+        cfg = cfg.replace(heads=[h for h in cfg.heads if h != "itc_vl"])
+    model = VLMo(cfg)
+    resume_from = find_resume(run_path, resume) if resume else None
+    notes: list[str] = []
+    if resume_from is None:
+        notes = initialise(model, init if init is not None else stage.model.init,
+                           getattr(task, "init_vlffn", "random"))
+    else:
+        from ..model.io import WEIGHTS_NAME, load_state_dict_checked, read_weights
+
+        load_state_dict_checked(model, read_weights(resume_from / WEIGHTS_NAME), str(resume_from))
+        notes = [f"resumed from {resume_from}"]
+    for name, p in model.named_parameters():
+        if not stage_def.trainable(name, cfg):
+            p.requires_grad_(False)
+    if tcfg.activation_checkpointing:
+        model.set_grad_checkpointing(True)
+    fused = tcfg.fused_adamw if isinstance(tcfg.fused_adamw, bool) else accelerator.device.type == "cuda"
+    model.to(accelerator.device)
+    optimizer = build_optimizer(model, tcfg, fused=fused)
+    module = StageModule(model, stage_def, task)
+    if tcfg.compile:
+        module = torch.compile(module)
+    module, optimizer = accelerator.prepare(module, optimizer)
+
+    state = TrainerState(stage=stage.name)
+    if resume_from is not None:
+        blob, state = load_training_state(resume_from)
+        optimizer.load_state_dict(blob["optimizer"])
+        set_rng_state(blob["rng"])
+    loader = loader_for(state.epoch, state.micro_batches_in_epoch)
+    if tcfg.max_steps:
+        total = tcfg.max_steps
+    else:
+        full_epoch = loader_for(0, 0)
+        total = tcfg.max_epochs * max(1, len(full_epoch) // plan.grad_accum)
+    if total < 1:
+        raise RecipeError(f"{stage.source}: [{stage.name}] trains 0 steps: set max_steps or max_epochs")
+    state.total_steps = total
+    warm = warmup_steps(tcfg.warmup, total)
+    end_factor = tcfg.end_lr / tcfg.lr
+
+    if main:
+        (run_path / "recipe.toml").write_text(stage.to_toml())
+        if log_with:
+            accelerator.init_trackers("tensorboard")
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if main:
+        console.print(f"[bold]{stage.name}[/] → {run_path}")
+        for note in notes:
+            console.print(f"  {note}")
+        console.print(
+            f"  {n_train:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters; "
+            f"{total} steps (warmup {warm}); batch {plan.global_batch_size} = {plan.world_size} process(es) × "
+            f"{plan.micro_batch_size} × {plan.grad_accum} accumulation; device {accelerator.device}, "
+            f"precision {tcfg.precision}"
+        )
+        if plan.grad_accum > 1 and stage_def.name in ("pretrain.vl",) or "retrieval" in stage_def.name and plan.grad_accum > 1:
+            console.print(
+                f"  [yellow]note:[/] contrastive negatives span one micro-batch × processes = "
+                f"{plan.micro_batch_size * plan.world_size} pairs, not the batch of {plan.global_batch_size}"
+            )
+
+    tokenizer = getattr(loader.collate_fn, "tokenizer", None)
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        raise RecipeError(
+            f"{stage.source}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{cfg.vocab_size}; set [model] vocab_size = {tokenizer.vocab_size} (or more)"
+        )
+
+    def checkpoint() -> Path | None:
+        accelerator.wait_for_everyone()
+        path = None
+        if main:
+            path = save_checkpoint(run_path, accelerator.unwrap_model(module).model, optimizer, state,
+                                   tokenizer=tokenizer, keep_last_n=tcfg.keep_last_n)
+        accelerator.wait_for_everyone()
+        return path
+
+    data_iter = iter(loader)
+    sums: dict[str, float] = {}
+    count = 0
+    last_metrics: dict[str, float] = {}
+    t_log = time.perf_counter()
+    samples_since = 0
+    steps_this_call = 0
+    final_path = None
+    with Monitor(run_path, total, state.step, accelerator, enabled=main, console=console) as monitor:
+        while state.step < total:
+            module.train()
+            for micro in range(plan.grad_accum):
+                try:
+                    batch = next(data_iter)
+                except StopIteration:
+                    state.epoch += 1
+                    state.micro_batches_in_epoch = 0
+                    loader.sampler.set_epoch(state.epoch, 0)
+                    data_iter = iter(loader)
+                    batch = next(data_iter)
+                state.micro_batches_in_epoch += 1
+                batch = _to_device(batch, accelerator.device)
+                batch.pop("num_skipped", None)
+                sync = micro == plan.grad_accum - 1
+                ctx = contextlib.nullcontext() if sync else accelerator.no_sync(module)
+                with ctx:
+                    with accelerator.autocast():
+                        loss, metrics = module(batch)
+                    if not torch.isfinite(loss.detach()).all():
+                        good = list_checkpoints(run_path)
+                        raise TrainingDiverged(
+                            f"{stage.name}: loss is {loss.item()} at step {state.step + 1}; stopped before the "
+                            f"update. Last good checkpoint: {good[-1] if good else 'none'}. Try a lower train.lr, "
+                            "train.grad_clip, or precision=no"
+                        )
+                    accelerator.backward(loss / plan.grad_accum)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                count += 1
+                samples_since += batch[next(k for k in ("input_ids", "pixel_values") if k in batch)].shape[0]
+            if tcfg.grad_clip > 0:
+                accelerator.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], tcfg.grad_clip)
+            lr = set_lr(optimizer, tcfg.lr, lr_factor(state.step, total, warm, tcfg.schedule, end_factor))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            steps_this_call += 1
+            state.samples_seen += plan.global_batch_size
+            monitor.advance(state.step, format_metrics(last_metrics, ("loss",)))
+            if state.step % tcfg.log_every == 0 or state.step == total:
+                avg = {k: v / count for k, v in sums.items()}
+                avg = {k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean")) for k, v in avg.items()}
+                elapsed = time.perf_counter() - t_log
+                avg.update(lr=lr, epoch=state.epoch, samples_per_s=samples_since * accelerator.num_processes / max(elapsed, 1e-9))
+                last_metrics = avg
+                monitor.log(_fmt(avg), state.step)
+                monitor.print(f"step {state.step}/{total}  " + format_metrics(avg))
+                sums, count, samples_since, t_log = {}, 0, 0, time.perf_counter()
+            if main and (state.step == total or (tcfg.eval_every and state.step % tcfg.eval_every == 0)):
+                val = validate(accelerator.unwrap_model(module), stage, stage_def, accelerator.device, tokenizer)
+                if val:
+                    last_metrics.update(val)
+                    monitor.log(_fmt(val), state.step)
+                    monitor.print(f"validation at step {state.step}: " + format_metrics(val))
+            if tcfg.save_every and state.step % tcfg.save_every == 0 and state.step < total:
+                state.last_metrics = _fmt(last_metrics)
+                checkpoint()
+            if stop_after is not None and steps_this_call >= stop_after and state.step < total:
+                state.last_metrics = _fmt(last_metrics)
+                final_path = checkpoint()
+                break
+        else:
+            state.last_metrics = _fmt(last_metrics)
+            final_path = checkpoint()
+    if main and log_with:
+        accelerator.end_training()
+    if final_path is None:
+        final_path = list_checkpoints(run_path)[-1]
+    return RunResult(run_dir=run_path, checkpoint=final_path, state=state, metrics=last_metrics, notes=notes)

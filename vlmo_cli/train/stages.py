@@ -1,0 +1,225 @@
+"""Stages and tasks as data: which heads the model carries, which parameters train, which batches and objective.
+
+Every ``pretrain-*`` and ``finetune *`` command resolves to one :class:`StageDef` and runs the same loop
+(:mod:`vlmo_cli.train.loop`). The objectives follow the official ``compute_*`` functions (reference §8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..model.config import ModelConfig
+from ..model.vlmo import VLMo
+from ..objectives.classification import classification_loss, mim_loss, mlm_loss, vqa_loss, vqa_score
+from ..objectives.contrastive import contrastive_loss
+from ..objectives.distributed import gather_local_first
+from ..objectives.matching import itm_loss, sample_hard_negatives
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class StepOutput:
+    """Total loss plus the named values to log (losses per objective, accuracies)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- objectives
+def mim_objective(model: VLMo, batch: Batch, task) -> StepOutput:
+    """Masked-image modelling: masked patches → MIM mask token; regress their normalised pixels."""
+    mask = batch["patch_mask"]
+    out = model.forward_image(batch["pixel_values"], patch_mask=mask)
+    pred = model.mim_head(out.features[:, 1:])
+    loss = mim_loss(pred, batch["pixel_values"], mask, model.config.patch_size)
+    return StepOutput(loss, {"mim_loss": loss.detach()})
+
+
+def text_mlm_objective(model: VLMo, batch: Batch, task) -> StepOutput:
+    """Stage 2: text-only MLM through the language experts (weight 1, official ``compute_textonly_mlm``)."""
+    out = model.forward_text(batch["mlm_input_ids"], batch["attention_mask"])
+    loss, acc = mlm_loss(model.mlm_logits(out.features), batch["mlm_labels"])
+    return StepOutput(loss, {"mlm_loss": loss.detach(), "mlm_acc": acc})
+
+
+def _itm(model: VLMo, batch: Batch, logits_i2t, logits_t2i, exclude_same_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """ITM with global hard negatives; positive and both negative sets go through ONE batched fusion pass."""
+    ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
+    b = ids.shape[0]
+    with torch.no_grad():
+        pool_ids, pool_mask, pool_pixels = (gather_local_first(t) for t in (ids, mask, pixels))
+        image_ids = gather_local_first(batch["image_ids"]) if exclude_same_image and "image_ids" in batch else None
+    neg = sample_hard_negatives(logits_i2t, logits_t2i, b, image_ids=image_ids)
+    fused = model.forward_pair(
+        torch.cat([ids, ids, pool_ids[neg.text_index]]),
+        torch.cat([mask, mask, pool_mask[neg.text_index]]),
+        torch.cat([pixels, pool_pixels[neg.image_index], pixels]),
+    )
+    return itm_loss(model.itm_logits(fused.pooled), b)
+
+
+def vl_objective(model: VLMo, batch: Batch, task) -> StepOutput:
+    """Stage 3: ``itc_weight·ITC + itm_weight·ITM + mlm_weight·MLM`` (official 1, 1, 0.25)."""
+    ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
+    img = model.contrastive_image(pixels, vl_branch=task.itc_vl)
+    txt = model.contrastive_text(ids, mask, vl_branch=task.itc_vl)
+    max_scale = task.logit_scale_max or None
+    plain = contrastive_loss(img.embedding, txt.embedding, model.logit_scale, task.gather_with_grad, max_scale)
+    itc = plain.loss
+    metrics = {"itc_i2t_acc": plain.accuracy_i2t, "itc_t2i_acc": plain.accuracy_t2i, "logit_scale": plain.scale.detach()}
+    if task.itc_vl:
+        vl = contrastive_loss(img.vl_embedding, txt.vl_embedding, model.logit_vl_scale, task.gather_with_grad, max_scale)
+        itc = 0.5 * (plain.loss + vl.loss)
+        metrics["itc_vl_i2t_acc"] = vl.accuracy_i2t
+    itm, itm_acc = _itm(model, batch, plain.logits_i2t, plain.logits_t2i, task.itm_exclude_same_image)
+    masked = model.forward_pair(batch["mlm_input_ids"], mask, pixels)
+    mlm, mlm_acc = mlm_loss(model.mlm_logits(masked.text_features), batch["mlm_labels"], task.mlm_weight)
+    total = task.itc_weight * itc + task.itm_weight * itm + mlm
+    metrics.update(itc_loss=itc.detach(), itm_loss=itm.detach(), itm_acc=itm_acc, mlm_loss=mlm.detach(), mlm_acc=mlm_acc)
+    return StepOutput(total, metrics)
+
+
+def vqa_objective(model: VLMo, batch: Batch, task) -> StepOutput:
+    pooled = model.forward_pair(batch["input_ids"], batch["attention_mask"], batch["pixel_values"]).pooled
+    logits = model.vqa_logits(pooled)
+    loss = vqa_loss(logits, batch["vqa_targets"])
+    score = vqa_score(logits.detach(), batch["vqa_targets"]) / max(1, logits.shape[0])
+    return StepOutput(loss, {"vqa_loss": loss.detach(), "vqa_score": score})
+
+
+def nlvr2_objective(model: VLMo, batch: Batch, task) -> StepOutput:
+    logits = model.nlvr2_logits(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["pixel_values_1"])
+    loss, acc = classification_loss(logits, batch["labels"])
+    return StepOutput(loss, {"nlvr2_loss": loss.detach(), "nlvr2_acc": acc})
+
+
+def classify_objective(model: VLMo, batch: Batch, task) -> StepOutput:
+    pooled = model.forward_pair(batch["input_ids"], batch["attention_mask"], batch["pixel_values"]).pooled
+    loss, acc = classification_loss(model.classify_logits(pooled), batch["labels"])
+    return StepOutput(loss, {"cls_loss": loss.detach(), "cls_acc": acc})
+
+
+def retrieval_objective(model: VLMo, batch: Batch, task) -> StepOutput:
+    """Dual-encoder ITC (official ``compute_irtr``), plus ITM with hard negatives when ``with_itm``."""
+    img = model.encode_image(batch["pixel_values"])
+    txt = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    itc = contrastive_loss(img, txt, model.logit_scale, task.gather_with_grad)
+    metrics = {"irtr_loss": itc.loss.detach(), "itc_i2t_acc": itc.accuracy_i2t, "itc_t2i_acc": itc.accuracy_t2i}
+    total = itc.loss
+    if task.with_itm:
+        itm, acc = _itm(model, batch, itc.logits_i2t, itc.logits_t2i, exclude_same_image=True)
+        total = total + itm
+        metrics.update(itm_loss=itm.detach(), itm_acc=acc)
+    return StepOutput(total, metrics)
+
+
+# ---------------------------------------------------------------------- trainable parameters
+def _expert_family(name: str) -> tuple[int, str] | None:
+    parts = name.split(".")
+    if name.startswith("transformer.blocks.") and parts[3].split("_")[-1] in ("text", "imag", "vl"):
+        return int(parts[2]), parts[3].split("_")[-1]
+    return None
+
+
+def vision_trainable(name: str, cfg: ModelConfig) -> bool:
+    """Stage 1: attention, patch embedding, image CLS/positions, vision experts, position table, final norm, MIM head."""
+    family = _expert_family(name)
+    if family is not None:
+        return family[1] == "imag"
+    return name.startswith(("transformer.", "relative_position_bias_table", "token_type_embeddings", "mim_head"))
+
+
+#: the official stage-2 name filter [RUN:153-160]
+TEXT_STAGE_TRAINABLE = ("text_embeddings", "token_type_embeddings", "mlp_text", "norm2_text", "mlm_score",
+                        "relative_position_bias_table", "transformer.norm")
+
+
+def text_trainable(name: str, cfg: ModelConfig) -> bool:
+    return any(key in name for key in TEXT_STAGE_TRAINABLE)
+
+
+def everything(name: str, cfg: ModelConfig) -> bool:
+    return True
+
+
+def fusion_trainable(name: str, cfg: ModelConfig) -> bool:
+    """Fusion tasks never reach the language/vision experts of the VL-FFN blocks: keep those frozen (no grad, no decay)."""
+    family = _expert_family(name)
+    return family is None or family[1] == "vl" or family[0] < cfg.vlffn_start
+
+
+def dual_trainable(name: str, cfg: ModelConfig) -> bool:
+    """Dual-encoder retrieval never uses the VL experts nor the pooler."""
+    family = _expert_family(name)
+    return (family is None or family[1] != "vl") and not name.startswith("pooler")
+
+
+# ---------------------------------------------------------------------- stage table
+@dataclass(frozen=True)
+class StageDef:
+    """A stage or task.
+
+    Attributes:
+        name: recipe section (``pretrain.vl``, ``finetune.vqa`` …).
+        data_task: collate task of :mod:`vlmo_cli.data.collate` (``images``, ``text``, ``pairs``, ``vqa`` …).
+        heads: heads of the model trained here.
+        objective: ``(model, batch, task_settings) -> StepOutput``.
+        trainable: ``(param_name, cfg) -> bool``; the rest is frozen.
+        with_vlffn: the model has VL experts (stages 1 and 2 build none, as the official text stage).
+        mlm / mim: the collator adds MLM masking / patch masks.
+        dataset_kinds: prepared-dataset kinds accepted.
+    """
+
+    name: str
+    data_task: str
+    heads: tuple[str, ...]
+    objective: Callable[[VLMo, Batch, object], StepOutput]
+    trainable: Callable[[str, ModelConfig], bool]
+    with_vlffn: bool = True
+    mlm: bool = False
+    mim: bool = False
+    dataset_kinds: tuple[str, ...] = ("pairs",)
+    monitor: str = "loss"
+
+
+STAGES: dict[str, StageDef] = {
+    s.name: s
+    for s in (
+        StageDef("pretrain.vision", "images", ("mim",), mim_objective, vision_trainable, with_vlffn=False, mim=True,
+                 dataset_kinds=("images", "pairs")),
+        StageDef("pretrain.text", "text", ("pooler", "mlm"), text_mlm_objective, text_trainable, with_vlffn=False,
+                 mlm=True, dataset_kinds=("text",)),
+        StageDef("pretrain.vl", "pairs", ("pooler", "itc", "itc_vl", "itm", "mlm"), vl_objective, everything, mlm=True),
+        StageDef("finetune.vqa", "vqa", ("pooler", "vqa"), vqa_objective, fusion_trainable, dataset_kinds=("vqa",)),
+        StageDef("finetune.nlvr2", "nlvr2", ("pooler", "nlvr2"), nlvr2_objective, fusion_trainable,
+                 dataset_kinds=("nlvr2",)),
+        StageDef("finetune.retrieval_coco", "pairs", ("pooler", "itc"), retrieval_objective, dual_trainable),
+        StageDef("finetune.retrieval_flickr", "pairs", ("pooler", "itc"), retrieval_objective, dual_trainable),
+        StageDef("finetune.classify", "classify", ("pooler", "classify"), classify_objective, fusion_trainable,
+                 dataset_kinds=("pairs", "classify")),
+    )
+}
+
+
+def stage_model_config(stage_def: StageDef, base: ModelConfig, task, num_answers: int | None = None,
+                       num_classes: int | None = None, text_len: int | None = None) -> ModelConfig:
+    """The architecture a stage trains: heads, VL experts, modality rows, answer count, text length."""
+    heads = list(stage_def.heads)
+    if getattr(task, "with_itm", False):
+        heads.append("itm")
+    changes: dict = {"heads": heads}
+    if not stage_def.with_vlffn:
+        changes["vlffn_start"] = base.depth
+    if stage_def.name == "finetune.nlvr2":
+        changes["num_modality_types"] = 3
+    if num_answers:
+        changes["vqa_num_answers"] = num_answers
+    if num_classes:
+        changes["num_classes"] = num_classes
+    if text_len:
+        changes["max_text_len"] = text_len
+    return base.replace(**changes)
