@@ -28,3 +28,14 @@ def shared_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared reference folder {path} is absent (only present in the development checkout)")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A folder holding ``demo_data/`` (the synthetic demo datasets, made once per session): run the shipped tiny
+    recipe from it, since the recipe's dataset paths are relative (``demo_data/pairs`` …)."""
+    from vlmo_cli.data.demo import make_demo
+
+    root = tmp_path_factory.mktemp("demo_root")
+    make_demo(root / "demo_data")
+    return root

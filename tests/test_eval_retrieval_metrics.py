@@ -291,3 +291,15 @@ def test_write_report_is_atomic_json_and_table_renders(tmp_path):
     console.print(metrics_table({"tr_r1": 12.3456, "nan": math.nan, "per": {"yes/no": 80.0}}, title="t"))
     text = console.export_text()
     assert "12.35" in text and "per.yes/no" in text and "80.00" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_ranking_equals_cpu():
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 3, (50, 8), generator=generator).float()
+    texts = torch.randint(0, 3, (120, 8), generator=generator).float()
+    mapping = torch.arange(120) % 50
+    cpu = evaluate_retrieval(images, texts, mapping, chunk_size=16, candidate_chunk_size=32)
+    gpu = evaluate_retrieval(images.cuda().half(), texts.cuda().half(), mapping, chunk_size=16, candidate_chunk_size=32)
+    assert torch.equal(cpu.i2t.indices, gpu.i2t.indices) and torch.equal(cpu.t2i.indices, gpu.t2i.indices)
+    assert cpu.metrics == gpu.metrics

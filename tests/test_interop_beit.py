@@ -186,3 +186,19 @@ def test_cli_convert_beit(tmp_path):
     block = model.transformer.blocks[0]
     torch.testing.assert_close(block.mlp_imag.fc1.weight, beit.state_dict()["blocks.0.mlp.fc1.weight"])
     torch.testing.assert_close(block.mlp_text.fc1.weight, block.mlp_imag.fc1.weight)
+
+
+def test_absolute_position_beit_into_base_plus_style_model():
+    """BEiT with absolute positions and no layer scale → the absolute-position (base_plus-style) variant."""
+    beit = timm_beit.Beit(
+        img_size=32, patch_size=8, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, num_classes=0,
+        use_abs_pos_emb=True, use_rel_pos_bias=False, init_values=None, global_pool="token",
+    ).eval()
+    _randomise(beit)
+    with torch.no_grad():
+        beit.pos_embed.normal_(0, 0.3)
+    x = torch.randn(2, 3, 32, 32)
+    vlmo = convert_beit(beit.state_dict(), _cfg(relative_position=False, layer_scale_init=None))
+    torch.testing.assert_close(_vlmo_features(vlmo, x), _timm_features(beit, x), atol=1e-5, rtol=0)
+    with pytest.raises(CheckpointError, match="absolute position embeddings present"):
+        convert_beit(beit.state_dict(), _cfg())

@@ -271,3 +271,10 @@ def test_absolute_position_variant_matches_independent_reference(tmp_path):
     shuffled["transformer.pos_embed"] = state["transformer.pos_embed"].roll(1, 1)
     other = _Reference(shuffled, cfg.num_heads, cfg.depth, cfg.vlffn_start, cfg.patch_size).infer(ids, mask, img)
     assert (other[0] - pooled).abs().max() > 1e-3
+
+
+def test_resize_from_a_two_patch_grid_is_a_clear_error():
+    from vlmo_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least 3x3 patches"):
+        resize_image_relative_table(torch.zeros(num_image_buckets(2) + 5, 2), 2, 4)

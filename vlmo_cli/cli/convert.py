@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -13,13 +14,20 @@ convert_app = typer.Typer(
 console = Console()
 
 
-def _summary(model, out: Path) -> None:
-    cfg = model.config
-    n = sum(p.numel() for p in model.parameters())
+def _summary(out: Path) -> None:
+    """One line describing the written directory (read from its files; no model is built)."""
+    from safetensors import safe_open
+
+    from ..model.config import ModelConfig
+    from ..model.io import CONFIG_NAME, WEIGHTS_NAME
+
+    cfg = ModelConfig.load(out / CONFIG_NAME)
+    with safe_open(str(out / WEIGHTS_NAME), framework="pt") as f:
+        n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     console.print(
         f"wrote {out}: {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, VL-FFN from block {cfg.vlffn_start}, "
         f"{'relative' if cfg.relative_position else 'absolute'} positions, {cfg.image_size}px, "
-        f"heads {cfg.heads}, {n:,} parameters",
+        f"heads {cfg.heads}, {n:,} weights",
         highlight=False,
         soft_wrap=True,
     )
@@ -34,10 +42,8 @@ def official(
 ) -> None:
     """Convert a microsoft/unilm VLMo checkpoint (architecture inferred from the weights)."""
     from ..interop.official import convert_official
-    from ..model.io import load_model
 
-    out = convert_official(checkpoint, out_dir, image_size=image_size, vocab=vocab)
-    _summary(load_model(out), out)
+    _summary(convert_official(checkpoint, out_dir, image_size=image_size, vocab=vocab))
 
 
 @convert_app.command("beit")
@@ -58,7 +64,6 @@ def beit(
     """Initialise VLMo's attention and vision experts from BEiT (stage-1 weights)."""
     from ..interop.beit import convert_beit_to_dir
     from ..model.config import get_config
-    from ..model.io import load_model
 
     overrides = {}
     if image_size:
@@ -70,7 +75,7 @@ def beit(
         checkpoint, out_dir, cfg, vocab=vocab, init_text=init_text_from, init_vl=init_vl_from,
         final_norm=final_norm, seed=seed,
     )
-    _summary(load_model(out), out)
+    _summary(out)
 
 
 def register(app: typer.Typer) -> None:

@@ -109,8 +109,9 @@ def _draw_cell(
     line_height = _line_height(font)
     image = _as_image(cell)
     if image is not None:
-        thumb = image.convert("RGB")
-        thumb.thumbnail((tile_size, tile_size))
+        from PIL import ImageOps
+
+        thumb = ImageOps.contain(image.convert("RGB"), (tile_size, tile_size))  # scale up or down, keep aspect
         canvas.paste(thumb, (x + (tile_size - thumb.width) // 2, y + (tile_size - thumb.height) // 2))
     else:  # a caption fills the tile as wrapped text on a light panel
         draw.rectangle([x, y, x + tile_size - 1, y + tile_size - 1], fill=(240, 240, 240))
@@ -175,7 +176,7 @@ def save_retrieval_grid(
             if hits is not None:
                 border = HIT_COLOUR if hits[row][rank] else MISS_COLOUR
             x = PAD + (rank + 1) * (tile_size + PAD)
-            caption = f"#{rank + 1}  {float(scores[row][rank]):.3f}"
+            caption = f"#{rank + 1}: {float(scores[row][rank]):.3f}"
             _draw_cell(canvas, draw, result, caption, (x, y), tile_size, border, font)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

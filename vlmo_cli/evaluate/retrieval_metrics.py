@@ -234,7 +234,7 @@ def _blockwise_topk(
                     values, index = _row_topk(block, k_rows)
                     row_best = _merge(row_best, (values, index + c0), k_rows)
                 if k_cols > 0:
-                    values, index = _row_topk(block.T, k_cols)
+                    values, index = _row_topk(block.T.contiguous(), k_cols)
                     col_best[block_id] = _merge(col_best[block_id], (values, index + r0), k_cols)
             if row_best is not None:
                 row_results_s.append(row_best[0].cpu())

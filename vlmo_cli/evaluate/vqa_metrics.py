@@ -6,7 +6,8 @@ carry verbatim copies). What it does per question, reproduced here on purpose, q
 1. The prediction: ``\\n`` and ``\\t`` become spaces, outer whitespace is stripped, then it is **always** passed
    through ``processPunctuation`` and ``processDigitArticle``.
 2. The ground-truth answers are only touched when they are not all identical (``len(set(gtAnswers)) > 1``), and
-   then only by ``processPunctuation`` -- never lowercased, never stripped, no number words, no articles. With
+   then only by ``processPunctuation`` -- never lowercased, never stripped (``"yes!"`` becomes ``"yes "``, which
+   no prediction can equal), no number words, no articles. With
    the official annotations (already lowercase, digits, no articles) this is harmless; on other data a correct
    prediction such as ``"two"`` against ground truth ``"two"`` scores 0 because the prediction became ``"2"``.
    (``reference/ecosystem.md`` §5.2 describes steps 1-2 differently; the code above is what the source says.)
@@ -204,9 +205,10 @@ def _question_id(entry: Mapping[str, Any], where: str) -> int:
 
 def load_vqa_questions(source: str | Path | Mapping[str, Any] | list) -> list[dict[str, Any]]:
     """Questions from an official questions file (``{"questions": [{"question_id", "image_id", "question"}]}``)."""
-    questions = _entries(source, "questions", f"questions {source if isinstance(source, (str, Path)) else ''}")
+    label = f"questions {source if isinstance(source, (str, Path)) else ''}".strip()
+    questions = _entries(source, "questions", label)
     for position, question in enumerate(questions):
-        _question_id(question, f"questions[{position}]")
+        _question_id(question, f"{label}[{position}]")
     return questions
 
 

@@ -235,7 +235,8 @@ def convert_beit(
     Args:
         checkpoint: a BEiT ``.pth`` file (unilm or timm) or an in-memory state dict.
         cfg: the target architecture; it must match the BEiT weights in width, depth, heads, MLP width, patch size
-            and layer scale (the resolution may differ: the relative-position table is resized).
+            and layer scale (the resolution may differ: the relative-position table is resized). Without a
+            relative-position table nothing in the weights fixes the number of heads: it is taken from ``cfg``.
         init_text: language experts (``mlp_text``/``norm2_text``): ``"random"`` (official) or ``"image"`` (a copy).
         init_vl: VL experts (``mlp_vl``/``norm2_vl``, blocks ``>= vlffn_start``): ``"random"`` or ``"image"``.
         final_norm: ``"auto"`` (``norm``, else ``fc_norm``) or ``"official"`` (``norm``, else left at init).

@@ -77,16 +77,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
     from .vlmo import VLMo
 
     path = Path(path)
-    if path.is_file():
+    if path.is_file() and path.name != "latest":
         from ..interop.official import load_official
 
         return load_official(path, **config_overrides).to(device)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such model directory or checkpoint file")
-    if (path / "latest").exists() and not (path / CONFIG_NAME).exists():
-        path = path / (path / "latest").read_text().strip()
-    if not (path / CONFIG_NAME).exists() or not (path / WEIGHTS_NAME).exists():
-        raise CheckpointError(f"{path}: not a model directory (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+    path = resolve_model_dir(path)
     try:
         cfg = ModelConfig.load(path / CONFIG_NAME)
     except ConfigError as exc:
@@ -101,6 +96,27 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
     model = VLMo(cfg)
     load_state_dict_checked(model, state, source=str(path), strict=strict)
     return model.to(device)
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory from a model dir, a run folder (its newest checkpoint), a ``checkpoints`` folder or a
+    ``latest`` pointer file."""
+    p = Path(path)
+    if p.is_file() and p.name == "latest":
+        p = p.parent / p.read_text().strip()
+    if (p / CONFIG_NAME).exists():
+        if not (p / WEIGHTS_NAME).exists():
+            raise CheckpointError(f"{p}: not a model directory ({WEIGHTS_NAME} missing)")
+        return p
+    for root in (p / "checkpoints", p):
+        latest = root / "latest"
+        if latest.is_file():
+            target = root / latest.read_text().strip()
+            if (target / CONFIG_NAME).exists():
+                return target
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such model directory, run folder or checkpoint file")
+    raise CheckpointError(f"{p}: not a model directory (expected {CONFIG_NAME} and {WEIGHTS_NAME}), run folder or checkpoint")
 
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True):

@@ -126,6 +126,13 @@ def resize_image_relative_table(table: torch.Tensor, src_grid: int, dst_grid: in
     if src_grid == dst_grid:
         return table
     src_size, dst_size = 2 * src_grid - 1, 2 * dst_grid - 1
+    if src_size < 4:  # a cubic spline needs 4 nodes per axis (BEiT's interp2d fails the same way)
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"cannot resize the relative-position table of a {src_grid}x{src_grid} patch grid to {dst_grid}x{dst_grid}:"
+            " the bicubic resampling needs a grid of at least 3x3 patches"
+        )
     grid_rows = table[: src_size**2]
     extra = table[src_size**2 :]
 

@@ -15,26 +15,12 @@ import torch
 
 from ..errors import CheckpointError
 from ..model.config import ModelConfig
-from ..model.io import CONFIG_NAME, WEIGHTS_NAME, read_weights
+from ..model.io import CONFIG_NAME, WEIGHTS_NAME, read_weights, resolve_model_dir
 from ..model.resize import adapt_state_dict
 from ..model.vlmo import VLMo
 
 #: architecture fields that must agree between a source and the model it initialises
 BACKBONE_FIELDS = ("embed_dim", "depth", "num_heads", "patch_size", "relative_position", "mlp_ratio")
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A model directory from a model dir, a run folder (newest checkpoint) or a checkpoints folder."""
-    p = Path(path)
-    if (p / CONFIG_NAME).exists():
-        return p
-    for root in (p / "checkpoints", p):
-        latest = root / "latest"
-        if latest.is_file():
-            target = root / latest.read_text().strip()
-            if (target / CONFIG_NAME).exists():
-                return target
-    raise CheckpointError(f"{p}: no model directory, run folder or checkpoint found there")
 
 
 def read_source(source: str, target: ModelConfig) -> tuple[dict[str, torch.Tensor], ModelConfig]:

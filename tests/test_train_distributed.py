@@ -1,0 +1,140 @@
+"""Stage 3 under DDP: a 2-process gloo run computes the same ITC/ITM/MLM losses and gradients as one process with
+the same global batch, hard negatives drawn from the same gathered pool.
+
+With the official gather (no gradient through other processes' features, every process computing the global loss),
+DDP's gradient averaging scales the ITC gradient by 1/world_size; ``gather_with_grad`` (open_clip's scheme) gives the
+single-process gradient exactly. Both facts are checked here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from vlmo_cli.model.config import get_config
+from vlmo_cli.model.vlmo import VLMo
+from vlmo_cli.objectives.matching import HardNegatives
+from vlmo_cli.train import stages
+from vlmo_cli.train.loop import StageModule
+
+B, WORLD = 8, 2
+CASES = {  # name: task overrides
+    "full_with_grad": dict(gather_with_grad=True),
+    "itc_official": dict(itm_weight=0.0, mlm_weight=0.0),
+    "itm_mlm": dict(itc_weight=0.0),
+}
+
+
+def hardest_negatives(logits_i2t, logits_t2i, local_batch, image_ids=None, generator=None):
+    """Deterministic stand-in for the sampler: the most similar non-positive (same pool, same choice everywhere)."""
+    with torch.no_grad():
+        eye = torch.eye(logits_i2t.shape[1], dtype=torch.bool)[:local_batch]
+        i2t = logits_i2t[:local_batch].masked_fill(eye, float("-inf"))
+        t2i = logits_t2i[:local_batch].masked_fill(eye, float("-inf"))
+        return HardNegatives(image_index=t2i.argmax(1), text_index=i2t.argmax(1))
+
+
+def make_model() -> VLMo:
+    torch.manual_seed(0)
+    cfg = get_config("tiny", vocab_size=64, drop_path_rate=0.0, text_dropout=0.0,
+                     heads=["pooler", "itc", "itc_vl", "itm", "mlm"])
+    return VLMo(cfg)
+
+
+def make_batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, 64, (B, 8), generator=g)
+    mask = torch.ones(B, 8, dtype=torch.long)
+    mask[::2, 6:] = 0
+    ids = ids * mask
+    mlm_ids, labels = ids.clone(), torch.full_like(ids, -100)
+    for row in range(B):  # two masked tokens per row: per-process MLM means average to the global mean
+        for col in (1, 3):
+            labels[row, col] = ids[row, col]
+            mlm_ids[row, col] = 4
+    return {"pixel_values": torch.randn(B, 3, 32, 32, generator=g), "input_ids": ids, "attention_mask": mask,
+            "mlm_input_ids": mlm_ids, "mlm_labels": labels, "image_ids": torch.arange(B)}
+
+
+def task(**overrides) -> SimpleNamespace:
+    base = dict(itc_vl=True, logit_scale_max=0.0, gather_with_grad=False, itm_exclude_same_image=False,
+                mlm_weight=0.25, itc_weight=1.0, itm_weight=1.0)
+    return SimpleNamespace(**{**base, **overrides})
+
+
+def step(module: torch.nn.Module, batch) -> tuple[float, dict[str, torch.Tensor]]:
+    module.zero_grad(set_to_none=True)
+    loss, _ = module(batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+    return float(loss.detach()), {n.removeprefix("module."): g for n, g in grads.items()}
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    stages.sample_hard_negatives = hardest_negatives
+    batch = {k: v.chunk(WORLD)[rank] for k, v in make_batch().items()}
+    results = {}
+    for name, overrides in CASES.items():
+        ddp = torch.nn.parallel.DistributedDataParallel(StageModule(make_model(), stages.STAGES["pretrain.vl"],
+                                                                    task(**overrides)))
+        loss, grads = step(ddp, batch)
+        losses = [None] * WORLD
+        dist.all_gather_object(losses, loss)
+        results[name] = (sum(losses) / WORLD, grads)
+    if rank == 0:
+        torch.save(results, os.path.join(out_dir, "ddp.pt"))
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return torch.load(out / "ddp.pt", weights_only=True)
+
+
+def single(name: str, monkeypatch) -> tuple[float, dict[str, torch.Tensor]]:
+    monkeypatch.setattr(stages, "sample_hard_negatives", hardest_negatives)
+    return step(StageModule(make_model(), stages.STAGES["pretrain.vl"], task(**CASES[name])), make_batch())
+
+
+def assert_grads(a: dict, b: dict, scale: float = 1.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k] * scale, atol=2e-6, rtol=1e-4, msg=k)
+
+
+def test_with_gradient_gather_ddp_equals_one_process(ddp_results, monkeypatch):
+    loss, grads = single("full_with_grad", monkeypatch)
+    ddp_loss, ddp_grads = ddp_results["full_with_grad"]
+    assert ddp_loss == pytest.approx(loss, rel=1e-5)
+    assert_grads(ddp_grads, grads)
+
+
+def test_itm_and_mlm_from_the_gathered_pool_equal_one_process(ddp_results, monkeypatch):
+    loss, grads = single("itm_mlm", monkeypatch)
+    ddp_loss, ddp_grads = ddp_results["itm_mlm"]
+    assert ddp_loss == pytest.approx(loss, rel=1e-5)
+    assert_grads(ddp_grads, grads)
+
+
+def test_official_gather_gives_the_same_itc_loss_and_gradient_over_world_size(ddp_results, monkeypatch):
+    loss, grads = single("itc_official", monkeypatch)
+    ddp_loss, ddp_grads = ddp_results["itc_official"]
+    assert ddp_loss == pytest.approx(loss, rel=1e-5)
+    assert_grads(ddp_grads, grads, scale=1 / WORLD)

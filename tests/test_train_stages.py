@@ -1,0 +1,114 @@
+"""The training engine on the demo data with the tiny recipe: every pre-training stage runs from the CLI, learns,
+checkpoints atomically and resumes exactly; stage 2 leaves frozen weights untouched."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlmo_cli.cli.app import main
+from vlmo_cli.recipe import load_recipe
+from vlmo_cli.train import stages as stages_module
+from vlmo_cli.train.checkpoint import find_resume, list_checkpoints
+from vlmo_cli.train.loop import TrainingDiverged, train
+from vlmo_cli.train.monitor import read_metrics
+
+COMMON = ["model.vocab_size=160", "train.log_every=5", "data.batch_size=16"]
+
+
+@pytest.fixture()
+def in_demo(demo_root, monkeypatch, tmp_path):
+    monkeypatch.chdir(demo_root)
+    return ["train.output_dir=" + str(tmp_path / "runs")]
+
+
+def run_cli(args: list[str]) -> None:
+    try:
+        main(args)
+    except SystemExit as exc:
+        assert exc.code in (0, None), f"vlmo {' '.join(args)} exited with {exc.code}"
+
+
+def losses(run: Path, key: str) -> list[float]:
+    return [m[key] for m in read_metrics(run) if key in m and not any(k.startswith("val_") for k in m)]
+
+
+def test_three_stages_from_the_cli_learn_and_chain(in_demo, tmp_path):
+    runs = tmp_path / "runs"
+    run_cli(["pretrain-vision", "tiny", *COMMON, *in_demo, "pretrain.vision.max_steps=30",
+             "pretrain.vision.lr=2e-3", "pretrain.vision.warmup=3"])
+    vision = runs / "tiny-pretrain-vision"
+    mim = losses(vision, "mim_loss")
+    assert sum(mim[-2:]) < 0.93 * sum(mim[:2]), mim  # per-patch normalised pixels: 1.0 = predicting the mean
+
+    run_cli(["pretrain-text", "tiny", *COMMON, *in_demo, "pretrain.text.max_steps=30", "pretrain.text.warmup=3",
+             f"pretrain.text.init={vision}"])
+    text = runs / "tiny-pretrain-text"
+    mlm = losses(text, "mlm_loss")
+    assert sum(mlm[-2:]) < 0.8 * sum(mlm[:2]), mlm
+    # stage 2 trains only the text side: every frozen tensor is bit-identical to stage 1's
+    before = load_file(list_checkpoints(vision)[-1] / "model.safetensors")
+    after = load_file(list_checkpoints(text)[-1] / "model.safetensors")
+    trainable = stages_module.TEXT_STAGE_TRAINABLE
+    frozen = [k for k in before if k in after and not any(t in k for t in trainable)]
+    assert any("mlp_imag" in k for k in frozen) and any("attn.qkv" in k for k in frozen)
+    for k in frozen:
+        assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before["transformer.blocks.0.mlp_text.fc1.weight"], after["transformer.blocks.0.mlp_text.fc1.weight"])
+
+    run_cli(["pretrain-vl", "tiny", *COMMON, *in_demo, "pretrain.vl.max_steps=30", "pretrain.vl.warmup=3",
+             "pretrain.vl.lr=1e-3", f"pretrain.vl.init={text}"])
+    vl = runs / "tiny-pretrain-vl"
+    total = losses(vl, "loss")
+    assert sum(total[-2:]) < 0.9 * sum(total[:2]), total
+    last = list_checkpoints(vl)[-1]
+    assert json.loads((last / "trainer_state.json").read_text())["step"] == 30
+    assert (last / "tokenizer.json").exists() and (vl / "recipe.toml").exists()
+    assert any("val_tr_r1" in m for m in read_metrics(vl))
+
+
+def _vl_stage(in_demo, tmp_path, run_name, extra=()):
+    overrides = [*COMMON, *in_demo, "pretrain.vl.max_steps=4", "pretrain.vl.init=", "pretrain.vl.warmup=1",
+                 f"pretrain.vl.run_name={run_name}", "data.batch_size=8", *extra]
+    return load_recipe("tiny", overrides).resolve("pretrain.vl")
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(in_demo, tmp_path):
+    full = train(_vl_stage(in_demo, tmp_path, "full"))
+    cut = train(_vl_stage(in_demo, tmp_path, "cut"), stop_after=2)
+    assert cut.state.step == 2
+    resumed = train(_vl_stage(in_demo, tmp_path, "cut"), resume="auto")
+    assert resumed.state.step == 4
+    a = load_file(full.checkpoint / "model.safetensors")
+    b = load_file(resumed.checkpoint / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_auto_ignores_a_checkpoint_cut_off_mid_write(in_demo, tmp_path):
+    result = train(_vl_stage(in_demo, tmp_path, "partial", ["pretrain.vl.max_steps=2"]))
+    root = result.run_dir / "checkpoints"
+    (root / "step_7").mkdir()
+    (root / "step_7" / "config.json").write_text("{}")  # no weights, no state: an interrupted write
+    (root / ".step_9.tmp-abc").mkdir()
+    assert find_resume(result.run_dir, "auto") == root / "step_2"
+    with pytest.raises(Exception, match="already holds checkpoints"):
+        train(_vl_stage(in_demo, tmp_path, "partial", ["pretrain.vl.max_steps=2"]))
+
+
+def test_non_finite_loss_stops_with_a_clear_message(in_demo, tmp_path, monkeypatch):
+    original = stages_module.STAGES["pretrain.vl"]
+
+    def exploding(model, batch, task):
+        out = original.objective(model, batch, task)
+        return stages_module.StepOutput(out.loss * float("nan"), out.metrics)
+
+    monkeypatch.setitem(stages_module.STAGES, "pretrain.vl", dataclasses.replace(original, objective=exploding))
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 1"):
+        train(_vl_stage(in_demo, tmp_path, "nan"))

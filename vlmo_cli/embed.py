@@ -1,0 +1,343 @@
+"""Using a model: load it for inference (with its tokenizer) and compute batched dual-encoder embeddings of image
+files or lines of text, saved as ``.safetensors`` with their ids.
+
+A saved embedding file holds one tensor, ``embeddings`` (``[N, D]`` float32, L2-normalised: dot product = cosine),
+and string metadata: ``kind`` (``image`` or ``text``), ``ids`` (a JSON list: image paths, or line numbers),
+``texts`` (text files: the JSON list of the texts), ``model``, ``dim``, ``image_size`` / ``max_text_len`` and
+``skipped`` (inputs that could not be embedded, with the reason). :func:`load_embeddings` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import CheckpointError, DataError, VlmoError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .data.tokenizer import TextTokenizer
+    from .model.vlmo import VLMo
+
+log = logging.getLogger(__name__)
+
+#: file name suffixes treated as images when a folder is given
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+@dataclass
+class InferenceModel:
+    """A model ready for inference.
+
+    Attributes:
+        model: the network, in eval mode, on ``device``.
+        path: the model directory (or official ``.pt`` file) it was read from.
+        tokenizer: the tokenizer stored with the model (or the one given), ``None`` when there is none.
+        device: where it runs.
+        image_size: the resolution it runs at.
+        resized_from: the stored resolution when position information was resized on load, else ``None``.
+    """
+
+    model: VLMo
+    path: Path
+    tokenizer: TextTokenizer | None
+    device: torch.device
+    image_size: int
+    resized_from: int | None = None
+
+    def require_tokenizer(self) -> TextTokenizer:
+        if self.tokenizer is None:
+            raise CheckpointError(
+                f"{self.path}: no tokenizer stored with the model (tokenizer.json or vocab.txt); pass --tokenizer"
+            )
+        return self.tokenizer
+
+    def fingerprint(self) -> str:
+        """Identity of the weights (path, size, modification time) and the resolution: keys the search cache."""
+        weights = self.path / "model.safetensors" if self.path.is_dir() else self.path
+        stat = weights.stat()
+        return json.dumps([str(weights.resolve()), stat.st_size, stat.st_mtime_ns, self.image_size])
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` as given, else CUDA when available, else CPU."""
+    import torch
+
+    if device:
+        try:
+            return torch.device(device)
+        except RuntimeError as exc:
+            raise VlmoError(f"--device {device!r} is not a torch device ({exc})") from None
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A model directory from a model dir, a run folder (newest checkpoint) or a checkpoints folder; files pass."""
+    from .train.init import resolve_model_dir
+
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such model directory, run folder or checkpoint file")
+    return resolve_model_dir(p)
+
+
+def run_folder_of(model_path: str | Path) -> Path | None:
+    """The run folder a model directory belongs to (``runs/x`` for ``runs/x/checkpoints/step_N``), else ``None``."""
+    p = Path(model_path)
+    if (p / "checkpoints").is_dir():
+        return p
+    if p.parent.name == "checkpoints" and (p.parent.parent / "recipe.toml").exists():
+        return p.parent.parent
+    return None
+
+
+def load_inference_model(
+    path: str | Path,
+    *,
+    image_size: int | None = None,
+    device: str | torch.device | None = None,
+    tokenizer: TextTokenizer | str | Path | None = None,
+) -> InferenceModel:
+    """Load a model for inference: resolve run folders, resize to ``image_size`` when asked, find its tokenizer.
+
+    Args:
+        path: model directory, run folder, ``checkpoints/step_N`` or an official ``.pt`` file.
+        image_size: run at this resolution (position information is resized on load); default: the stored one.
+        device: torch device; default CUDA when available.
+        tokenizer: a tokenizer object or path; default the one stored in the model directory (if any).
+    """
+    from .data.tokenizer import TextTokenizer, load_tokenizer
+    from .model.config import ModelConfig
+    from .model.io import CONFIG_NAME, load_model
+
+    model_path = resolve_model_path(path)
+    dev = pick_device(device) if not hasattr(device, "type") else device
+    stored = ModelConfig.load(model_path / CONFIG_NAME).image_size if model_path.is_dir() else None
+    overrides = {}
+    if image_size and (stored is None or image_size != stored):
+        overrides["image_size"] = int(image_size)
+    model = load_model(model_path, device=dev, **overrides)
+    model.eval()
+    if isinstance(tokenizer, TextTokenizer):
+        tok = tokenizer
+    elif tokenizer:
+        tok = load_tokenizer(tokenizer)
+    elif model_path.is_dir() and any((model_path / n).exists() for n in ("tokenizer.json", "vocab.txt")):
+        tok = load_tokenizer(model_path)
+    else:
+        tok = None
+    if tok is not None and tok.vocab_size > model.config.vocab_size:
+        raise CheckpointError(
+            f"{model_path}: the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size}"
+        )
+    resized = stored if overrides and stored is not None else None
+    return InferenceModel(model, model_path, tok, dev, model.config.image_size, resized)
+
+
+def as_inference_model(model: Any, **kwargs: Any) -> InferenceModel:
+    """Accept an :class:`InferenceModel` or a path (loaded with ``kwargs``)."""
+    return model if isinstance(model, InferenceModel) else load_inference_model(model, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+def list_images(paths: Iterable[str | Path], *, recursive: bool = True) -> list[Path]:
+    """Image files named by ``paths``: files as given, folders expanded (sorted) to files with an image suffix."""
+    out: list[Path] = []
+    for item in paths:
+        p = Path(item)
+        if p.is_dir():
+            found = p.rglob("*") if recursive else p.iterdir()
+            out += sorted(f for f in found if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such image file or folder")
+    return out
+
+
+def read_text_lines(path: str | Path) -> list[tuple[int, str]]:
+    """``(line number, text)`` of the non-empty lines of a UTF-8 text file (numbers start at 1)."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{p}: text file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not UTF-8 text ({exc})") from None
+    return [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------------- embedding
+@dataclass
+class Embeddings:
+    """Embeddings with their ids (image paths or line numbers); ``skipped`` lists inputs that could not be read."""
+
+    kind: str
+    embeddings: torch.Tensor
+    ids: list[str]
+    texts: list[str] | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _image_tensor(path: Path, transform) -> tuple[torch.Tensor | None, str | None]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return transform(img.convert("RGB")), None
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def embed_image_files(model: InferenceModel, paths: Sequence[str | Path], *, batch_size: int = 64,
+                      threads: int = 4) -> Embeddings:
+    """Dual-encoder embeddings of image files (eval transform at the model's resolution); unreadable files are
+    skipped and listed, never fatal. Each batch is decoded by ``threads`` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from .data.transforms import build_transform
+
+    transform = build_transform(model.image_size, False)
+    files = [Path(p) for p in paths]
+    ids: list[str] = []
+    skipped: list[dict[str, str]] = []
+    chunks: list[torch.Tensor] = []
+    with ThreadPoolExecutor(max(1, threads)) as pool, torch.no_grad():
+        for start in range(0, len(files), batch_size):  # one batch in memory at a time
+            batch = files[start:start + batch_size]
+            good: list[tuple[Path, torch.Tensor]] = []
+            for path, (tensor, reason) in zip(batch, pool.map(lambda f: _image_tensor(f, transform), batch)):
+                if tensor is None:
+                    skipped.append({"id": str(path), "reason": str(reason)})
+                    log.warning("skipping unreadable image %s: %s", path, reason)
+                else:
+                    good.append((path, tensor))
+            if good:
+                pixels = torch.stack([t for _, t in good]).to(model.device)
+                chunks.append(model.model.encode_image(pixels).float().cpu())
+                ids += [str(p) for p, _ in good]
+    emb = torch.cat(chunks) if chunks else torch.zeros(0, model.model.config.embed_dim)
+    return Embeddings("image", emb, ids, skipped=skipped, metadata={"image_size": str(model.image_size)})
+
+
+def encode_texts(model: InferenceModel, texts: Sequence[str], *, batch_size: int = 256,
+                 max_text_len: int | None = None) -> torch.Tensor:
+    """``[N, D]`` dual-encoder embeddings of ``texts`` (float32, CPU)."""
+    import torch
+
+    tok = model.require_tokenizer()
+    length = min(max_text_len or model.model.config.max_text_len, model.model.config.max_text_len)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            enc = tok.encode_batch(list(texts[start:start + batch_size]), length)
+            ids = torch.from_numpy(enc["input_ids"]).to(model.device)
+            mask = torch.from_numpy(enc["attention_mask"]).to(model.device)
+            chunks.append(model.model.encode_text(ids, mask).float().cpu())
+    return torch.cat(chunks) if chunks else torch.zeros(0, model.model.config.embed_dim)
+
+
+def embed_texts(model: InferenceModel, lines: Sequence[tuple[int, str]] | Sequence[str], *, batch_size: int = 256,
+                max_text_len: int | None = None) -> Embeddings:
+    """Embeddings of texts; ``lines`` are ``(line number, text)`` pairs (as :func:`read_text_lines`) or strings."""
+    pairs = [(n, t) if isinstance(t, str) else t for n, t in enumerate(lines, start=1)] if lines and isinstance(
+        lines[0], str) else list(lines)
+    texts = [t for _, t in pairs]
+    emb = encode_texts(model, texts, batch_size=batch_size, max_text_len=max_text_len)
+    length = min(max_text_len or model.model.config.max_text_len, model.model.config.max_text_len)
+    return Embeddings("text", emb, [str(n) for n, _ in pairs], texts=texts, metadata={"max_text_len": str(length)})
+
+
+# ---------------------------------------------------------------------------------------------------- files
+def save_embeddings(result: Embeddings, path: str | Path, *, model_path: str | Path | None = None) -> Path:
+    """Write ``result`` as a safetensors file (``embeddings`` tensor, ids and provenance in the metadata)."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    if target.suffix != ".safetensors":
+        raise DataError(f"{target}: the output must be a .safetensors file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "pt", "kind": result.kind, "ids": json.dumps(result.ids, ensure_ascii=False),
+            "dim": str(int(result.embeddings.shape[1])), "count": str(len(result.ids)),
+            "skipped": json.dumps(result.skipped, ensure_ascii=False), **result.metadata}
+    if result.texts is not None:
+        meta["texts"] = json.dumps(result.texts, ensure_ascii=False)
+    if model_path is not None:
+        meta["model"] = str(model_path)
+    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    try:
+        save_file({"embeddings": result.embeddings.float().contiguous()}, temp, metadata=meta)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_embeddings(path: str | Path) -> Embeddings:
+    """Read a file written by :func:`save_embeddings`."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: embeddings file not found")
+    try:
+        with safe_open(str(p), framework="pt") as handle:
+            meta = dict(handle.metadata() or {})
+            emb = handle.get_tensor("embeddings")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's problem to fix
+        raise DataError(f"{p}: not an embeddings file ({exc})") from None
+    texts = json.loads(meta.pop("texts")) if "texts" in meta else None
+    ids = json.loads(meta.pop("ids", "[]"))
+    skipped = json.loads(meta.pop("skipped", "[]"))
+    return Embeddings(meta.pop("kind", "unknown"), emb, ids, texts=texts, skipped=skipped, metadata=meta)
+
+
+def embed(
+    model: InferenceModel | str | Path,
+    out: str | Path,
+    *,
+    images: Sequence[str | Path] | None = None,
+    texts: str | Path | None = None,
+    batch_size: int = 64,
+    max_text_len: int | None = None,
+    device: str | None = None,
+    image_size: int | None = None,
+) -> tuple[Embeddings, Path]:
+    """``vlmo embed``: embed image files/folders or the lines of a text file and save them to ``out``."""
+    if (images is None or len(images) == 0) == (texts is None):
+        raise VlmoError("give either images (--images PATH...) or a text file (--texts FILE), not both")
+    loaded = as_inference_model(model, device=device, image_size=image_size)
+    if texts is not None:
+        lines = read_text_lines(texts)
+        if not lines:
+            raise DataError(f"{texts}: no non-empty lines to embed")
+        result = embed_texts(loaded, lines, batch_size=batch_size, max_text_len=max_text_len)
+    else:
+        files = list_images(images)
+        if not files:
+            raise DataError(f"no image files found in {', '.join(str(p) for p in images)}")
+        result = embed_image_files(loaded, files, batch_size=batch_size)
+        if not len(result):
+            raise DataError(f"none of the {len(files)} images could be read (first: {result.skipped[0]['reason']})")
+    return result, save_embeddings(result, out, model_path=loaded.path)
