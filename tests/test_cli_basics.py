@@ -8,19 +8,8 @@ import tomllib
 
 import pytest
 
-from vlmo_cli.cli.app import main
+from helpers import run
 from vlmo_cli.recipe import parse_recipe
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_help_lists_the_recipes_group(capsys):

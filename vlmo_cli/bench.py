@@ -10,6 +10,9 @@ time lands where the work is done:
 * ``backward``: ``loss.backward()`` (with the loss scaler in fp16);
 * ``optimizer``: AdamW step and ``zero_grad``.
 
+``samples_per_s`` counts forward + backward + optimizer (in training, loading overlaps with compute);
+``extra["samples_per_s_with_data"]`` includes the data phase.
+
 Model FLOPs utilisation counts the analytic model FLOPs (``3 ×`` the forward FLOPs of the stage's passes, see
 :mod:`vlmo_cli.model.flops`; recomputation under activation checkpointing is not counted, by convention) against the
 dense peak of the device for the chosen precision.
@@ -120,7 +123,8 @@ class BenchSettings:
         peak_tflops: peak for MFU; ``None`` = by device (no MFU on CPU).
         device: ``cuda``/``cpu``/…; ``None`` = CUDA when available.
         overrides: recipe overrides ``key.path=value``.
-        implementation: ``optimised`` (the training code) or ``reference`` (the straightforward stage-3 oracle).
+        implementation: ``optimised`` (the training code) or ``reference`` (the straightforward stage-3 oracle;
+            ``reference+sdpa``, ``reference+batched``, ``reference+sdpa+batched`` switch single optimisations on).
         seed: RNG seed of the model and the batches.
         num_images / captions_per_image / rerank_k / rerank_queries: ``eval-retrieval`` sizes; ``rerank_queries``
             image queries (and ``captions_per_image`` times as many caption queries) are re-ranked and the time is
@@ -271,8 +275,10 @@ def _default_batch(settings: BenchSettings, recipe_batch: int, device: torch.dev
     return max(1, min(recipe_batch, 32 if device.type == "cuda" else 8))
 
 
-def build_training(settings: BenchSettings, section: str, stage, device: torch.device):
-    """``(model config, step module, optimizer)`` of a stage, as the training loop builds them (random weights)."""
+def build_training(settings: BenchSettings, section: str, stage, device: torch.device, share=None):
+    """``(model config, stage, step module, optimizer, fused)`` of a stage, as the training loop builds them (random
+    weights). ``share``: a :class:`TrainingStepper` of the same stage whose model (and optimizer, when the fused
+    switch agrees) are reused, so that several configurations of a big model fit in memory side by side."""
     from .model.vlmo import VLMo
     from .train.loop import StageModule
     from .train.optim import build_optimizer
@@ -285,29 +291,36 @@ def build_training(settings: BenchSettings, section: str, stage, device: torch.d
     cfg = stage_model_config(stage_def, base, task, num_answers=num_answers, text_len=stage.data.max_text_len)
     if not getattr(task, "itc_vl", True):
         cfg = cfg.replace(heads=[h for h in cfg.heads if h != "itc_vl"])
-    torch.manual_seed(settings.seed)
-    model = VLMo(cfg)
-    for name, p in model.named_parameters():
-        if not stage_def.trainable(name, cfg):
-            p.requires_grad_(False)
-    if settings.checkpointing or stage.train.activation_checkpointing:
-        model.set_grad_checkpointing(True)
-    model.to(device)
     fused = settings.fused_adamw
     if fused is None:
         fused = stage.train.fused_adamw if isinstance(stage.train.fused_adamw, bool) else device.type == "cuda"
-    optimizer = build_optimizer(model, stage.train, fused=fused)
-    if settings.implementation == "reference":
+    if share is not None:
+        if share.section != section or share.device != device:
+            raise ConfigError("a shared benchmark model must come from the same stage and device")
+        model, cfg = share.model, share.cfg
+        optimizer = share.optimizer if share.fused == fused else build_optimizer(model, stage.train, fused=fused)
+    else:
+        torch.manual_seed(settings.seed)
+        model = VLMo(cfg)
+        for name, p in model.named_parameters():
+            if not stage_def.trainable(name, cfg, task):
+                p.requires_grad_(False)
+        model.to(device)
+        optimizer = build_optimizer(model, stage.train, fused=fused)
+    impl = settings.implementation
+    if impl == "optimised":
+        module = StageModule(model, stage_def, task)
+    elif impl.split("+")[0] == "reference" and set(impl.split("+")[1:]) <= {"sdpa", "batched"}:
         from .train.reference_step import ReferenceStageModule
 
-        module = ReferenceStageModule(model, stage_def, task)
-    elif settings.implementation == "optimised":
-        module = StageModule(model, stage_def, task)
+        flags = set(impl.split("+")[1:])
+        module = ReferenceStageModule(model, stage_def, task, sdpa="sdpa" in flags, batched_itm="batched" in flags)
     else:
-        raise ConfigError(f"implementation must be 'optimised' or 'reference', got {settings.implementation!r}")
+        raise ConfigError(f"implementation must be 'optimised' or 'reference' (optionally '+sdpa', '+batched' "
+                          f"ablations), got {impl!r}")
     if settings.compile or stage.train.compile:
         module = torch.compile(module)
-    return cfg, stage_def, module, optimizer, fused
+    return cfg, stage_def, model, module, optimizer, fused
 
 
 class TrainingStepper:
@@ -317,15 +330,16 @@ class TrainingStepper:
     in one process (``benchmarks/bench_train.py`` measures ratios that way).
     """
 
-    def __init__(self, settings: BenchSettings) -> None:
+    def __init__(self, settings: BenchSettings, share: "TrainingStepper | None" = None) -> None:
         self.settings = settings
         self.section, self.stage, self.device = _resolve(settings)
         if self.section.startswith("eval."):
             raise ConfigError("eval-retrieval is not a training stage: use bench_eval_retrieval")
         self.batch = _default_batch(settings, self.stage.data.batch_size, self.device)
         self.precision = settings.precision or self.stage.train.precision
-        self.cfg, self.stage_def, self.module, self.optimizer, self.fused = build_training(
-            settings, self.section, self.stage, self.device)
+        self.cfg, self.stage_def, self.model, self.module, self.optimizer, self.fused = build_training(
+            settings, self.section, self.stage, self.device, share)
+        self.checkpointing = settings.checkpointing or self.stage.train.activation_checkpointing
         self.gen = torch.Generator().manual_seed(settings.seed)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
@@ -342,6 +356,7 @@ class TrainingStepper:
         _sync(dev)
         t1 = time.perf_counter()
         self.module.train()
+        self.model.set_grad_checkpointing(self.checkpointing)  # per step: a shared model serves several settings
         with self.autocast():
             loss, _ = self.module(batch)
         _sync(dev)
@@ -363,7 +378,8 @@ class TrainingStepper:
         t4 = time.perf_counter()
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"non-finite loss {float(loss)} in the benchmark of {self.section}")
-        return {"data": t1 - t0, "forward": t2 - t1, "backward": t3 - t2, "optimizer": t4 - t3, "step": t4 - t0}
+        return {"data": t1 - t0, "forward": t2 - t1, "backward": t3 - t2, "optimizer": t4 - t3, "compute": t4 - t1,
+                "step": t4 - t0}
 
 
 def summarise(per_step: Iterable[dict[str, float]]) -> dict[str, float]:
@@ -384,8 +400,10 @@ def bench_training(settings: BenchSettings) -> BenchResult:
         torch.cuda.reset_peak_memory_stats(dev)
     timed = [stepper.step() for _ in range(settings.steps)]
     times = summarise(timed)
+    # throughput of the compute (forward + backward + optimizer): in training, data loading overlaps with it
+    # (loader workers, pinned memory); the data phase is reported on its own and in samples_per_s_with_data
     total = sum(t["step"] for t in timed)
-    samples_per_s = stepper.batch * len(timed) / total
+    samples_per_s = stepper.batch * len(timed) / sum(t["compute"] for t in timed)
     flops = train_flops_per_sample(stepper.section, stepper.cfg, stepper.stage.task, stepper.stage.data.max_text_len)
     peak = settings.peak_tflops if settings.peak_tflops is not None else default_peak_tflops(dev, stepper.precision)
     achieved = flops * samples_per_s / 1e12
@@ -402,6 +420,7 @@ def bench_training(settings: BenchSettings) -> BenchResult:
         times={**times, "warmup_total_s": warmup_s, "timed_total_s": total},
         samples_per_s=samples_per_s, flops_per_sample=flops, achieved_tflops=achieved, peak_tflops=peak,
         mfu=achieved / peak if peak else None, peak_memory_mb=memory, memory_kind=kind,
+        extra={"samples_per_s_with_data": stepper.batch * len(timed) / total},
     )
 
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..errors import DataError
 from .collate import TASKS, CollateConfig, Collator
@@ -347,7 +347,7 @@ def build_dataset(path: str | Path, split: str, task: str, *, image_size: int = 
     return Nlvr2Dataset(prepared, split, transform)
 
 
-def build_dataloader(path: str | Path, split: str, task: str, *, tokenizer: TextTokenizer | str | Path | None = None,
+def build_dataloader(path: str | Path | list, split: str, task: str, *, tokenizer: TextTokenizer | str | Path | None = None,
                      image_size: int = 224, batch_size: int = 32, train: bool = True, seed: int = 0,
                      workers: int = 0, rank: int = 0, world_size: int = 1, epoch: int = 0, skip_batches: int = 0,
                      max_text_len: int = 40, padding: str = "max_length", mlm: bool = False,
@@ -358,7 +358,8 @@ def build_dataloader(path: str | Path, split: str, task: str, *, tokenizer: Text
     """A DataLoader yielding collated batches (keys: :mod:`vlmo_cli.data.collate`).
 
     Args:
-        path: prepared directory (or, with ``streaming=True``, webdataset shards: a folder, glob or file).
+        path: prepared directory, or a list of them (concatenated; the first one's tokenizer and answers are used),
+            or, with ``streaming=True``, webdataset shards: a folder, glob or file.
         split: split name; ``"a+b"`` concatenates splits.
         task: one of ``pairs``, ``text``, ``images``, ``vqa``, ``nlvr2``, ``classify``.
         tokenizer: object or path; default: the prepared directory's ``tokenizer/``.
@@ -380,6 +381,10 @@ def build_dataloader(path: str | Path, split: str, task: str, *, tokenizer: Text
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     shuffle = train if shuffle is None else shuffle
     drop_last = train if drop_last is None else drop_last
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths:
+        raise DataError("no dataset directory given")
+    path = paths[0]
     prepared = None if streaming else open_prepared(path, TASK_KINDS.get(task))
     tok = resolve_tokenizer(tokenizer, prepared)
     config = CollateConfig(max_text_len=max_text_len, padding=padding, mlm=mlm, mlm_probability=mlm_probability,
@@ -396,7 +401,9 @@ def build_dataloader(path: str | Path, split: str, task: str, *, tokenizer: Text
         dataset = StreamingPairs(path, transform, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle)
         dataset.set_epoch(epoch)
         return DataLoader(dataset, drop_last=drop_last, **common)
-    dataset = build_dataset(path, split, task, image_size=image_size, train=train, randaug=randaug, hflip=hflip)
+    datasets = [build_dataset(p, split, task, image_size=image_size, train=train, randaug=randaug, hflip=hflip)
+                for p in paths]
+    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)  # several corpora: one index space
     sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                                batch_size=batch_size, drop_last=drop_last)
     sampler.set_epoch(epoch, skip_batches)

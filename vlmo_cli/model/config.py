@@ -46,6 +46,8 @@ class ModelConfig:
         vqa_num_answers: output size of the VQA head.
         num_classes: output size of the ``classify`` head (users' own image-text classification).
         pad_token_id: id of ``[PAD]``.
+        init_std: standard deviation of the random initialisation of weights (official 0.02, tuned for width 768;
+            narrow models need more for their CLS features to depend on the input at the start of training).
         name: the registered size this config was derived from (informational).
     """
 
@@ -69,6 +71,7 @@ class ModelConfig:
     vqa_num_answers: int = 3129
     num_classes: int = 2
     pad_token_id: int = 0
+    init_std: float = 0.02
     name: str = "custom"
 
     def __post_init__(self) -> None:

@@ -153,10 +153,12 @@ class VLMo(nn.Module):
         """Official initialisation: backbone Linear trunc-normal(0.02), embeddings and heads normal(0.02),
         zero biases, LayerNorm (1, 0), γ = ``layer_scale_init``, relative-position table zeros, logit scales log(1/0.07)."""
 
+        std = self.config.init_std
+
         def backbone(m: nn.Module) -> None:
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 if isinstance(m, nn.Linear):
-                    nn.init.trunc_normal_(m.weight, std=0.02)
+                    nn.init.trunc_normal_(m.weight, std=std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
@@ -165,7 +167,7 @@ class VLMo(nn.Module):
 
         def module_level(m: nn.Module) -> None:
             if isinstance(m, (nn.Linear, nn.Embedding)):
-                m.weight.data.normal_(0.0, 0.02)
+                m.weight.data.normal_(0.0, std)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 m.bias.data.zero_()
             if isinstance(m, nn.LayerNorm):
@@ -173,14 +175,14 @@ class VLMo(nn.Module):
                 m.bias.data.zero_()
 
         self.transformer.apply(backbone)
-        nn.init.trunc_normal_(self.transformer.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.transformer.cls_token, std=std)
         if self.transformer.pos_embed is not None:
-            nn.init.trunc_normal_(self.transformer.pos_embed, std=0.02)
+            nn.init.trunc_normal_(self.transformer.pos_embed, std=std)
         for name, module in self.named_children():
             if name != "transformer":
                 module.apply(module_level)
         if self.mim_head is not None:
-            nn.init.trunc_normal_(self.mim_head.mask_token, std=0.02)
+            nn.init.trunc_normal_(self.mim_head.mask_token, std=std)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "VLMo":

@@ -23,6 +23,10 @@ class ContrastiveResult:
     scale: torch.Tensor
     accuracy_i2t: torch.Tensor
     accuracy_t2i: torch.Tensor
+    #: column of each local row's positive; the columns are the gathered batch, local first (official) or in rank
+    #: order (``gather_with_gradient``) — gather ITM's negative pool in the same order (``pool_gather``).
+    labels: torch.Tensor
+    local_first: bool = True
 
 
 def contrastive_loss(
@@ -52,4 +56,5 @@ def contrastive_loss(
     with torch.no_grad():
         acc_i2t = (logits_i2t.argmax(-1) == labels).float().mean()
         acc_t2i = (logits_t2i.argmax(-1) == labels).float().mean()
-    return ContrastiveResult(loss, logits_i2t, logits_t2i, scale, acc_i2t, acc_t2i)
+    return ContrastiveResult(loss, logits_i2t, logits_t2i, scale, acc_i2t, acc_t2i, labels[: image_emb.shape[0]],
+                             local_first=not gather_with_gradient)

@@ -26,6 +26,16 @@ def gather_local_first(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x] + parts[:rank] + parts[rank + 1 :], 0)
 
 
+def gather_rank_order(x: torch.Tensor) -> torch.Tensor:
+    """All-gather along dim 0 in rank order, without gradient."""
+    rank, size = world()
+    if size == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x.detach().contiguous())
+    return torch.cat(parts, 0)
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All-gather in rank order with gradients flowing back to every rank (open_clip's ``gather_with_grad``)."""
     rank, size = world()

@@ -25,12 +25,15 @@ def sample_hard_negatives(
     local_batch: int,
     image_ids: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    positives: torch.Tensor | None = None,
 ) -> HardNegatives:
     """Draw one negative per local row from ``softmax(ITC logits)`` with the positive (diagonal) excluded.
 
     Args:
-        logits_i2t, logits_t2i: gathered ITC logits, local rows first (as returned by the contrastive loss).
+        logits_i2t, logits_t2i: ITC logits whose first ``local_batch`` rows are this process's pairs and whose
+            columns are the gathered pool.
         local_batch: number of local rows B.
+        positives: column of each local row's own pair (default ``arange(B)``: the official local-first pool).
         image_ids: gathered image ids; when given, every pair showing the same image is excluded too.
         generator: RNG for the draws.
     """
@@ -38,7 +41,9 @@ def sample_hard_negatives(
         w_i2t = F.softmax(logits_i2t[:local_batch].float(), dim=1)
         w_t2i = F.softmax(logits_t2i[:local_batch].float(), dim=1)
         exclude = torch.zeros_like(w_i2t, dtype=torch.bool)
-        exclude.fill_diagonal_(True)
+        rows = torch.arange(local_batch, device=w_i2t.device)
+        cols = rows if positives is None else positives.to(w_i2t.device)
+        exclude[rows, cols] = True
         if image_ids is not None:
             exclude |= image_ids[:local_batch, None] == image_ids[None, :]
         w_i2t = w_i2t.masked_fill(exclude, 0)

@@ -181,7 +181,7 @@ def train(
         load_state_dict_checked(model, read_weights(resume_from / WEIGHTS_NAME), str(resume_from))
         notes = [f"resumed from {resume_from}"]
     for name, p in model.named_parameters():
-        if not stage_def.trainable(name, cfg):
+        if not stage_def.trainable(name, cfg, task):
             p.requires_grad_(False)
     if tcfg.activation_checkpointing:
         model.set_grad_checkpointing(True)

@@ -14,8 +14,8 @@ import torch
 from ..model.config import ModelConfig
 from ..model.vlmo import VLMo
 from ..objectives.classification import classification_loss, mim_loss, mlm_loss, vqa_loss, vqa_score
-from ..objectives.contrastive import contrastive_loss
-from ..objectives.distributed import gather_local_first
+from ..objectives.contrastive import ContrastiveResult, contrastive_loss
+from ..objectives.distributed import gather_local_first, gather_rank_order
 from ..objectives.matching import itm_loss, sample_hard_negatives
 
 Batch = dict[str, torch.Tensor]
@@ -39,27 +39,42 @@ def mim_objective(model: VLMo, batch: Batch, task) -> StepOutput:
     return StepOutput(loss, {"mim_loss": loss.detach()})
 
 
+def _masked_lm(model: VLMo, features: torch.Tensor, labels: torch.Tensor, weight: float = 1.0):
+    """MLM loss and accuracy with the head applied to the masked positions only: the head is per token and the other
+    positions carry label −100, so loss, accuracy and gradients are those of the full ``[B, T, vocab]`` logits, at
+    ~15 % of the decoder cost (measured in benchmarks/bench_train.py)."""
+    selected = labels != -100
+    return mlm_loss(model.mlm_logits(features[selected]), labels[selected], weight)
+
+
 def text_mlm_objective(model: VLMo, batch: Batch, task) -> StepOutput:
     """Stage 2: text-only MLM through the language experts (weight 1, official ``compute_textonly_mlm``)."""
     out = model.forward_text(batch["mlm_input_ids"], batch["attention_mask"])
-    loss, acc = mlm_loss(model.mlm_logits(out.features), batch["mlm_labels"])
+    loss, acc = _masked_lm(model, out.features, batch["mlm_labels"])
     return StepOutput(loss, {"mlm_loss": loss.detach(), "mlm_acc": acc})
 
 
-def _itm(model: VLMo, batch: Batch, logits_i2t, logits_t2i, exclude_same_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """ITM with global hard negatives; positive and both negative sets go through ONE batched fusion pass."""
+def _itm_rows(batch: Batch, itc: ContrastiveResult, exclude_same_image: bool) -> tuple[torch.Tensor, ...]:
+    """Fusion inputs ``(ids, mask, pixels)`` of ITM: B positives, B (text, hard-negative image), B (hard-negative
+    text, image), drawn from the gathered pool (official ``compute_itm_hardneg``)."""
     ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
     b = ids.shape[0]
+    gather = gather_local_first if itc.local_first else gather_rank_order  # the pool in the logits' column order
     with torch.no_grad():
-        pool_ids, pool_mask, pool_pixels = (gather_local_first(t) for t in (ids, mask, pixels))
-        image_ids = gather_local_first(batch["image_ids"]) if exclude_same_image and "image_ids" in batch else None
-    neg = sample_hard_negatives(logits_i2t, logits_t2i, b, image_ids=image_ids)
-    fused = model.forward_pair(
+        pool_ids, pool_mask, pool_pixels = (gather(t) for t in (ids, mask, pixels))
+        image_ids = gather(batch["image_ids"]) if exclude_same_image and "image_ids" in batch else None
+    neg = sample_hard_negatives(itc.logits_i2t, itc.logits_t2i, b, image_ids=image_ids, positives=itc.labels)
+    return (
         torch.cat([ids, ids, pool_ids[neg.text_index]]),
         torch.cat([mask, mask, pool_mask[neg.text_index]]),
         torch.cat([pixels, pool_pixels[neg.image_index], pixels]),
     )
-    return itm_loss(model.itm_logits(fused.pooled), b)
+
+
+def _itm(model: VLMo, batch: Batch, itc: ContrastiveResult, exclude_same_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """ITM with global hard negatives; positive and both negative sets go through ONE batched fusion pass."""
+    fused = model.forward_pair(*_itm_rows(batch, itc, exclude_same_image))
+    return itm_loss(model.itm_logits(fused.pooled), batch["input_ids"].shape[0])
 
 
 def vl_objective(model: VLMo, batch: Batch, task) -> StepOutput:
@@ -75,9 +90,14 @@ def vl_objective(model: VLMo, batch: Batch, task) -> StepOutput:
         vl = contrastive_loss(img.vl_embedding, txt.vl_embedding, model.logit_vl_scale, task.gather_with_grad, max_scale)
         itc = 0.5 * (plain.loss + vl.loss)
         metrics["itc_vl_i2t_acc"] = vl.accuracy_i2t
-    itm, itm_acc = _itm(model, batch, plain.logits_i2t, plain.logits_t2i, task.itm_exclude_same_image)
-    masked = model.forward_pair(batch["mlm_input_ids"], mask, pixels)
-    mlm, mlm_acc = mlm_loss(model.mlm_logits(masked.text_features), batch["mlm_labels"], task.mlm_weight)
+    # one fusion pass for the 3B ITM rows and the B MLM rows (rows are independent: exact, and one big batch
+    # runs faster than two; measured in benchmarks/bench_train.py)
+    b = ids.shape[0]
+    itm_ids, itm_mask, itm_pixels = _itm_rows(batch, plain, task.itm_exclude_same_image)
+    fused = model.forward_pair(torch.cat([itm_ids, batch["mlm_input_ids"]]), torch.cat([itm_mask, mask]),
+                               torch.cat([itm_pixels, pixels]))
+    itm, itm_acc = itm_loss(model.itm_logits(fused.pooled[: 3 * b]), b)
+    mlm, mlm_acc = _masked_lm(model, fused.text_features[3 * b :], batch["mlm_labels"], task.mlm_weight)
     total = task.itc_weight * itc + task.itm_weight * itm + mlm
     metrics.update(itc_loss=itc.detach(), itm_loss=itm.detach(), itm_acc=itm_acc, mlm_loss=mlm.detach(), mlm_acc=mlm_acc)
     return StepOutput(total, metrics)
@@ -111,7 +131,7 @@ def retrieval_objective(model: VLMo, batch: Batch, task) -> StepOutput:
     metrics = {"irtr_loss": itc.loss.detach(), "itc_i2t_acc": itc.accuracy_i2t, "itc_t2i_acc": itc.accuracy_t2i}
     total = itc.loss
     if task.with_itm:
-        itm, acc = _itm(model, batch, itc.logits_i2t, itc.logits_t2i, exclude_same_image=True)
+        itm, acc = _itm(model, batch, itc, exclude_same_image=True)
         total = total + itm
         metrics.update(itm_loss=itm.detach(), itm_acc=acc)
     return StepOutput(total, metrics)
@@ -125,7 +145,7 @@ def _expert_family(name: str) -> tuple[int, str] | None:
     return None
 
 
-def vision_trainable(name: str, cfg: ModelConfig) -> bool:
+def vision_trainable(name: str, cfg: ModelConfig, task) -> bool:
     """Stage 1: attention, patch embedding, image CLS/positions, vision experts, position table, final norm, MIM head."""
     family = _expert_family(name)
     if family is not None:
@@ -138,22 +158,28 @@ TEXT_STAGE_TRAINABLE = ("text_embeddings", "token_type_embeddings", "mlp_text", 
                         "relative_position_bias_table", "transformer.norm")
 
 
-def text_trainable(name: str, cfg: ModelConfig) -> bool:
+def text_trainable(name: str, cfg: ModelConfig, task) -> bool:
+    """Stage 2 with ``freeze_vision`` (official): only the text side; otherwise everything the text path reaches."""
+    if not getattr(task, "freeze_vision", True):
+        family = _expert_family(name)
+        return family is None or family[1] == "text"
     return any(key in name for key in TEXT_STAGE_TRAINABLE)
 
 
-def everything(name: str, cfg: ModelConfig) -> bool:
+def everything(name: str, cfg: ModelConfig, task) -> bool:
     return True
 
 
-def fusion_trainable(name: str, cfg: ModelConfig) -> bool:
+def fusion_trainable(name: str, cfg: ModelConfig, task) -> bool:
     """Fusion tasks never reach the language/vision experts of the VL-FFN blocks: keep those frozen (no grad, no decay)."""
     family = _expert_family(name)
     return family is None or family[1] == "vl" or family[0] < cfg.vlffn_start
 
 
-def dual_trainable(name: str, cfg: ModelConfig) -> bool:
-    """Dual-encoder retrieval never uses the VL experts nor the pooler."""
+def dual_trainable(name: str, cfg: ModelConfig, task) -> bool:
+    """Dual-encoder retrieval never uses the VL experts nor the pooler (unless an ITM head trains with it)."""
+    if getattr(task, "with_itm", False):
+        return True
     family = _expert_family(name)
     return (family is None or family[1] != "vl") and not name.startswith("pooler")
 
@@ -168,39 +194,33 @@ class StageDef:
         data_task: collate task of :mod:`vlmo_cli.data.collate` (``images``, ``text``, ``pairs``, ``vqa`` …).
         heads: heads of the model trained here.
         objective: ``(model, batch, task_settings) -> StepOutput``.
-        trainable: ``(param_name, cfg) -> bool``; the rest is frozen.
+        trainable: ``(param_name, cfg, task_settings) -> bool``; the rest is frozen.
         with_vlffn: the model has VL experts (stages 1 and 2 build none, as the official text stage).
         mlm / mim: the collator adds MLM masking / patch masks.
-        dataset_kinds: prepared-dataset kinds accepted.
     """
 
     name: str
     data_task: str
     heads: tuple[str, ...]
     objective: Callable[[VLMo, Batch, object], StepOutput]
-    trainable: Callable[[str, ModelConfig], bool]
+    trainable: Callable[[str, ModelConfig, object], bool]
     with_vlffn: bool = True
     mlm: bool = False
     mim: bool = False
-    dataset_kinds: tuple[str, ...] = ("pairs",)
-    monitor: str = "loss"
 
 
 STAGES: dict[str, StageDef] = {
     s.name: s
     for s in (
-        StageDef("pretrain.vision", "images", ("mim",), mim_objective, vision_trainable, with_vlffn=False, mim=True,
-                 dataset_kinds=("images", "pairs")),
+        StageDef("pretrain.vision", "images", ("mim",), mim_objective, vision_trainable, with_vlffn=False, mim=True),
         StageDef("pretrain.text", "text", ("pooler", "mlm"), text_mlm_objective, text_trainable, with_vlffn=False,
-                 mlm=True, dataset_kinds=("text",)),
+                 mlm=True),
         StageDef("pretrain.vl", "pairs", ("pooler", "itc", "itc_vl", "itm", "mlm"), vl_objective, everything, mlm=True),
-        StageDef("finetune.vqa", "vqa", ("pooler", "vqa"), vqa_objective, fusion_trainable, dataset_kinds=("vqa",)),
-        StageDef("finetune.nlvr2", "nlvr2", ("pooler", "nlvr2"), nlvr2_objective, fusion_trainable,
-                 dataset_kinds=("nlvr2",)),
+        StageDef("finetune.vqa", "vqa", ("pooler", "vqa"), vqa_objective, fusion_trainable),
+        StageDef("finetune.nlvr2", "nlvr2", ("pooler", "nlvr2"), nlvr2_objective, fusion_trainable),
         StageDef("finetune.retrieval_coco", "pairs", ("pooler", "itc"), retrieval_objective, dual_trainable),
         StageDef("finetune.retrieval_flickr", "pairs", ("pooler", "itc"), retrieval_objective, dual_trainable),
-        StageDef("finetune.classify", "classify", ("pooler", "classify"), classify_objective, fusion_trainable,
-                 dataset_kinds=("pairs", "classify")),
+        StageDef("finetune.classify", "classify", ("pooler", "classify"), classify_objective, fusion_trainable),
     )
 }
 

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# GPU check of the stage-3 training step: VLMo-base, 224 px, bf16, a few batch sizes, torch.compile on/off and
+# activation checkpointing on/off. Prints a table (samples/s, MFU, peak memory) and writes it as JSON to
+# ${OUT:-.}/gpu_check.json. Made for one H100/H200 and about 8 minutes; runs as is from a clone with the package
+# installed (`pip install -e .`), no data or weights needed (synthetic batches, random init).
+#
+#   bash benchmarks/gpu_check.sh                  # defaults
+#   BUDGET_S=300 STEPS=6 bash benchmarks/gpu_check.sh
+#
+# Robustness: every configuration runs in its own process under `timeout`; an out-of-memory error, a timeout or
+# any other failure becomes a row of the table (status column) instead of stopping the script. Configurations that
+# no longer fit in the overall budget are reported as skipped. MFU counts the analytic model FLOPs (3 x forward,
+# no recomputation) against the dense bf16 peak of the detected GPU (override with PEAK_TFLOPS=...).
+set -uo pipefail
+
+OUT_DIR="${OUT:-.}"
+BUDGET_S="${BUDGET_S:-450}"          # all configurations together (the script itself adds a few seconds)
+STEPS="${STEPS:-10}"
+WARMUP="${WARMUP:-3}"
+RECIPE="${RECIPE:-base}"
+PY="${PYTHON:-python}"
+ROWS_DIR="$(mktemp -d)"
+mkdir -p "$OUT_DIR"
+trap 'rm -rf "$ROWS_DIR"' EXIT
+
+# name | batch | extra flags | timeout (s); most informative first, so a short budget still answers the question
+CONFIGS=(
+  "eager-b32|32||90"
+  "eager-b64|64||90"
+  "ckpt-b64|64|--checkpointing|90"
+  "compile-b64|64|--compile|240"
+  "eager-b128|128||100"
+  "ckpt-b128|128|--checkpointing|100"
+  "compile-ckpt-b128|128|--compile --checkpointing|240"
+)
+
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "gpu_check: no CUDA device visible to torch; nothing to check" >&2
+  exit 1
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+
+peak_args=()
+if [[ -n "${PEAK_TFLOPS:-}" ]]; then peak_args=(--peak-tflops "$PEAK_TFLOPS"); fi
+
+start=$(date +%s)
+order=0
+for entry in "${CONFIGS[@]}"; do
+  order=$(( order + 1 ))
+  IFS='|' read -r name batch flags limit <<<"$entry"
+  elapsed=$(( $(date +%s) - start ))
+  left=$(( BUDGET_S - elapsed ))
+  if (( left < 45 )); then
+    echo "{\"order\": $order, \"name\": \"$name\", \"batch\": $batch, \"flags\": \"$flags\", \"status\": \"skipped (time budget)\"}" \
+      > "$ROWS_DIR/$name.status.json"
+    continue
+  fi
+  (( limit > left )) && limit=$left
+  echo "== $name: batch $batch $flags (timeout ${limit}s, ${left}s of budget left)"
+  # shellcheck disable=SC2086
+  timeout --kill-after=10 "$limit" "$PY" -m vlmo_cli bench "$RECIPE" --stage vl --precision bf16 --batch "$batch" \
+    $flags --steps "$STEPS" --warmup "$WARMUP" "${peak_args[@]}" --json "$ROWS_DIR/$name.json" \
+    > "$ROWS_DIR/$name.log" 2>&1
+  rc=$?
+  if (( rc == 0 )); then
+    status="ok"
+  elif (( rc == 124 || rc == 137 )); then
+    status="timeout after ${limit}s"
+  elif grep -qiE "out of memory|OutOfMemoryError" "$ROWS_DIR/$name.log"; then
+    status="OOM"
+  else
+    status="failed (exit $rc): $(grep -E "Error|error" "$ROWS_DIR/$name.log" | tail -n 1 | tr -d '"\\' | cut -c1-160)"
+  fi
+  echo "   -> $status"
+  echo "{\"order\": $order, \"name\": \"$name\", \"batch\": $batch, \"flags\": \"$flags\", \"status\": \"$status\", \"seconds\": $(( $(date +%s) - start - elapsed ))}" \
+    > "$ROWS_DIR/$name.status.json"
+done
+
+ROWS_DIR="$ROWS_DIR" OUT_DIR="$OUT_DIR" BUDGET_S="$BUDGET_S" "$PY" - <<'EOF'
+import json, os, platform, time
+from pathlib import Path
+
+import torch
+
+rows_dir, out_dir = Path(os.environ["ROWS_DIR"]), Path(os.environ["OUT_DIR"])
+rows = []
+for row in sorted((json.loads(p.read_text()) for p in rows_dir.glob("*.status.json")), key=lambda r: r["order"]):
+    result_file = rows_dir / f"{row['name']}.json"
+    if row["status"] == "ok" and result_file.exists():
+        r = json.loads(result_file.read_text())
+        row.update(samples_per_s=r["samples_per_s"], mfu=r["mfu"], peak_memory_gib=r["peak_memory_mb"] / 1024,
+                   step_ms=r["times"]["step"] * 1e3, forward_ms=r["times"]["forward"] * 1e3,
+                   backward_ms=r["times"]["backward"] * 1e3, optimizer_ms=r["times"]["optimizer"] * 1e3,
+                   data_ms=r["times"]["data"] * 1e3, warmup_s=r["times"]["warmup_total_s"],
+                   tflops=r["achieved_tflops"], peak_tflops=r["peak_tflops"], gflops_per_sample=r["flops_per_sample"] / 1e9,
+                   device=r["device"])
+    rows.append(row)
+
+head = f"{'config':<20}{'batch':>6}{'samples/s':>11}{'MFU':>8}{'peak GiB':>10}{'step ms':>9}{'fwd':>8}{'bwd':>8}{'opt':>7}  status"
+print("\nVLMo-base stage 3 (pretrain.vl), 224 px, bf16, synthetic batches")
+print(head)
+print("-" * len(head))
+for r in rows:
+    if "samples_per_s" in r:
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+        print(f"{r['name']:<20}{r['batch']:>6}{r['samples_per_s']:>11.1f}{mfu:>8}{r['peak_memory_gib']:>10.1f}"
+              f"{r['step_ms']:>9.1f}{r['forward_ms']:>8.1f}{r['backward_ms']:>8.1f}{r['optimizer_ms']:>7.1f}  ok")
+    else:
+        print(f"{r['name']:<20}{r['batch']:>6}{'':>11}{'':>8}{'':>10}{'':>9}{'':>8}{'':>8}{'':>7}  {r['status']}")
+report = {
+    "check": "VLMo-base stage 3, 224 px, bf16",
+    "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    "torch": torch.__version__, "python": platform.python_version(), "budget_s": int(os.environ["BUDGET_S"]),
+    "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows,
+}
+out = out_dir / "gpu_check.json"
+out.write_text(json.dumps(report, indent=2) + "\n")
+print(f"\nwrote {out}")
+EOF

@@ -1,0 +1,105 @@
+"""The optimised stage-3 step (``vl_objective``: SDPA, one batched ITM fusion pass, shared VL-branch trunk) computes
+the same losses and gradients as the straightforward oracle (``reference_vl_step``: manual attention, four fusion
+passes) given the same hard negatives, to 1e-5 in fp32."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from vlmo_cli.bench import synthetic_batch
+from vlmo_cli.model.config import get_config
+from vlmo_cli.model.vlmo import VLMo
+from vlmo_cli.objectives.matching import HardNegatives
+from vlmo_cli.recipe import load_recipe
+from vlmo_cli.train import stages
+from vlmo_cli.train.reference_step import reference_vl_step
+
+HEADS = ["pooler", "itc", "itc_vl", "itm", "mlm"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine the thread barriers make them
+    many times slower: run this file single-threaded, then restore the suite's setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def fixed_negatives(logits_i2t, logits_t2i, local_batch, **_) -> HardNegatives:
+    """A deterministic choice (never the positive): text b gets image b+1, image b gets text b+2."""
+    pool = logits_i2t.shape[1]
+    rows = torch.arange(local_batch, device=logits_i2t.device)
+    return HardNegatives(image_index=(rows + 1) % pool, text_index=(rows + 2) % pool)
+
+
+def _model(**arch) -> VLMo:
+    """A tiny model in train mode (dropout and drop-path off) with every weight perturbed away from its init, so
+    that the pooled features, ITM head and position table all matter."""
+    torch.manual_seed(0)
+    cfg = get_config("tiny", max_text_len=12, vocab_size=300, drop_path_rate=0.0, heads=HEADS, **arch)
+    model = VLMo(cfg).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def _grads(model: VLMo) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _step(fn, model: VLMo, batch, task):
+    model.zero_grad(set_to_none=True)
+    out = fn(model, batch, task)
+    out.loss.backward()
+    return out, _grads(model)
+
+
+@pytest.mark.parametrize(
+    "arch, checkpointing, itc_vl",
+    [
+        ({}, False, True),  # relative positions, layer scale (base/large layout)
+        ({"relative_position": False, "layer_scale_init": None}, True, False),  # base_plus layout, checkpointing
+    ],
+)
+def test_optimised_step_matches_reference(monkeypatch, arch, checkpointing, itc_vl):
+    model = _model(**arch)
+    cfg = model.config
+    model.set_grad_checkpointing(checkpointing)
+    task = dataclasses.replace(load_recipe("tiny").resolve("pretrain.vl").task, itc_vl=itc_vl)
+    batch = synthetic_batch("pairs", cfg, 6, 12, cfg.image_size, torch.Generator().manual_seed(1))
+    assert not bool(batch["attention_mask"].all()), "the batch must contain padding"
+    monkeypatch.setattr(stages, "sample_hard_negatives", fixed_negatives)
+
+    fast, fast_grads = _step(stages.vl_objective, model, batch, task)
+    ref, ref_grads = _step(lambda m, b, t: reference_vl_step(m, b, t, sampler=fixed_negatives), model, batch, task)
+
+    torch.testing.assert_close(fast.loss, ref.loss, rtol=1e-5, atol=1e-5)
+    for key in ("itc_loss", "itm_loss", "mlm_loss"):
+        torch.testing.assert_close(fast.metrics[key], ref.metrics[key], rtol=1e-5, atol=1e-5, msg=key)
+    assert fast_grads.keys() == ref_grads.keys()
+    assert len(fast_grads) > 50
+    for name in ref_grads:
+        torch.testing.assert_close(fast_grads[name], ref_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_reference_step_detects_a_different_computation(monkeypatch):
+    """Guard against a vacuous comparison: other negatives change the ITM loss."""
+    model = _model()
+    cfg = model.config
+    task = load_recipe("tiny").resolve("pretrain.vl").task
+    batch = synthetic_batch("pairs", cfg, 6, 12, cfg.image_size, torch.Generator().manual_seed(1))
+
+    def other(li2t, lt2i, b, **_):
+        rows = torch.arange(b)
+        return HardNegatives(image_index=(rows + 3) % b, text_index=(rows + 4) % b)
+
+    with torch.no_grad():
+        a = reference_vl_step(model, batch, task, sampler=fixed_negatives)
+        b = reference_vl_step(model, batch, task, sampler=other)
+    assert not torch.allclose(a.metrics["itm_loss"], b.metrics["itm_loss"], atol=1e-6)

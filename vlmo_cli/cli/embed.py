@@ -1,0 +1,86 @@
+"""``vlmo embed`` (batched embeddings to a safetensors file) and ``vlmo search`` (query a folder of images):
+thin wrappers over :mod:`vlmo_cli.embed` and :mod:`vlmo_cli.search_index`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..errors import VlmoError
+
+console = Console()
+
+ModelOpt = typer.Option(..., "--model", help="model directory, run folder or checkpoints/step_N")
+DeviceOpt = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)")
+
+
+def embed(
+    paths: list[Path] = typer.Argument(None, help="more image files or folders (as with --images)"),
+    model: str = ModelOpt,
+    images: list[Path] = typer.Option(None, "--images", help="image files or folders (folders are searched recursively)"),
+    texts: Path = typer.Option(None, "--texts", help="a UTF-8 text file: one text per non-empty line"),
+    out: Path = typer.Option(..., "--out", help="output FILE.safetensors (embeddings + ids in the metadata)"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    image_size: int = typer.Option(None, "--image-size", help="resolution (default: the model's)"),
+    device: str = DeviceOpt,
+) -> None:
+    """Dual-encoder embeddings (L2-normalised) of images or lines of text, with their ids."""
+    from ..embed import embed as run_embed
+
+    image_list = [*(images or []), *(paths or [])]
+    if image_list and texts is not None:
+        raise VlmoError("give either images (--images PATH...) or --texts FILE, not both")
+    result, path = run_embed(model, out, images=image_list or None, texts=texts, batch_size=batch_size,
+                             device=device, image_size=image_size)
+    console.print(f"{len(result)} {result.kind} embeddings of dimension {result.embeddings.shape[1]} → {path}")
+    if result.skipped:
+        console.print(f"[yellow]skipped {len(result.skipped)} unreadable input(s)[/], e.g. "
+                      f"{result.skipped[0]['id']}: {result.skipped[0]['reason']}")
+
+
+def search(
+    query: str = typer.Argument(None, help='text query, e.g. "a red car on a street"'),
+    model: str = ModelOpt,
+    index: Path = typer.Option(..., "--index", help="folder of images to search (its index is cached and updated)"),
+    image: Path = typer.Option(None, "--image", help="search with this image instead of a text"),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="results to show"),
+    rerank_k: int = typer.Option(0, "--rerank-k", min=0, help="re-score the top K with the fusion encoder's ITM head"),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="keep the index here instead of FOLDER/.vlmo_index.safetensors"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    device: str = DeviceOpt,
+) -> None:
+    """Find the images of a folder that best match a text (or an image)."""
+    from rich.table import Table
+
+    from ..embed import load_inference_model
+    from ..search_index import search_folder
+
+    if (query is None) == (image is None):
+        raise VlmoError('give a text query ("a red car") or --image QUERY.jpg, exactly one')
+    loaded = load_inference_model(model, device=device)
+    result = search_folder(loaded, index, query, image=image, top_k=top_k, rerank_k=rerank_k,
+                           cache_dir=cache_dir, batch_size=batch_size)
+    s = result.stats
+    console.print(f"index {result.index.file}: {len(result.index)} images"
+                  + (" (rebuilt)" if s.rebuilt else f" ({s.embedded} embedded, {s.removed} removed)")
+                  + (f", {s.unreadable} unreadable" if s.unreadable else "") + f" in {s.seconds:.2f}s")
+    reranked = any(h.itm is not None for h in result.hits)
+    table = Table(title=f"top {len(result.hits)} for " + (repr(query) if query is not None else str(image)),
+                  header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    if reranked:
+        table.add_column("cosine", justify="right")
+        table.add_column("ITM", justify="right")
+    table.add_column("image", style="cyan")
+    for hit in result.hits:
+        extra = [f"{hit.similarity:.4f}", "-" if hit.itm is None else f"{hit.itm:.3f}"] if reranked else []
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", *extra, str(hit.path))
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("embed")(embed)
+    app.command("search")(search)

@@ -1,0 +1,132 @@
+"""``vlmo eval retrieval|vqa|nlvr2 --model MODEL [RECIPE] [overrides]``: thin wrappers over
+:mod:`vlmo_cli.evaluate.run` that print the report as a table and say where the JSON went."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..errors import VlmoError
+
+console = Console()
+
+eval_app = typer.Typer(name="eval", help="Evaluate a model: retrieval recall, VQA accuracy, NLVR2 accuracy.",
+                       no_args_is_help=True)
+
+ModelOpt = typer.Option(..., "--model", help="model directory, run folder, checkpoints/step_N or official .pt")
+RecipeArg = typer.Argument("base", help="recipe file or shipped name whose [eval.*] section to use (default: base)")
+OverridesArg = typer.Argument(None, help="recipe overrides, e.g. eval.retrieval.batch_size=128")
+OutOpt = typer.Option(None, "--out", help="report JSON (default: <run>/eval/<task>.json, or ./eval/<task>.json)")
+DeviceOpt = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)")
+ImageSizeOpt = typer.Option(None, "--image-size", help="run at this resolution (default: recipe, else the model's)")
+TokenizerOpt = typer.Option(None, "--tokenizer", help="tokenizer file/folder (default: the model's, else the data's)")
+
+
+def _recipe_and_overrides(recipe: str, overrides: list[str] | None) -> tuple[str, list[str]]:
+    """``vlmo eval vqa --model M key=value`` (no recipe): the first positional is an override, the recipe is base."""
+    overrides = list(overrides or [])
+    if "=" in recipe:
+        return "base", [recipe, *overrides]
+    return recipe, overrides
+
+
+def _target(task: str, recipe: str, overrides: list[str] | None, split: str | None, image_size: int | None):
+    from ..evaluate.run import eval_target
+
+    name, extra = _recipe_and_overrides(recipe, overrides)
+    target = eval_target(task, name, extra, split)
+    if image_size:
+        target = dataclasses.replace(target, image_size=image_size)
+    return target
+
+
+def _show(report: dict, path: Path) -> None:
+    from ..evaluate.run import render_report
+
+    console.print(render_report(report))
+    for key in ("examples", "results_file", "submission") + (("predictions",) if report["task"] == "nlvr2" else ()):
+        if isinstance(report.get(key), str):
+            console.print(f"{key.replace('_', ' ')}: {report[key]}")
+    console.print(f"report: {path}")
+
+
+@eval_app.command("retrieval")
+def retrieval(
+    recipe: str = RecipeArg,
+    overrides: list[str] = OverridesArg,
+    model: str = ModelOpt,
+    split: str = typer.Option(None, "--split", help="coco-test, flickr-test, a split of the recipe's dataset, or DIR:SPLIT"),
+    rerank_k: int = typer.Option(None, "--rerank-k", help="re-score each query's top K with the ITM head (0 = off)"),
+    examples: int = typer.Option(0, "--examples", help="save a PNG grid of the top images of N caption queries"),
+    out: Path = OutOpt,
+    device: str = DeviceOpt,
+    image_size: int = ImageSizeOpt,
+    tokenizer: Path = TokenizerOpt,
+) -> None:
+    """Image-text retrieval recall (TR/IR R@1/5/10, COCO/Flickr protocol), optionally ITM re-ranked."""
+    from ..evaluate.run import run_retrieval
+
+    target = _target("retrieval", recipe, overrides, split, image_size)
+    report, path = run_retrieval(model, target, rerank_k=rerank_k, examples=examples, out=out, device=device,
+                                 tokenizer=tokenizer)
+    _show(report, path)
+
+
+@eval_app.command("vqa")
+def vqa(
+    recipe: str = RecipeArg,
+    overrides: list[str] = OverridesArg,
+    model: str = typer.Option(None, "--model", help="model directory, run folder or checkpoint (not with --predictions)"),
+    split: str = typer.Option(None, "--split", help="val, rest_val, test-dev, test (a split of the prepared VQA data)"),
+    submission: bool = typer.Option(None, "--submission/--no-submission",
+                                    help="also write the results file for a labelled split (default: recipe)"),
+    predictions: Path = typer.Option(None, "--predictions", help="score this official-format results file instead"),
+    questions: Path = typer.Option(None, "--questions", help="with --predictions: official questions JSON"),
+    annotations: Path = typer.Option(None, "--annotations", help="with --predictions: official annotations JSON"),
+    out: Path = OutOpt,
+    device: str = DeviceOpt,
+    image_size: int = ImageSizeOpt,
+    tokenizer: Path = TokenizerOpt,
+) -> None:
+    """Official VQA accuracy (overall, per answer type, per question type), or the submission file for a split
+    without answers; with --predictions, score any official-format results file without a model."""
+    from ..evaluate.run import run_vqa, score_vqa_predictions
+
+    if predictions is not None:
+        if model:
+            raise VlmoError("give either --model (predict and score) or --predictions (score a results file), not both")
+        if annotations is None:
+            raise VlmoError("--predictions needs --annotations (and usually --questions): the official JSON files")
+        report, path = score_vqa_predictions(predictions, questions, annotations, out=out)
+    else:
+        if not model:
+            raise VlmoError("give --model MODEL, or --predictions RESULTS.json --annotations A.json [--questions Q.json]")
+        target = _target("vqa", recipe, overrides, split, image_size)
+        report, path = run_vqa(model, target, out=out, submission=submission, device=device, tokenizer=tokenizer)
+    _show(report, path)
+
+
+@eval_app.command("nlvr2")
+def nlvr2(
+    recipe: str = RecipeArg,
+    overrides: list[str] = OverridesArg,
+    model: str = ModelOpt,
+    split: str = typer.Option(None, "--split", help="dev or test1 (a split of the prepared NLVR2 data)"),
+    out: Path = OutOpt,
+    device: str = DeviceOpt,
+    image_size: int = ImageSizeOpt,
+    tokenizer: Path = TokenizerOpt,
+) -> None:
+    """NLVR2 accuracy and consistency."""
+    from ..evaluate.run import run_nlvr2
+
+    target = _target("nlvr2", recipe, overrides, split, image_size)
+    report, path = run_nlvr2(model, target, out=out, device=device, tokenizer=tokenizer)
+    _show(report, path)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")

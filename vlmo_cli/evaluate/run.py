@@ -1,0 +1,484 @@
+"""Task runners behind ``vlmo eval retrieval|vqa|nlvr2``: resolve what to evaluate (recipe section, split names),
+run the model, compute the metrics with the model-free code of this package and write a JSON report.
+
+Every runner returns ``(report, path)``: the report is a plain dict (what the JSON file holds) and
+:func:`render_report` turns it into a rich table. All of them accept a model path (model directory, run folder,
+``checkpoints/step_N`` or official ``.pt``) or an already loaded :class:`~vlmo_cli.embed.InferenceModel`.
+
+Where reports go by default: ``<run>/eval/<task>.json`` when the model lives in a run folder, else
+``./eval/<task>.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..embed import InferenceModel, as_inference_model, run_folder_of
+from ..errors import CheckpointError, DataError
+from .report import write_report
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+#: ``--split`` names of ``vlmo eval retrieval`` that stand for the recipe's test sets
+RETRIEVAL_PRESETS = {"coco-test": "finetune.retrieval_coco", "flickr-test": "finetune.retrieval_flickr"}
+
+
+# ---------------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class EvalTarget:
+    """What to evaluate on and how (resolved from a recipe's ``[eval.TASK]`` section and ``--split``).
+
+    Attributes:
+        dataset: prepared dataset directory.
+        split: split inside it (``a+b`` concatenates).
+        label: the split as the user named it (``coco-test``, ``DIR:SPLIT``, ``val``) - reported as is.
+        image_size: resolution to run at; ``None`` = the model's own (the recipe does not set one explicitly).
+        batch_size: images/questions per forward pass.
+        max_text_len: text length in tokens (capped at the model's).
+        task: the recipe's task settings (``rerank_k``, ``chunk_size``, ``submission`` ...).
+    """
+
+    dataset: Path
+    split: str
+    label: str
+    image_size: int | None
+    batch_size: int
+    max_text_len: int
+    task: Any = None
+
+
+def _split_path(text: str) -> tuple[str, str] | None:
+    """``DIR:SPLIT`` -> ``(DIR, SPLIT)``; ``None`` for a plain split name."""
+    if ":" not in text:
+        return None
+    directory, _, split = text.rpartition(":")
+    if not directory or not split:
+        raise DataError(f"--split {text!r}: expected DIR:SPLIT (a prepared directory and one of its splits)")
+    return directory, split
+
+
+def eval_target(task: str, recipe: str | Path = "base", overrides: Iterable[str] = (), split: str | None = None
+                ) -> EvalTarget:
+    """Resolve ``[eval.TASK]`` of ``recipe`` (with ``overrides``) and a ``--split`` into an :class:`EvalTarget`.
+
+    ``split`` may be ``None`` (the recipe's), a split name of the recipe's dataset, ``DIR:SPLIT``, or for retrieval
+    ``coco-test`` / ``flickr-test``: the ``test`` split of the recipe's COCO resp. Flickr30k dataset (the dataset of
+    ``[finetune.retrieval_coco|flickr]`` when the recipe configures it, else ``[eval.retrieval]``'s).
+    """
+    from ..recipe import load_recipe
+
+    section = f"eval.{task}"
+    recipe_obj = load_recipe(recipe, list(overrides))
+    stage = recipe_obj.resolve(section)
+    dataset, chosen = Path(stage.task.dataset), stage.task.split
+    label = split or chosen
+    if split:
+        explicit = _split_path(split)
+        if explicit is not None:
+            dataset, chosen = Path(explicit[0]), explicit[1]
+        elif task == "retrieval" and split in RETRIEVAL_PRESETS:
+            source = recipe_obj.stages.get(RETRIEVAL_PRESETS[split])
+            if split == "flickr-test" and source is not None and source.task.get("dataset"):
+                value = source.task["dataset"]
+                dataset = Path(value[0] if isinstance(value, (list, tuple)) else value)
+            chosen = "test"
+        else:
+            chosen = split
+    own = recipe_obj.stages.get(section)
+    explicit_size = (own is not None and "image_size" in own.data) or "image_size" in recipe_obj.data
+    return EvalTarget(dataset=dataset, split=chosen, label=label,
+                      image_size=stage.data.image_size if explicit_size else None,
+                      batch_size=stage.data.batch_size, max_text_len=stage.data.max_text_len, task=stage.task)
+
+
+def check_split(prepared, split: str) -> None:
+    """Raise a :class:`DataError` naming the available splits when ``split`` (or a part of ``a+b``) is missing."""
+    missing = [part for part in split.split("+") if part and part not in prepared.splits]
+    if missing or not split.strip("+"):
+        raise DataError(f"{prepared.root}: no split {missing[0] if missing else split!r}; "
+                        f"available: {', '.join(prepared.splits)}")
+
+
+def default_report_path(model_path: str | Path | None, task: str) -> Path:
+    """``<run>/eval/<task>.json`` for a model inside a run folder, else ``./eval/<task>.json``."""
+    run = run_folder_of(model_path) if model_path is not None else None
+    return (run if run is not None else Path.cwd()) / "eval" / f"{task}.json"
+
+
+def _sibling(report_path: Path, suffix: str) -> Path:
+    return report_path.with_name(f"{report_path.stem}{suffix}")
+
+
+def _header(task: str, model: InferenceModel | None, target: EvalTarget | None) -> dict[str, Any]:
+    from .. import __version__
+
+    head: dict[str, Any] = {"task": task, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            "vlmo_cli_version": __version__}
+    if model is not None:
+        head.update(model=str(model.path), device=str(model.device), image_size=model.image_size)
+        if model.resized_from is not None:
+            head["image_size_resized_from"] = model.resized_from
+    if target is not None:
+        head.update(split=target.label, dataset=str(target.dataset), dataset_split=target.split)
+    return head
+
+
+def _load(model, target: EvalTarget, device, tokenizer) -> InferenceModel:
+    return as_inference_model(model, image_size=target.image_size, device=device, tokenizer=tokenizer)
+
+
+def _text_len(model: InferenceModel, target: EvalTarget) -> int:
+    return min(target.max_text_len, model.model.config.max_text_len)
+
+
+def _need_head(model: InferenceModel, head: str, how: str) -> None:
+    if head not in model.model.config.heads:
+        raise CheckpointError(f"{model.path}: the model has no {head!r} head (heads: "
+                              f"{', '.join(model.model.config.heads)}); {how}")
+
+
+# ---------------------------------------------------------------------------------------------------- retrieval
+def run_retrieval(
+    model: InferenceModel | str | Path,
+    target: EvalTarget,
+    *,
+    rerank_k: int | None = None,
+    chunk_size: int | None = None,
+    examples: int = 0,
+    examples_k: int = 5,
+    out: str | Path | None = None,
+    device: str | None = None,
+    tokenizer=None,
+) -> tuple[dict[str, Any], Path]:
+    """Image-text retrieval recall of a dual encoder on ``target`` (and ITM re-ranked recall with ``rerank_k``).
+
+    Args:
+        rerank_k / chunk_size: default to the recipe's ``[eval.retrieval]`` values.
+        examples: draw the top ``examples_k`` images of this many caption queries into ``<report>-examples.png``.
+    """
+    from ..data.store import open_prepared
+    from ..search_index import require_itm
+    from .retrieval import retrieval_recall
+    from .retrieval_metrics import PROTOCOL, TIE_RULE
+
+    task = target.task
+    rerank_k = int(getattr(task, "rerank_k", 0) if rerank_k is None else rerank_k)
+    chunk_size = int(getattr(task, "chunk_size", 1024) if chunk_size is None else chunk_size)
+    if rerank_k < 0 or examples < 0:
+        raise DataError("--rerank-k and --examples must be >= 0")
+    prepared = open_prepared(target.dataset, "pairs")
+    check_split(prepared, target.split)
+    loaded = _load(model, target, device, tokenizer)
+    if rerank_k:
+        require_itm(loaded.model, loaded.path)
+    report_path = Path(out) if out else default_report_path(loaded.path, "retrieval")
+    result = retrieval_recall(
+        loaded.model, target.dataset, target.split, tokenizer=loaded.tokenizer, image_size=loaded.image_size,
+        max_text_len=_text_len(loaded, target), batch_size=target.batch_size, device=loaded.device,
+        rerank_k=rerank_k, chunk_size=chunk_size, keep_top=examples_k if examples else 0,
+    )
+    first = result.result
+    scorer = "dual encoder: cosine similarity of the ITC embeddings (image-only and text-only passes)"
+    report = _header("retrieval", loaded, target)
+    report.update(
+        protocol=PROTOCOL, tie_rule=TIE_RULE, num_images=first.num_images, num_texts=first.num_texts,
+        scorer=scorer, rerank_k=rerank_k, max_text_len=_text_len(loaded, target), batch_size=target.batch_size,
+        chunk_size=chunk_size, metrics=first.metrics,
+        metrics_reranked=result.reranked.metrics if result.reranked is not None else None,
+        timings_s={"encode": result.timings.get("encode_s"), "rank": result.timings.get("rank_s"),
+                   "rerank": result.timings.get("rerank_s")},
+    )
+    if rerank_k:
+        report["rerank_scorer"] = (f"fusion encoder ITM head on each query's top {rerank_k}: "
+                                   "ITM match logit + ITC similarity (VLMo/LAVIS re-ranking); later ranks unchanged")
+    if examples:
+        final = result.reranked or first
+        report["examples"] = str(save_examples(prepared, target.split, final, examples, examples_k,
+                                               _sibling(report_path, "-examples.png")))
+    write_report(report, report_path)
+    return report, report_path
+
+
+def save_examples(prepared, split: str, result, num_queries: int, k: int, path: Path) -> Path:
+    """A PNG grid of the top ``k`` images for ``num_queries`` caption queries spread evenly over the split."""
+    from .examples_grid import save_retrieval_grid
+
+    rows = prepared.split(split)
+    captions = [c for caps in rows.select_columns(["captions"])["captions"] for c in caps]
+    n = min(num_queries, len(captions))
+    picks = sorted({round(i * (len(captions) - 1) / max(n - 1, 1)) for i in range(n)})
+    k = min(k, result.t2i.k)
+    images = rows.select_columns(["image"])
+    truth = result.text_to_image
+    results, scores, hits = [], [], []
+    for t in picks:
+        found = result.t2i.indices[t, :k].tolist()
+        results.append([images[int(j)]["image"]["bytes"] for j in found])
+        scores.append(result.t2i.scores[t, :k].tolist())
+        hits.append([j == int(truth[t]) for j in found])
+    return save_retrieval_grid([captions[t] for t in picks], results, scores, path, hits=hits,
+                               query_labels=[f"caption {t}" for t in picks])
+
+
+# ---------------------------------------------------------------------------------------------------- VQA
+def vqa_files_report(results, questions, annotations) -> dict[str, Any]:
+    """Official VQA accuracy of a results list/file against official-format questions and annotations."""
+    from .vqa_metrics import score_results
+
+    return score_results(results, questions, annotations)
+
+
+def score_vqa_predictions(predictions: str | Path, questions: str | Path | None, annotations: str | Path,
+                          *, out: str | Path | None = None) -> tuple[dict[str, Any], Path]:
+    """``vlmo eval vqa --predictions R --questions Q --annotations A``: score a results file without a model."""
+    report = _header("vqa", None, None)
+    report.update(predictions=str(predictions), questions=str(questions) if questions else None,
+                  annotations=str(annotations))
+    report["metrics"] = vqa_files_report(predictions, questions, annotations)
+    path = Path(out) if out else Path.cwd() / "eval" / "vqa.json"
+    write_report(report, path)
+    return report, path
+
+
+def _vqa_official(rows: Mapping[str, list]) -> tuple[list[dict], list[dict]]:
+    """Official-format questions and annotations of the labelled rows of a prepared split."""
+    questions, annotations = [], []
+    for qid, image_id, question, answers, a_type, q_type in zip(
+        rows["question_id"], rows["image_id"], rows["question"], rows["answers"], rows["answer_type"],
+        rows["question_type"],
+    ):
+        if not answers:
+            continue
+        questions.append({"question_id": int(qid), "image_id": image_id, "question": question})
+        annotations.append({"question_id": int(qid), "answer_type": a_type, "question_type": q_type,
+                            "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(answers)]})
+    return questions, annotations
+
+
+def predict_vqa(model: InferenceModel, target: EvalTarget, answers: Sequence[str]) -> tuple[list[tuple[int, str]], float]:
+    """Arg-max answers ``[(question_id, answer)]`` in split order, and VLMo's soft VQA score (0..1)."""
+    import torch
+
+    from ..data.loader import build_dataloader
+    from .vqa_metrics import SoftVQAScore
+
+    loader = build_dataloader(target.dataset, target.split, "vqa", tokenizer=model.tokenizer,
+                              image_size=model.image_size, batch_size=target.batch_size, train=False,
+                              max_text_len=_text_len(model, target))
+    net, device = model.model, model.device
+    pairs: list[tuple[int, str]] = []
+    soft = SoftVQAScore()
+    with torch.no_grad():
+        for batch in loader:
+            if not batch["question_ids"].numel():
+                continue
+            pooled = net.forward_pair(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                      batch["pixel_values"].to(device)).pooled
+            logits = net.vqa_logits(pooled).float().cpu()
+            soft.update(logits, batch["vqa_targets"])
+            pairs += [(int(q), answers[int(i)]) for q, i in zip(batch["question_ids"], logits.argmax(1))]
+    return pairs, soft.compute()
+
+
+def run_vqa(
+    model: InferenceModel | str | Path,
+    target: EvalTarget,
+    *,
+    out: str | Path | None = None,
+    submission: bool | None = None,
+    device: str | None = None,
+    tokenizer=None,
+) -> tuple[dict[str, Any], Path]:
+    """VQA on a prepared split: official accuracy when it has answers, else the submission file.
+
+    Predictions are the arg-max over the dataset's answer vocabulary (``answers.json``). With answers, the report has
+    overall / per answer type / per question type accuracy (the official evaluator), VLMo's soft score and the
+    majority-answer baseline on the same questions; the results file is written too when ``submission`` (default:
+    the recipe's ``submission``). Without answers, ``<report>-submission.json`` is written (one entry per question
+    id, de-duplicated, coverage of the split checked).
+    """
+    from ..data.store import open_prepared
+    from .vqa_metrics import write_submission
+
+    prepared = open_prepared(target.dataset, "vqa")
+    check_split(prepared, target.split)
+    answers = prepared.answers
+    loaded = _load(model, target, device, tokenizer)
+    _need_head(loaded, "vqa", "fine-tune it with `vlmo finetune vqa`")
+    if loaded.model.config.vqa_num_answers != len(answers):
+        raise CheckpointError(f"{loaded.path}: the VQA head has {loaded.model.config.vqa_num_answers} answers but "
+                              f"{target.dataset}/answers.json has {len(answers)}; evaluate on the answer vocabulary "
+                              "the model was fine-tuned with")
+    report_path = Path(out) if out else default_report_path(loaded.path, "vqa")
+    t0 = time.perf_counter()
+    pairs, soft_score = predict_vqa(loaded, target, answers)
+    seconds = time.perf_counter() - t0
+    rows = prepared.split(target.split).select_columns(
+        ["question_id", "image_id", "question", "answers", "answer_type", "question_type"]).to_dict()
+    split_ids = [int(q) for q in rows["question_id"]]
+    questions, annotations = _vqa_official(rows)
+    report = _header("vqa", loaded, target)
+    report.update(num_questions=len(split_ids), num_answers_vocab=len(answers), predictor="arg-max over answers.json",
+                  timings_s={"predict": seconds})
+    want_file = bool(getattr(target.task, "submission", True) if submission is None else submission)
+    if not annotations:
+        summary = write_submission(pairs, _sibling(report_path, "-submission.json"), split_ids)
+        report.update(labelled=False, submission=str(summary.path), submission_entries=summary.num_written,
+                      duplicates_dropped=summary.num_duplicates)
+    else:
+        labelled = {q["question_id"] for q in questions}
+        results = [{"question_id": q, "answer": a} for q, a in pairs if q in labelled]
+        if want_file:
+            summary = write_submission(pairs, _sibling(report_path, "-results.json"), split_ids)
+            report["results_file"] = str(summary.path)
+        metrics = vqa_files_report(results, questions, annotations)
+        majority = Counter(Counter(a["answer"] for a in ann["answers"]).most_common(1)[0][0]
+                           for ann in annotations).most_common(1)[0][0]
+        baseline = vqa_files_report([{"question_id": q["question_id"], "answer": majority} for q in questions],
+                                    questions, annotations)
+        report.update(labelled=True, metrics=metrics, vqa_score=round(100 * soft_score, 2),
+                      majority_baseline={"answer": majority, "overall": baseline["overall"]},
+                      num_unlabelled_questions=len(split_ids) - len(labelled))
+    write_report(report, report_path)
+    return report, report_path
+
+
+# ---------------------------------------------------------------------------------------------------- NLVR2
+class _WithIdentifiers:
+    """An NLVR2 dataset whose items also carry their identifier (so unreadable examples cannot misalign them)."""
+
+    def __init__(self, dataset, identifiers: list[str]) -> None:
+        self.dataset, self.identifiers = dataset, identifiers
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        if item is not None:
+            item["identifier"] = self.identifiers[index]
+        return item
+
+
+class _CollateWithIdentifiers:
+    def __init__(self, collator) -> None:
+        self.collator = collator
+
+    def __call__(self, items):
+        batch = self.collator(items)
+        batch["identifiers"] = [item["identifier"] for item in items if item is not None]
+        return batch
+
+
+def predict_nlvr2(model: InferenceModel, target: EvalTarget) -> dict[str, bool]:
+    """``{identifier: predicted label}`` for the split (two fusion passes per example, arg-max of the head)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..data.collate import CollateConfig, Collator
+    from ..data.loader import build_dataset, resolve_tokenizer
+    from ..data.store import open_prepared
+
+    prepared = open_prepared(target.dataset, "nlvr2")
+    tok = resolve_tokenizer(model.tokenizer, prepared)
+    if tok is None:
+        raise DataError(f"{target.dataset}: no tokenizer with the model nor in the prepared directory")
+    dataset = build_dataset(target.dataset, target.split, "nlvr2", image_size=model.image_size, train=False)
+    identifiers = list(prepared.split(target.split)["identifier"])
+    collate = _CollateWithIdentifiers(Collator("nlvr2", tok, CollateConfig(max_text_len=_text_len(model, target))))
+    loader = DataLoader(_WithIdentifiers(dataset, identifiers), batch_size=target.batch_size, shuffle=False,
+                        collate_fn=collate)
+    net, device = model.model, model.device
+    predictions: dict[str, bool] = {}
+    with torch.no_grad():
+        for batch in loader:
+            if not batch["identifiers"]:
+                continue
+            logits = net.nlvr2_logits(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                      batch["pixel_values"].to(device), batch["pixel_values_1"].to(device))
+            for identifier, label in zip(batch["identifiers"], logits.argmax(1).tolist()):
+                predictions[identifier] = bool(label)
+    return predictions
+
+
+def run_nlvr2(
+    model: InferenceModel | str | Path,
+    target: EvalTarget,
+    *,
+    out: str | Path | None = None,
+    device: str | None = None,
+    tokenizer=None,
+) -> tuple[dict[str, Any], Path]:
+    """NLVR2 accuracy and consistency on a prepared split; predictions go to ``<report>-predictions.csv``."""
+    from ..data.store import open_prepared
+    from .nlvr2_metrics import nlvr2_metrics, write_nlvr2_predictions
+
+    prepared = open_prepared(target.dataset, "nlvr2")
+    check_split(prepared, target.split)
+    loaded = _load(model, target, device, tokenizer)
+    _need_head(loaded, "nlvr2", "fine-tune it with `vlmo finetune nlvr2`")
+    report_path = Path(out) if out else default_report_path(loaded.path, "nlvr2")
+    t0 = time.perf_counter()
+    predictions = predict_nlvr2(loaded, target)
+    seconds = time.perf_counter() - t0
+    rows = prepared.split(target.split).select_columns(["identifier", "label"]).to_dict()
+    labels = {str(i): bool(l) for i, l in zip(rows["identifier"], rows["label"])}
+    csv_path = write_nlvr2_predictions(predictions.items(), _sibling(report_path, "-predictions.csv"))
+    report = _header("nlvr2", loaded, target)
+    report.update(metrics=nlvr2_metrics(predictions, labels), predictions=str(csv_path),
+                  timings_s={"predict": seconds})
+    write_report(report, report_path)
+    return report, report_path
+
+
+# ---------------------------------------------------------------------------------------------------- display
+def _fmt(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
+def render_report(report: Mapping[str, Any]) -> RenderableType:
+    """A rich table of a report written by one of the runners."""
+    from rich.table import Table
+
+    from .report import metrics_table
+
+    task = report.get("task")
+    if task == "retrieval":
+        title = (f"retrieval on {report.get('split')}: {report.get('num_images')} images, "
+                 f"{report.get('num_texts')} texts")
+        table = Table(title=title, header_style="bold")
+        table.add_column("metric", style="cyan")
+        table.add_column("dual encoder", justify="right")
+        reranked = report.get("metrics_reranked")
+        if reranked:
+            table.add_column(f"+ ITM re-rank (top {report.get('rerank_k')})", justify="right")
+        for key, value in report["metrics"].items():
+            table.add_row(key, _fmt(value), *([_fmt(reranked.get(key))] if reranked else []))
+        timings = report.get("timings_s", {})
+        table.caption = "  ".join(f"{k} {v:.2f}s" for k, v in timings.items() if v is not None)
+        return table
+    metrics = dict(report.get("metrics") or {})
+    metrics.pop("evaluator", None)
+    if task == "vqa":
+        shown: dict[str, Any] = {}
+        if report.get("labelled", True) and metrics:
+            shown["overall"] = metrics.get("overall")
+            shown.update({f"answer type {k}": v for k, v in metrics.get("per_answer_type", {}).items()})
+            if "vqa_score" in report:
+                shown["VLMo soft score"] = report["vqa_score"]
+            if report.get("majority_baseline"):
+                base = report["majority_baseline"]
+                shown[f"majority baseline ({base['answer']!r})"] = base["overall"]
+            shown["questions"] = metrics.get("num_questions")
+        else:
+            shown = {"submission": report.get("submission"), "entries": report.get("submission_entries"),
+                     "duplicates dropped": report.get("duplicates_dropped")}
+        return metrics_table(shown, title=f"VQA {report.get('split', '')}".strip())
+    return metrics_table(metrics, title=f"{task} {report.get('split', '')}".strip())
