@@ -66,7 +66,7 @@ def run_quickstart(out: str | Path = "vlmo-quickstart", recipe: str | None = Non
     console = console or Console()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    recipe = recipe or str(Path(__file__).parent / "recipes" / "tiny.toml")
+    recipe = recipe or "tiny"  # the shipped recipes/tiny.toml, found by name from any folder
     extra = list(overrides or [])
     steps: list[StepRecord] = []
     cwd = os.getcwd()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -219,22 +219,27 @@ class VLMo(nn.Module):
 
     def _attention_biases(
         self, kind: str, text_len: int, key_mask: torch.Tensor | None, device: torch.device
-    ) -> list[torch.Tensor | None]:
-        """One additive attention bias per block: relative positions (per layer) plus key padding."""
+    ) -> Callable[[int], torch.Tensor | None]:
+        """``bias(i)``: the additive attention bias of block ``i`` (its relative positions plus key padding).
+
+        Built per block when the block runs (inside the recomputed region under activation checkpointing), so at most
+        one layer's ``[B, H, N, N]`` bias is alive at a time instead of all of them.
+        """
         pad = None
         if key_mask is not None and not bool(key_mask.all()):
             pad = torch.zeros(key_mask.shape, dtype=torch.float32, device=device)
             pad = pad.masked_fill(key_mask == 0, float("-inf"))[:, None, None, :]
-        depth = self.config.depth
-        if self.relative_position_bias_table is None:
-            return [pad] * depth
+        table = self.relative_position_bias_table
+        if table is None:
+            return lambda i: pad
         index = self._index(kind, text_len, device)
-        n = index.shape[0]
-        bias = F.embedding(index, self.relative_position_bias_table)  # [N, N, L*H] (layer-major columns)
-        bias = bias.view(n, n, depth, -1).permute(2, 3, 0, 1)  # [L, H, N, N]
-        if pad is not None:
-            return [(b.unsqueeze(0) + pad) for b in bias]
-        return [b.unsqueeze(0) for b in bias]
+        h = self.config.num_heads
+
+        def bias(i: int) -> torch.Tensor:
+            rel = F.embedding(index, table[:, i * h : (i + 1) * h]).permute(2, 0, 1).unsqueeze(0)  # [1, H, N, N]
+            return rel if pad is None else rel + pad
+
+        return bias
 
     # ------------------------------------------------------------------ embeddings
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -265,21 +270,23 @@ class VLMo(nn.Module):
         self,
         x: torch.Tensor,
         modality: Modality,
-        biases: list[torch.Tensor | None],
+        bias: Callable[[int], torch.Tensor | None],
         start: int,
         end: int,
         split: int | None = None,
     ) -> torch.Tensor:
         for i in range(start, end):
-            block = self.transformer.blocks[i]
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, modality, biases[i], split, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(self._block, i, x, modality, bias, split, use_reentrant=False)
             else:
-                x = block(x, modality, biases[i], split)
+                x = self._block(i, x, modality, bias, split)
         return x
 
+    def _block(self, i: int, x: torch.Tensor, modality: Modality, bias, split: int | None) -> torch.Tensor:
+        return self.transformer.blocks[i](x, modality, bias(i), split)
+
     def _unimodal(
-        self, x: torch.Tensor, modality: Modality, biases: list, vl_branch: bool
+        self, x: torch.Tensor, modality: Modality, biases: Callable[[int], torch.Tensor | None], vl_branch: bool
     ) -> UnimodalOutput:
         cfg = self.config
         if vl_branch and not cfg.has_vlffn:

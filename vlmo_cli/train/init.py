@@ -44,7 +44,8 @@ def read_source(source: str, target: ModelConfig) -> tuple[dict[str, torch.Tenso
 def initialise(model: VLMo, source: str, init_vlffn: str = "random") -> list[str]:
     """Load ``source`` into ``model`` (in place); returns human-readable notes on what was dropped or created."""
     if not source:
-        return ["initialised at random (official initialisation)"]
+        std = model.config.init_std
+        return [f"initialised at random ({'official initialisation' if std == 0.02 else f'init_std {std}'})"]
     state, src_cfg = read_source(source, model.config)
     cfg = model.config
     wrong = [f"{f} {getattr(src_cfg, f)} vs {getattr(cfg, f)}" for f in BACKBONE_FIELDS if getattr(src_cfg, f) != getattr(cfg, f)]

@@ -24,7 +24,7 @@ from .checkpoint import TrainerState, find_resume, list_checkpoints, load_traini
 from .init import initialise
 from .monitor import Monitor, format_metrics
 from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
-from .stages import STAGES, StageDef, StepOutput, stage_model_config
+from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_model_config, vl_objective
 from .validate import validate
 
 
@@ -225,7 +225,7 @@ def train(
             f"{plan.micro_batch_size} × {plan.grad_accum} accumulation; device {accelerator.device}, "
             f"precision {tcfg.precision}"
         )
-        if plan.grad_accum > 1 and stage_def.name in ("pretrain.vl",) or "retrieval" in stage_def.name and plan.grad_accum > 1:
+        if plan.grad_accum > 1 and stage_def.objective in (vl_objective, retrieval_objective):
             console.print(
                 f"  [yellow]note:[/] contrastive negatives span one micro-batch × processes = "
                 f"{plan.micro_batch_size * plan.world_size} pairs, not the batch of {plan.global_batch_size}"
