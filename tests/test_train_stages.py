@@ -61,13 +61,16 @@ def test_three_stages_from_the_cli_learn_and_chain(in_demo, tmp_path):
         assert torch.equal(before[k], after[k]), k
     assert not torch.equal(before["transformer.blocks.0.mlp_text.fc1.weight"], after["transformer.blocks.0.mlp_text.fc1.weight"])
 
-    run_cli(["pretrain-vl", "tiny", *COMMON, *in_demo, "pretrain.vl.max_steps=30", "pretrain.vl.warmup=3",
+    run_cli(["pretrain-vl", "tiny", *COMMON, *in_demo, "pretrain.vl.max_steps=60", "pretrain.vl.warmup=5",
              "pretrain.vl.lr=1e-3", f"pretrain.vl.init={text}"])
     vl = runs / "tiny-pretrain-vl"
-    total = losses(vl, "loss")
-    assert sum(total[-2:]) < 0.9 * sum(total[:2]), total
+    total, mlm_vl, itc = losses(vl, "loss"), losses(vl, "mlm_loss"), losses(vl, "itc_loss")
+    # from a tiny stage-2 model, ITC/ITM leave their plateau slowly (the quickstart shows them learn); MLM drops fast
+    assert sum(total[-2:]) < 0.95 * sum(total[:2]), total
+    assert sum(mlm_vl[-2:]) < 0.85 * sum(mlm_vl[:2]), mlm_vl
+    assert sum(itc[-2:]) < sum(itc[:2]), itc
     last = list_checkpoints(vl)[-1]
-    assert json.loads((last / "trainer_state.json").read_text())["step"] == 30
+    assert json.loads((last / "trainer_state.json").read_text())["step"] == 60
     assert (last / "tokenizer.json").exists() and (vl / "recipe.toml").exists()
     assert any("val_tr_r1" in m for m in read_metrics(vl))
 
