@@ -501,7 +501,7 @@ class ResolvedStage:
 
     def to_toml(self) -> str:
         """A complete recipe that resolves ``self.name`` back to an equal stage (the run folder's recipe.toml)."""
-        from .recipe import dump_toml
+        from .toml_writer import dump_toml
 
         header = f"# resolved [{self.name}] of {self.source}\n"
         return header + dump_toml(self.to_dict())
