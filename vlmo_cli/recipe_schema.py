@@ -358,7 +358,8 @@ class FinetuneRetrievalTask(TrainTask):
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneClassifyTask(TrainTask):
-    """Image classification fine-tuning (vision experts + a linear head; set the model's num_classes)."""
+    """Classification of users' own image-text pairs (a labelled ``pairs`` dataset): fusion encoder + a fresh head
+    with one output per class name of the prepared dataset."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -411,7 +412,7 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("finetune.nlvr2", "train", FinetuneNLVR2Task, "NLVR2"),
         StageSpec("finetune.retrieval_coco", "train", FinetuneRetrievalTask, "COCO retrieval"),
         StageSpec("finetune.retrieval_flickr", "train", FinetuneRetrievalTask, "Flickr30k retrieval"),
-        StageSpec("finetune.classify", "train", FinetuneClassifyTask, "image classification"),
+        StageSpec("finetune.classify", "train", FinetuneClassifyTask, "your own labelled image-text pairs"),
         StageSpec("eval.retrieval", "eval", EvalRetrievalTask, "retrieval recall"),
         StageSpec("eval.vqa", "eval", EvalVQATask, "VQA accuracy / submission"),
         StageSpec("eval.nlvr2", "eval", EvalNLVR2Task, "NLVR2 accuracy"),

@@ -148,7 +148,7 @@ def train(
     num_answers = len(prepared.answers) if stage_def.data_task == "vqa" else None
     if stage_def.data_task == "vqa" and getattr(task, "num_answers", 0):
         num_answers = task.num_answers
-    num_classes = len(prepared.manifest.get("labels", [])) or None if stage_def.data_task == "classify" else None
+    num_classes = len(prepared.label_names) if stage_def.data_task == "classify" else None
     tokenizer_arg = dcfg.tokenizer or None
 
     def loader_for(epoch: int, skip: int):
