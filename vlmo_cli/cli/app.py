@@ -68,3 +68,5 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(2)
         raise
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)

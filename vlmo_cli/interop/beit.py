@@ -36,7 +36,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..model.config import ModelConfig
-from ..model.io import load_state_dict_checked, save_model
+from ..model.io import load_state_dict_checked, save_model, vocab_files
 from ..model.position import num_image_buckets, num_table_rows, resize_image_relative_table
 from .official import read_checkpoint
 
@@ -287,10 +287,4 @@ def convert_beit_to_dir(
 ) -> Path:
     """:func:`convert_beit` written as a model directory (config.json, model.safetensors, vocabulary if given)."""
     model = convert_beit(checkpoint, cfg, **options)
-    extra = {}
-    if vocab is not None:
-        vocab = Path(vocab)
-        if not vocab.is_file():
-            raise CheckpointError(f"{vocab}: no such vocabulary file")
-        extra[vocab.name if vocab.name in ("vocab.txt", "tokenizer.json") else "vocab.txt"] = str(vocab)
-    return save_model(model, out_dir, extra_files=extra, metadata={"source": f"beit:{Path(checkpoint).name}"})
+    return save_model(model, out_dir, extra_files=vocab_files(vocab), metadata={"source": f"beit:{Path(checkpoint).name}"})

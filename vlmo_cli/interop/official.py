@@ -20,8 +20,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..model.config import ModelConfig
-from ..model.io import load_state_dict_checked, save_model
-from ..model.resize import adapt_state_dict
+from ..model.io import build_model, save_model, vocab_files
 
 #: keys of official checkpoints that carry no weights (buffers of the old transformers, index tensors)
 IGNORED_KEYS = (
@@ -142,18 +141,9 @@ def load_official(path: str | Path, **config_overrides: Any):
 
     ``config_overrides`` (e.g. ``image_size=384``) resize position information as the official loader does.
     """
-    from ..model.vlmo import VLMo
-
     state, official = read_checkpoint(path)
     state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
-    cfg = infer_config(state, official, source=str(path))
-    if config_overrides:
-        new = cfg.replace(**config_overrides)
-        state = adapt_state_dict(state, cfg, new)
-        cfg = new
-    model = VLMo(cfg)
-    load_state_dict_checked(model, state, source=str(path), strict=True)
-    return model
+    return build_model(state, infer_config(state, official, source=str(path)), str(path), **config_overrides)
 
 
 def convert_official(
@@ -163,13 +153,7 @@ def convert_official(
     overrides = {"image_size": image_size} if image_size else {}
     model = load_official(checkpoint, **overrides)
     _, official = read_checkpoint(checkpoint)
-    extra = {}
-    if vocab is not None:
-        vocab = Path(vocab)
-        if not vocab.is_file():
-            raise CheckpointError(f"{vocab}: no such vocabulary file")
-        extra[vocab.name if vocab.name in ("vocab.txt", "tokenizer.json") else "vocab.txt"] = str(vocab)
-    out = save_model(model, out_dir, extra_files=extra, metadata={"source": f"official:{Path(checkpoint).name}"})
+    out = save_model(model, out_dir, extra_files=vocab_files(vocab), metadata={"source": f"official:{Path(checkpoint).name}"})
     if official is not None:
         (out / "official_config.json").write_text(json.dumps(official, indent=2, default=str) + "\n")
     return out

@@ -74,8 +74,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
 
     ``config_overrides`` (e.g. ``image_size=384``) rebuild the model with position information resized.
     """
-    from .vlmo import VLMo
-
     path = Path(path)
     if path.is_file() and path.name != "latest":
         from ..interop.official import load_official
@@ -86,16 +84,31 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
         cfg = ModelConfig.load(path / CONFIG_NAME)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
-    state = read_weights(path / WEIGHTS_NAME)
-    if config_overrides:
-        from .resize import adapt_state_dict
+    return build_model(read_weights(path / WEIGHTS_NAME), cfg, str(path), strict, **config_overrides).to(device)
 
+
+def build_model(state: dict[str, torch.Tensor], cfg: ModelConfig, source: str, strict: bool = True, **config_overrides):
+    """A :class:`VLMo` of ``cfg`` (with ``config_overrides`` applied, position information resized) holding ``state``."""
+    from .resize import adapt_state_dict
+    from .vlmo import VLMo
+
+    if config_overrides:
         new_cfg = cfg.replace(**config_overrides)
         state = adapt_state_dict(state, cfg, new_cfg)
         cfg = new_cfg
     model = VLMo(cfg)
-    load_state_dict_checked(model, state, source=str(path), strict=strict)
-    return model.to(device)
+    load_state_dict_checked(model, state, source=source, strict=strict)
+    return model
+
+
+def vocab_files(vocab: str | Path | None) -> dict[str, str]:
+    """``extra_files`` entry for :func:`save_model` carrying a vocabulary (``vocab.txt`` or ``tokenizer.json``)."""
+    if vocab is None:
+        return {}
+    vocab = Path(vocab)
+    if not vocab.is_file():
+        raise CheckpointError(f"{vocab}: no such vocabulary file")
+    return {vocab.name if vocab.name in TOKENIZER_FILES else "vocab.txt": str(vocab)}
 
 
 def resolve_model_dir(path: str | Path) -> Path:

@@ -8,7 +8,7 @@ checkpointed so that ``--resume`` continues exactly where the run stopped.
 from __future__ import annotations
 
 import contextlib
-import math
+import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,13 +124,7 @@ def train(
     tcfg, dcfg, task = stage.train, stage.data, stage.task
     console = console or Console()
 
-    log_with = []
-    try:
-        import tensorboard  # noqa: F401
-
-        log_with = ["tensorboard"]
-    except ImportError:
-        pass
+    log_with = ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
     run_path = Path(run_dir) if run_dir else Path(tcfg.output_dir) / (
         tcfg.run_name or default_run_name(stage.source, stage.name))
     accelerator = Accelerator(mixed_precision=tcfg.precision, log_with=log_with or None, project_dir=str(run_path))
