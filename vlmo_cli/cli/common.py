@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.console import Console
 
@@ -30,7 +28,3 @@ def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: st
     result = train(stage, init=init, resume=resume, overwrite=overwrite, console=console)
     console.print(f"[green]done[/]: {result.state.step} steps; model directory {result.checkpoint}")
     return result
-
-
-def checkpoint_hint(path: Path) -> str:
-    return f"--from {path}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -160,7 +159,3 @@ def tokenizer_files(directory: str | Path) -> dict[str, str]:
     """Tokenizer files present in ``directory`` (to carry them into another model directory)."""
     d = Path(directory)
     return {name: str(d / name) for name in TOKENIZER_FILES if (d / name).exists()}
-
-
-def describe(path: str | Path) -> dict:
-    return json.loads((Path(path) / CONFIG_NAME).read_text())

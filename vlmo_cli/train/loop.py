@@ -81,9 +81,8 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _dataset_paths(task) -> str | list[str]:
-    paths = list(task.dataset)
-    return paths[0] if len(paths) == 1 else paths
+def _dataset_paths(task) -> list[str]:
+    return list(task.dataset)
 
 
 def _fmt(metrics: dict) -> dict:
@@ -137,8 +136,7 @@ def train(
 
     # ---------------- data
     paths = _dataset_paths(task)
-    first = paths if isinstance(paths, str) else paths[0]
-    prepared = open_prepared(first)
+    prepared = open_prepared(paths[0])
     num_answers = len(prepared.answers) if stage_def.data_task == "vqa" else None
     if stage_def.data_task == "vqa" and getattr(task, "num_answers", 0):
         num_answers = task.num_answers

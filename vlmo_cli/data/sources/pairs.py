@@ -22,7 +22,6 @@ folder). ``--split-col`` takes splits from a column, otherwise everything goes t
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
