@@ -26,6 +26,7 @@ _EXPORTS = {
     "model_sizes": "vlmo_cli.model.config",
     "load_model": "vlmo_cli.model.io",
     "save_model": "vlmo_cli.model.io",
+    "load_tokenizer": "vlmo_cli.data.tokenizer",
     "VlmoError": "vlmo_cli.errors",
 }
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, VlmoError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -153,11 +153,21 @@ def _add_post_processor(tok) -> None:
 
 
 def load_tokenizer(path: str | Path) -> TextTokenizer:
-    """A tokenizer from a ``vocab.txt``, a ``tokenizer.json`` or a folder holding either (``tokenizer.json`` first)."""
+    """A tokenizer from a ``vocab.txt``, a ``tokenizer.json``, a folder holding either (``tokenizer.json`` first), or a
+    model directory / run folder / checkpoint pointer (the tokenizer saved with the model)."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordPiece
 
     path = Path(path)
+    if (path.is_file() and path.name == "latest") or (
+        path.is_dir() and not any((path / n).exists() for n in ("tokenizer.json", "vocab.txt"))
+    ):
+        from ..model.io import resolve_model_dir  # a run folder or checkpoint pointer: its model directory
+
+        try:
+            path = resolve_model_dir(path)
+        except VlmoError:
+            pass
     if path.is_dir():
         for name in ("tokenizer.json", "vocab.txt"):
             if (path / name).exists():
