@@ -91,7 +91,20 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         losses = [None] * WORLD
         dist.all_gather_object(losses, loss)
         results[name] = (sum(losses) / WORLD, grads)
+    # selective fetching equals indexing the fully gathered pool, in both pool orders, for rows of every process
+    from vlmo_cli.objectives.distributed import fetch_pool_rows, gather_local_first, gather_rank_order
+
+    index = torch.tensor([7, 0, 5, 2, 6, 1]) if rank == 0 else torch.tensor([3, 4, 4, 0, 7, 2])
+    local = {k: v.chunk(WORLD)[rank] for k, v in make_batch().items()}
+    for local_first, gather in ((True, gather_local_first), (False, gather_rank_order)):
+        fetched = fetch_pool_rows([local["pixel_values"], local["input_ids"]], index, local_first)
+        expected = [gather(local["pixel_values"])[index], gather(local["input_ids"])[index]]
+        results[f"fetch_local_first={local_first}_rank{rank}"] = all(torch.equal(a, b) for a, b in zip(fetched, expected))
+    flags = [None] * WORLD
+    dist.all_gather_object(flags, {k: v for k, v in results.items() if k.startswith("fetch")})
     if rank == 0:
+        for f in flags:
+            results.update(f)
         torch.save(results, os.path.join(out_dir, "ddp.pt"))
     dist.destroy_process_group()
 
@@ -119,6 +132,11 @@ def assert_grads(a: dict, b: dict, scale: float = 1.0, unscaled: tuple[str, ...]
     for k in a:
         s = 1.0 if k.endswith(unscaled) else scale
         torch.testing.assert_close(a[k], b[k] * s, atol=2e-6, rtol=1e-4, msg=k)
+
+
+def test_hard_negatives_fetch_only_the_chosen_rows_exactly(ddp_results):
+    fetch = {k: v for k, v in ddp_results.items() if k.startswith("fetch")}
+    assert len(fetch) == 4 and all(fetch.values()), fetch
 
 
 def test_with_gradient_gather_ddp_equals_one_process(ddp_results, monkeypatch):

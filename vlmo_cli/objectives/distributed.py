@@ -44,3 +44,46 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x.contiguous()), 0)
+
+
+def _owners(index: torch.Tensor, batch: int, rank: int, size: int, local_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(owner rank, row in the owner's batch) of positions in a gathered pool of ``size`` equal batches."""
+    block, row = index // batch, index % batch
+    if not local_first:
+        return block, row
+    others = torch.tensor([r for r in range(size) if r != rank], dtype=index.dtype, device=index.device)
+    owner = torch.where(block == 0, torch.full_like(block, rank), others[(block - 1).clamp(min=0)])
+    return owner, row
+
+
+@torch.no_grad()
+def fetch_pool_rows(tensors: list[torch.Tensor], index: torch.Tensor, local_first: bool = True) -> list[torch.Tensor]:
+    """``gather(t)[index]`` for each tensor, without gathering the whole pool: only the requested rows travel.
+
+    ``index`` addresses the pool that :func:`gather_local_first` (``local_first``) or :func:`gather_rank_order` would
+    build from every process's equally sized batch. Requests are all-gathered (two integers per row), then one
+    ``all_to_all_single`` per tensor sends each process exactly the rows it asked for — for ITM hard negatives that is
+    B images per process instead of the world's whole batch of raw pixels.
+    """
+    rank, size = world()
+    if size == 1:
+        return [t[index] for t in tensors]
+    batch = tensors[0].shape[0]
+    owner, row = _owners(index, batch, rank, size, local_first)
+    request = torch.stack([owner, row], 1).contiguous()
+    requests = [torch.empty_like(request) for _ in range(size)]
+    dist.all_gather(requests, request)
+    send_rows = [r[r[:, 0] == rank, 1] for r in requests]  # what each process asked of me, in its order
+    in_splits = [int(r.numel()) for r in send_rows]
+    out_splits = [int((owner == src).sum()) for src in range(size)]
+    # received rows arrive grouped by source process, each group in my request order
+    arrival = torch.cat([torch.nonzero(owner == src).flatten() for src in range(size)])
+    out = []
+    for t in tensors:
+        send = torch.cat([t[r] for r in send_rows]).contiguous()
+        recv = t.new_empty((sum(out_splits), *t.shape[1:]))
+        dist.all_to_all_single(recv, send, out_splits, in_splits)
+        ordered = torch.empty_like(recv)
+        ordered[arrival] = recv
+        out.append(ordered)
+    return out

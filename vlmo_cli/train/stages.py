@@ -15,7 +15,7 @@ from ..model.config import ModelConfig
 from ..model.vlmo import VLMo
 from ..objectives.classification import classification_loss, mim_loss, mlm_loss, vqa_loss, vqa_score
 from ..objectives.contrastive import ContrastiveResult, contrastive_loss
-from ..objectives.distributed import gather_local_first, gather_rank_order
+from ..objectives.distributed import fetch_pool_rows, gather_local_first, gather_rank_order
 from ..objectives.matching import itm_loss, sample_hard_negatives
 
 Batch = dict[str, torch.Tensor]
@@ -61,14 +61,12 @@ def _itm_rows(batch: Batch, itc: ContrastiveResult, exclude_same_image: bool) ->
     b = ids.shape[0]
     gather = gather_local_first if itc.local_first else gather_rank_order  # the pool in the logits' column order
     with torch.no_grad():
-        pool_ids, pool_mask, pool_pixels = (gather(t) for t in (ids, mask, pixels))
         image_ids = gather(batch["image_ids"]) if exclude_same_image and "image_ids" in batch else None
     neg = sample_hard_negatives(itc.logits_i2t, itc.logits_t2i, b, image_ids=image_ids, positives=itc.labels)
-    return (
-        torch.cat([ids, ids, pool_ids[neg.text_index]]),
-        torch.cat([mask, mask, pool_mask[neg.text_index]]),
-        torch.cat([pixels, pool_pixels[neg.image_index], pixels]),
-    )
+    # only the chosen negatives travel between processes (the official code all-gathers every raw image)
+    (neg_pixels,) = fetch_pool_rows([pixels], neg.image_index, itc.local_first)
+    neg_ids, neg_mask = fetch_pool_rows([ids, mask], neg.text_index, itc.local_first)
+    return torch.cat([ids, ids, neg_ids]), torch.cat([mask, mask, neg_mask]), torch.cat([pixels, neg_pixels, pixels])
 
 
 def _itm(model: VLMo, batch: Batch, itc: ContrastiveResult, exclude_same_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
