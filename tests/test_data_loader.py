@@ -133,3 +133,14 @@ def test_streaming_webdataset_and_retrieval_eval(tmp_path, demo):
     texts = list(ret.texts)
     assert torch.equal(torch.cat([b["image_ids"] for b in texts]), ret.text_to_image)
     assert sum(b["pixel_values"].shape[0] for b in ret.images) == 144
+
+
+def test_several_corpora_concatenate_with_distinct_image_ids(demo):
+    pairs = demo / "pairs"
+    loader = build_dataloader([pairs, pairs], "val", "pairs", image_size=32, batch_size=400, train=False,
+                              max_text_len=16)
+    batch = next(iter(loader))
+    ids = batch["image_ids"]
+    assert len(loader.dataset) == 2 * 200  # 100 val images x 2 captions, twice
+    assert ids.min() == 0 and ids.max() == 199  # the second copy's images are 100..199, not 0..99 again
+    assert ids[:200].max() < 100 <= ids[200:].min()

@@ -347,6 +347,28 @@ def build_dataset(path: str | Path, split: str, task: str, *, image_size: int = 
     return Nlvr2Dataset(prepared, split, transform)
 
 
+def _num_images(dataset: Dataset) -> int:
+    """Rows (images) behind a dataset: ``image_index`` values lie in ``[0, this)``."""
+    ds = getattr(dataset, "ds", None)
+    return len(ds) if ds is not None else len(dataset)
+
+
+class _OffsetImages(Dataset):
+    """A dataset whose ``image_index`` values are shifted, so that concatenated corpora never share an image id."""
+
+    def __init__(self, dataset: Dataset, offset: int) -> None:
+        self.dataset, self.offset = dataset, offset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        item = self.dataset[index]
+        if item is not None and "image_index" in item:
+            item = {**item, "image_index": item["image_index"] + self.offset}
+        return item
+
+
 def build_dataloader(path: str | Path | list, split: str, task: str, *, tokenizer: TextTokenizer | str | Path | None = None,
                      image_size: int = 224, batch_size: int = 32, train: bool = True, seed: int = 0,
                      workers: int = 0, rank: int = 0, world_size: int = 1, epoch: int = 0, skip_batches: int = 0,
@@ -403,7 +425,10 @@ def build_dataloader(path: str | Path | list, split: str, task: str, *, tokenize
         return DataLoader(dataset, drop_last=drop_last, **common)
     datasets = [build_dataset(p, split, task, image_size=image_size, train=train, randaug=randaug, hflip=hflip)
                 for p in paths]
-    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)  # several corpora: one index space
+    if len(datasets) > 1:  # several corpora: one index space, and image ids that stay distinct across corpora
+        offsets = np.cumsum([0] + [_num_images(d) for d in datasets[:-1]])
+        datasets = [_OffsetImages(d, int(o)) for d, o in zip(datasets, offsets)]
+    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
     sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                                batch_size=batch_size, drop_last=drop_last)
     sampler.set_epoch(epoch, skip_batches)
