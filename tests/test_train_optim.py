@@ -65,3 +65,13 @@ def test_schedules():
     assert lr_factor(550, 1000, 100, "cosine") == pytest.approx(0.5)
     assert lr_factor(325, 1000, 100, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
     assert lr_factor(1000, 1000, 100, end_factor=0.1) == pytest.approx(0.1)
+
+
+def test_batches_are_truncated_to_the_smallest_process_batch():
+    from vlmo_cli.train.loop import batch_rows, truncate_batch
+
+    batch = {"pixel_values": torch.zeros(5, 3, 4, 4), "input_ids": torch.arange(10).view(5, 2), "scale": torch.tensor(1.0)}
+    assert batch_rows(batch) == 5 and truncate_batch(batch, 5) is batch
+    cut = truncate_batch(batch, 3)
+    assert cut["pixel_values"].shape[0] == 3 and torch.equal(cut["input_ids"], torch.arange(6).view(3, 2))
+    assert cut["scale"] is batch["scale"]

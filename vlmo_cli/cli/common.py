@@ -26,5 +26,8 @@ def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: st
         overrides.append(f"{section}.run_name={run_name}")
     stage = load_recipe(recipe, overrides).resolve(section)
     result = train(stage, init=init, resume=resume, overwrite=overwrite, console=console)
-    console.print(f"[green]done[/]: {result.state.step} steps; model directory {result.checkpoint}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # once, also under torchrun / accelerate launch
+        console.print(f"[green]done[/]: {result.state.step} steps; model directory {result.checkpoint}")
     return result

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 
+_local_only = False
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Inside, every gather is the identity: for work done by one process alone (validation on the main process),
+    where a collective would wait for processes that never join it."""
+    global _local_only
+    previous, _local_only = _local_only, True
+    try:
+        yield
+    finally:
+        _local_only = previous
+
 
 def world() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` without an initialised process group."""
-    if dist.is_available() and dist.is_initialized():
+    """``(rank, world_size)``; ``(0, 1)`` without an initialised process group or inside :func:`local_only`."""
+    if not _local_only and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 

@@ -85,6 +85,18 @@ def _dataset_paths(task) -> list[str]:
     return list(task.dataset)
 
 
+def batch_rows(batch: dict) -> int:
+    return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim > 0)
+
+
+def truncate_batch(batch: dict, rows: int) -> dict:
+    """The first ``rows`` samples of a batch: every process must contribute equally many rows to the gathered
+    contrastive and hard-negative pools, so a batch shrunk by a skipped image shrinks the others' too."""
+    if batch_rows(batch) == rows:
+        return batch
+    return {k: v[:rows] if isinstance(v, torch.Tensor) and v.ndim > 0 else v for k, v in batch.items()}
+
+
 def _fmt(metrics: dict) -> dict:
     return {k: (round(float(v), 6) if isinstance(v, (float, int, torch.Tensor)) else v) for k, v in metrics.items()}
 
@@ -126,7 +138,9 @@ def train(
     log_with = ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
     run_path = Path(run_dir) if run_dir else Path(tcfg.output_dir) / (
         tcfg.run_name or default_run_name(stage.source, stage.name))
-    accelerator = Accelerator(mixed_precision=tcfg.precision, log_with=log_with or None, project_dir=str(run_path))
+    # without CUDA, say so: accelerate then runs torchrun / `accelerate launch` processes as a gloo group on the CPU
+    accelerator = Accelerator(mixed_precision=tcfg.precision, log_with=log_with or None, project_dir=str(run_path),
+                              cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     if main:
         prepare_run_dir(run_path, resume, overwrite)
@@ -262,6 +276,9 @@ def train(
                 state.micro_batches_in_epoch += 1
                 batch = _to_device(batch, accelerator.device)
                 batch.pop("num_skipped", None)
+                if accelerator.num_processes > 1:  # an unreadable image shrank some process's batch
+                    rows = torch.tensor([batch_rows(batch)], device=accelerator.device)
+                    batch = truncate_batch(batch, int(accelerator.gather(rows).min()))
                 sync = micro == plan.grad_accum - 1
                 ctx = contextlib.nullcontext() if sync else accelerator.no_sync(module)
                 with ctx:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import DataError
+from ..objectives.distributed import local_only
 
 MAX_VAL_BATCHES = 20
 
@@ -26,7 +27,8 @@ def validate(module, stage, stage_def, device, tokenizer, max_batches: int = MAX
     was_training = module.training
     module.eval()
     out: dict[str, float] = {}
-    with torch.random.fork_rng(devices=[]):  # validation must not shift the training RNG streams
+    # main process only: no collectives (local_only), and the training RNG streams must not shift (fork_rng)
+    with local_only(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         loader = build_dataloader(
             path, task.val_split, stage_def.data_task, tokenizer=tokenizer, image_size=dcfg.image_size,
