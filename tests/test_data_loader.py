@@ -130,9 +130,31 @@ def test_streaming_webdataset_and_retrieval_eval(tmp_path, demo):
     ret = build_retrieval_eval(demo / "pairs", "test", image_size=32, batch_size=64)
     assert len(ret.image_names) == 144 and ret.text_to_image.shape == (288,)
     assert ret.text_to_image[:4].tolist() == [0, 0, 1, 1]
-    texts = list(ret.texts)
-    assert torch.equal(torch.cat([b["image_ids"] for b in texts]), ret.text_to_image)
+    texts = list(ret.texts)  # shortest captions first; text_order says which caption each row is
+    assert sorted(ret.text_order.tolist()) == list(range(288))
+    assert torch.equal(torch.cat([b["image_ids"] for b in texts]), ret.text_to_image[ret.text_order])
+    lengths = torch.cat([b["attention_mask"].sum(1) for b in texts])
+    assert torch.equal(lengths, lengths.sort().values) and lengths[0] < lengths[-1]
     assert sum(b["pixel_values"].shape[0] for b in ret.images) == 144
+
+
+def test_retrieval_encoding_by_length_returns_caption_order(demo):
+    """encode_split runs the captions shortest first with their padding trimmed; the embeddings come back in caption
+    order and equal encoding each caption padded to the full length."""
+    from vlmo_cli.evaluate.retrieval import encode_split
+    from vlmo_cli.model.config import get_config
+    from vlmo_cli.model.vlmo import VLMo
+
+    torch.manual_seed(0)
+    model = VLMo(get_config("tiny", vocab_size=200, heads=["pooler", "itc"], max_text_len=24))
+    ret = build_retrieval_eval(demo / "pairs", "test", image_size=32, batch_size=16, max_text_len=24)
+    encoded = encode_split(model, ret)
+    collate = ret.texts.collate_fn
+    with torch.no_grad():
+        full = collate([ret.texts.dataset[i] for i in range(len(ret.texts.dataset))])
+        expected = model.encode_text(full["input_ids"], full["attention_mask"])
+    assert full["attention_mask"].sum(1).max() < 24  # trimming had something to cut
+    torch.testing.assert_close(encoded.text_embeds, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_several_corpora_concatenate_with_distinct_image_ids(demo):

@@ -73,6 +73,22 @@ def test_embed_texts_match_the_model(model_dirs, tmp_path):
     assert torch.allclose(saved.embeddings, direct, atol=1e-5)
 
 
+def test_encode_texts_shortest_first_keeps_the_input_order(model_dirs):
+    """Texts are encoded sorted by length with each batch cut to its longest text; the result is in input order and
+    equals encoding every text padded to the full length."""
+    from vlmo_cli.embed import encode_texts
+
+    loaded = load_inference_model(model_dirs["itc"], device="cpu")
+    words = "red green blue circle square triangle left right top bottom small big".split()
+    texts = [" ".join(words[(3 * i) % 12:(3 * i) % 12 + 1 + (5 * i) % 11]) for i in range(11)]
+    assert len({len(t.split()) for t in texts}) > 5
+    got = encode_texts(loaded, texts, batch_size=3)
+    enc = loaded.tokenizer.encode_batch(texts, 16)
+    with torch.no_grad():
+        direct = loaded.model.encode_text(torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"]))
+    torch.testing.assert_close(got, direct, atol=1e-5, rtol=1e-5)
+
+
 def test_embed_needs_exactly_one_input_kind(model_dirs, tmp_path, capsys):
     code, _, err = run(capsys, "embed", "--model", str(model_dirs["itc"]), "--out", str(tmp_path / "x.safetensors"))
     assert code == 2 and "--texts" in err

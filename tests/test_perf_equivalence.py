@@ -1,6 +1,7 @@
-"""The optimised stage-3 step (``vl_objective``: SDPA, one batched ITM fusion pass, shared VL-branch trunk) computes
-the same losses and gradients as the straightforward oracle (``reference_vl_step``: manual attention, four fusion
-passes) given the same hard negatives, to 1e-5 in fp32."""
+"""The optimised stage-3 step (``vl_objective``: SDPA, one batched ITM fusion pass, shared VL-branch trunk, text padding
+trimmed) computes the same losses and gradients as the straightforward oracle (``reference_vl_step``: manual attention,
+four fusion passes, padded text) given the same hard negatives, to 1e-5 in fp32; trimming the padding is exact for
+every other stage too."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import pytest
 import torch
 
 from vlmo_cli.bench import synthetic_batch
+from vlmo_cli.data.collate import text_extent, trim_text_padding
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.vlmo import VLMo
 from vlmo_cli.objectives.matching import HardNegatives
 from vlmo_cli.recipe import load_recipe
 from vlmo_cli.train import stages
+from vlmo_cli.train.loop import StageModule
 from vlmo_cli.train.reference_step import reference_vl_step
 
 HEADS = ["pooler", "itc", "itc_vl", "itm", "mlm"]
@@ -60,23 +63,32 @@ def _step(fn, model: VLMo, batch, task):
     return out, _grads(model)
 
 
+def _stage_module_step(model, batch, task, trim: bool = True):
+    """The training step as the loop runs it (``StageModule``: padding trimmed first), as an objective."""
+    loss, metrics = StageModule(model, stages.STAGES["pretrain.vl"], task, trim_padding=trim)(batch)
+    return stages.StepOutput(loss, metrics)
+
+
 @pytest.mark.parametrize(
-    "arch, checkpointing, itc_vl",
+    "arch, checkpointing, itc_vl, text_tokens",
     [
-        ({}, False, True),  # relative positions, layer scale (base/large layout)
-        ({"relative_position": False, "layer_scale_init": None}, True, False),  # base_plus layout, checkpointing
+        ({}, False, True, None),  # relative positions, layer scale (base/large layout), little shared padding
+        ({}, False, True, (3, 7)),  # ... short texts: every row's padding past column 8 is trimmed
+        ({"relative_position": False, "layer_scale_init": None}, True, False, (3, 7)),  # base_plus layout, ckpt
     ],
 )
-def test_optimised_step_matches_reference(monkeypatch, arch, checkpointing, itc_vl):
+def test_optimised_step_matches_reference(monkeypatch, arch, checkpointing, itc_vl, text_tokens):
     model = _model(**arch)
     cfg = model.config
     model.set_grad_checkpointing(checkpointing)
     task = dataclasses.replace(load_recipe("tiny").resolve("pretrain.vl").task, itc_vl=itc_vl)
-    batch = synthetic_batch("pairs", cfg, 6, 12, cfg.image_size, torch.Generator().manual_seed(1))
+    batch = synthetic_batch("pairs", cfg, 6, 12, cfg.image_size, torch.Generator().manual_seed(1), text_tokens)
     assert not bool(batch["attention_mask"].all()), "the batch must contain padding"
+    if text_tokens:
+        assert text_extent(batch) == 8, "the optimised step must run on trimmed text"
     monkeypatch.setattr(stages, "sample_hard_negatives", fixed_negatives)
 
-    fast, fast_grads = _step(stages.vl_objective, model, batch, task)
+    fast, fast_grads = _step(_stage_module_step, model, batch, task)
     ref, ref_grads = _step(lambda m, b, t: reference_vl_step(m, b, t, sampler=fixed_negatives), model, batch, task)
 
     torch.testing.assert_close(fast.loss, ref.loss, rtol=1e-5, atol=1e-5)
@@ -103,3 +115,53 @@ def test_reference_step_detects_a_different_computation(monkeypatch):
         a = reference_vl_step(model, batch, task, sampler=fixed_negatives)
         b = reference_vl_step(model, batch, task, sampler=other)
     assert not torch.allclose(a.metrics["itm_loss"], b.metrics["itm_loss"], atol=1e-6)
+
+
+def test_text_extent_and_trimming():
+    mask = torch.zeros(3, 40, dtype=torch.long)
+    mask[0, :5], mask[1, :11], mask[2, :3] = 1, 1, 1
+    labels = torch.full((3, 40), -100)
+    batch = {"attention_mask": mask, "input_ids": mask * 7, "mlm_labels": labels, "pixel_values": torch.zeros(3, 3, 4, 4)}
+    assert text_extent(batch) == 16 and text_extent(batch, multiple=1) == 11
+    labels[2, 17] = 9  # a label past every real token (never produced by the collators) keeps its column
+    assert text_extent(batch, multiple=1) == 18
+    trimmed = trim_text_padding(batch)
+    assert {k: tuple(v.shape) for k, v in trimmed.items()} == {
+        "attention_mask": (3, 24), "input_ids": (3, 24), "mlm_labels": (3, 24), "pixel_values": (3, 3, 4, 4)}
+    assert trim_text_padding({"pixel_values": torch.zeros(1)}) == {"pixel_values": torch.zeros(1)}
+    full = {"attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    assert text_extent(full) == 12 and trim_text_padding(full) is full  # rounding never exceeds the padded length
+
+
+@pytest.mark.parametrize("section", ["pretrain.text", "finetune.vqa", "finetune.nlvr2", "finetune.retrieval_coco",
+                                     "finetune.classify"])
+def test_trimming_the_padding_is_exact_for_every_stage(monkeypatch, section):
+    """Loss and every gradient equal with and without trimming (ITM hard negatives fixed for the retrieval task)."""
+    stage = load_recipe("tiny").resolve(section)
+    stage_def = stages.STAGES[section]
+    task = stage.task
+    if section.startswith("finetune.retrieval"):
+        task = dataclasses.replace(task, with_itm=True)
+    torch.manual_seed(0)
+    base = get_config("tiny", max_text_len=24, vocab_size=300, drop_path_rate=0.0, text_dropout=0.0)
+    cfg = stages.stage_model_config(stage_def, base, task, num_answers=7, num_classes=3)
+    model = VLMo(cfg).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    batch = synthetic_batch(stage_def.data_task, cfg, 6, 24, cfg.image_size, torch.Generator().manual_seed(2), (3, 9))
+    assert text_extent(batch) < 24
+    monkeypatch.setattr(stages, "sample_hard_negatives", fixed_negatives)
+
+    def objective(trim):
+        def run(m, b, t):
+            loss, metrics = StageModule(m, stage_def, t, trim_padding=trim)(b)
+            return stages.StepOutput(loss, metrics)
+        return run
+
+    trimmed, trimmed_grads = _step(objective(True), model, batch, task)
+    padded, padded_grads = _step(objective(False), model, batch, task)
+    torch.testing.assert_close(trimmed.loss, padded.loss, rtol=1e-5, atol=1e-6)
+    assert trimmed_grads.keys() == padded_grads.keys() and len(trimmed_grads) > 20
+    for name in padded_grads:
+        torch.testing.assert_close(trimmed_grads[name], padded_grads[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -49,10 +49,14 @@ def make_model() -> VLMo:
 
 
 def make_batch() -> dict[str, torch.Tensor]:
+    """Padded to 24 columns; process 0's rows need 8 of them, process 1's 16: both processes must agree on 16 for
+    the hard-negative texts they exchange (and the single process trims to 16 as well)."""
     g = torch.Generator().manual_seed(3)
-    ids = torch.randint(5, 64, (B, 8), generator=g)
-    mask = torch.ones(B, 8, dtype=torch.long)
-    mask[::2, 6:] = 0
+    ids = torch.randint(5, 64, (B, 24), generator=g)
+    mask = torch.ones(B, 24, dtype=torch.long)
+    mask[:, 12:] = 0
+    mask[: B // 2, 6:] = 0
+    mask[B // 2 + 1 :: 2, 9:] = 0
     ids = ids * mask
     mlm_ids, labels = ids.clone(), torch.full_like(ids, -100)
     for row in range(B):  # two masked tokens per row: per-process MLM means average to the global mean

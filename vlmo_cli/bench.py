@@ -36,6 +36,7 @@ from typing import Any, Iterable
 
 import torch
 
+from .data.collate import text_extent
 from .errors import ConfigError
 
 #: ``vlmo bench --stage`` value → recipe section
@@ -123,8 +124,11 @@ class BenchSettings:
         peak_tflops: peak for MFU; ``None`` = by device (no MFU on CPU).
         device: ``cuda``/``cpu``/…; ``None`` = CUDA when available.
         overrides: recipe overrides ``key.path=value``.
-        implementation: ``optimised`` (the training code) or ``reference`` (the straightforward stage-3 oracle;
-            ``reference+sdpa``, ``reference+batched``, ``reference+sdpa+batched`` switch single optimisations on).
+        implementation: ``optimised`` (the training code; ``optimised+untrimmed`` keeps the text padding) or
+            ``reference`` (the straightforward stage-3 oracle; ``reference+sdpa``, ``reference+batched``,
+            ``reference+sdpa+batched`` switch single optimisations on).
+        text_tokens: ``(min, max)`` real text lengths (with ``[CLS]``/``[SEP]``) of the synthetic rows, each drawn
+            uniformly; ``None`` = ``[max_text_len/2, max_text_len]``. Rows are padded to ``max_text_len`` either way.
         seed: RNG seed of the model and the batches.
         num_images / captions_per_image / rerank_k / rerank_queries: ``eval-retrieval`` sizes; ``rerank_queries``
             image queries (and ``captions_per_image`` times as many caption queries) are re-ranked and the time is
@@ -144,6 +148,7 @@ class BenchSettings:
     device: str | None = None
     overrides: tuple[str, ...] = ()
     implementation: str = "optimised"
+    text_tokens: tuple[int, int] | None = None
     seed: int = 0
     num_images: int = 5000
     captions_per_image: int = 5
@@ -178,9 +183,11 @@ class BenchResult:
 
 
 # ---------------------------------------------------------------------- synthetic batches
-def _text(batch: int, length: int, vocab: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[CLS] words [SEP] [PAD]…`` with real lengths drawn in ``[length/2, length]`` (so padding is exercised)."""
-    real = torch.randint(max(2, length // 2), length + 1, (batch,), generator=gen)
+def _text(batch: int, length: int, vocab: int, gen: torch.Generator,
+          real_range: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[CLS] words [SEP] [PAD]…`` with real lengths drawn in ``real_range`` (default ``[length/2, length]``)."""
+    low, high = real_range or (length // 2, length)
+    real = torch.randint(max(2, min(low, length)), max(2, min(high, length)) + 1, (batch,), generator=gen)
     ids = torch.randint(_FIRST_WORD, vocab, (batch, length), generator=gen)
     pos = torch.arange(length)[None]
     mask = (pos < real[:, None]).long()
@@ -201,8 +208,10 @@ def _mlm(ids: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, rate: floa
     return torch.where(chosen, torch.full_like(ids, _MASK), ids), labels
 
 
-def synthetic_batch(data_task: str, cfg, batch: int, text_len: int, image_size: int, gen: torch.Generator) -> dict:
-    """A random batch with the keys and shapes the collator of ``data_task`` produces (see :mod:`vlmo_cli.data.collate`)."""
+def synthetic_batch(data_task: str, cfg, batch: int, text_len: int, image_size: int, gen: torch.Generator,
+                    text_tokens: tuple[int, int] | None = None) -> dict:
+    """A random batch with the keys and shapes the collator of ``data_task`` produces (see :mod:`vlmo_cli.data.collate`);
+    ``text_tokens`` = range of the real text lengths (see :class:`BenchSettings`)."""
     out: dict[str, torch.Tensor] = {}
     if data_task != "text":
         out["pixel_values"] = torch.randn(batch, 3, image_size, image_size, generator=gen)
@@ -211,7 +220,7 @@ def synthetic_batch(data_task: str, cfg, batch: int, text_len: int, image_size: 
         scores = torch.rand(batch, patches, generator=gen)
         out["patch_mask"] = scores < scores.kthvalue(max(1, int(0.4 * patches)), dim=1, keepdim=True).values + 1e-9
         return out
-    ids, mask = _text(batch, text_len, cfg.vocab_size, gen)
+    ids, mask = _text(batch, text_len, cfg.vocab_size, gen, text_tokens)
     out["input_ids"], out["attention_mask"] = ids, mask
     if data_task in ("text", "pairs"):
         out["mlm_input_ids"], out["mlm_labels"] = _mlm(ids, mask, gen)
@@ -307,17 +316,16 @@ def build_training(settings: BenchSettings, section: str, stage, device: torch.d
                 p.requires_grad_(False)
         model.to(device)
         optimizer = build_optimizer(model, stage.train, fused=fused)
-    impl = settings.implementation
-    if impl == "optimised":
-        module = StageModule(model, stage_def, task)
-    elif impl.split("+")[0] == "reference" and set(impl.split("+")[1:]) <= {"sdpa", "batched"}:
+    kind, *flags = settings.implementation.split("+")
+    if kind == "optimised" and set(flags) <= {"untrimmed"}:
+        module = StageModule(model, stage_def, task, trim_padding="untrimmed" not in flags)
+    elif kind == "reference" and set(flags) <= {"sdpa", "batched"}:
         from .train.reference_step import ReferenceStageModule
 
-        flags = set(impl.split("+")[1:])
         module = ReferenceStageModule(model, stage_def, task, sdpa="sdpa" in flags, batched_itm="batched" in flags)
     else:
-        raise ConfigError(f"implementation must be 'optimised' or 'reference' (optionally '+sdpa', '+batched' "
-                          f"ablations), got {impl!r}")
+        raise ConfigError(f"implementation must be 'optimised' (optionally '+untrimmed') or 'reference' (optionally "
+                          f"'+sdpa', '+batched' ablations), got {settings.implementation!r}")
     if settings.compile or stage.train.compile:
         module = torch.compile(module)
     return cfg, stage_def, model, module, optimizer, fused
@@ -345,14 +353,19 @@ class TrainingStepper:
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.params = [p for p in self.module.parameters() if p.requires_grad]
+        self.text_lengths: list[int] = []
 
     def step(self) -> dict[str, float]:
         dev, s = self.device, self.stage
         t0 = time.perf_counter()
         batch = synthetic_batch(self.stage_def.data_task, self.cfg, self.batch, s.data.max_text_len,
-                                s.data.image_size, self.gen)
+                                s.data.image_size, self.gen, self.settings.text_tokens)
         pin = dev.type == "cuda"
         batch = {k: (v.pin_memory() if pin else v).to(dev, non_blocking=True) for k, v in batch.items()}
+        # the text length the model runs at (for the FLOPs): trimmed of shared padding unless the step keeps it
+        trims = getattr(self.module, "trim_padding", False)
+        extent = text_extent(batch) if trims else None
+        self.text_lengths.append(extent if extent is not None else s.data.max_text_len)
         _sync(dev)
         t1 = time.perf_counter()
         self.module.train()
@@ -404,7 +417,8 @@ def bench_training(settings: BenchSettings) -> BenchResult:
     # (loader workers, pinned memory); the data phase is reported on its own and in samples_per_s_with_data
     total = sum(t["step"] for t in timed)
     samples_per_s = stepper.batch * len(timed) / sum(t["compute"] for t in timed)
-    flops = train_flops_per_sample(stepper.section, stepper.cfg, stepper.stage.task, stepper.stage.data.max_text_len)
+    text_len = statistics.mean(stepper.text_lengths[-len(timed):])  # the length the timed steps ran at
+    flops = train_flops_per_sample(stepper.section, stepper.cfg, stepper.stage.task, text_len)
     peak = settings.peak_tflops if settings.peak_tflops is not None else default_peak_tflops(dev, stepper.precision)
     achieved = flops * samples_per_s / 1e12
     memory, kind = _peak_memory_mb(dev)
@@ -420,7 +434,7 @@ def bench_training(settings: BenchSettings) -> BenchResult:
         times={**times, "warmup_total_s": warmup_s, "timed_total_s": total},
         samples_per_s=samples_per_s, flops_per_sample=flops, achieved_tflops=achieved, peak_tflops=peak,
         mfu=achieved / peak if peak else None, peak_memory_mb=memory, memory_kind=kind,
-        extra={"samples_per_s_with_data": stepper.batch * len(timed) / total},
+        extra={"samples_per_s_with_data": stepper.batch * len(timed) / total, "text_len_run": text_len},
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .bench import BenchResult, BenchSettings, _peak_memory_mb, _resolve, _sync, _text, device_name
+from .data.collate import trim_text_padding
 from .errors import ConfigError
 
 def bench_eval_retrieval(settings: BenchSettings) -> BenchResult:
@@ -37,7 +38,9 @@ def bench_eval_retrieval(settings: BenchSettings) -> BenchResult:
     # a pool of distinct inputs cycled over the N rows: the cost per row is the same, the memory stays bounded
     pool = min(n, 256)
     pixels = torch.randn(pool, 3, size, size, generator=gen).to(dev)
-    ids, mask = (t.to(dev) for t in _text(pool * cpi, text_len, cfg.vocab_size, gen))
+    ids, mask = _text(pool * cpi, text_len, cfg.vocab_size, gen, settings.text_tokens)
+    by_length = torch.argsort(mask.sum(1), stable=True)  # as the evaluation: shortest first, padding trimmed per batch
+    ids, mask = ids[by_length].to(dev), mask[by_length].to(dev)
     n_text = n * cpi
 
     def rows(total: int, pool_size: int, start: int, stop: int) -> torch.Tensor:
@@ -55,7 +58,8 @@ def bench_eval_retrieval(settings: BenchSettings) -> BenchResult:
         txt = []
         for i in range(0, n_text, batch):
             r = rows(n_text, pool * cpi, i, i + batch)
-            txt.append(model.encode_text(ids[r], mask[r]).float())
+            chunk = trim_text_padding({"input_ids": ids[r], "attention_mask": mask[r]})
+            txt.append(model.encode_text(chunk["input_ids"], chunk["attention_mask"]).float())
         txt = torch.cat(txt)
         _sync(dev)
         t2 = time.perf_counter()
@@ -72,8 +76,9 @@ def bench_eval_retrieval(settings: BenchSettings) -> BenchResult:
         def score(image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
             i = image_idx.to(dev) % pool
             t = text_idx.to(dev) % (pool * cpi)
+            text = trim_text_padding({"input_ids": ids[t], "attention_mask": mask[t]})
             with autocast():
-                out = model.forward_pair(ids[t], mask[t], pixels[i])
+                out = model.forward_pair(text["input_ids"], text["attention_mask"], pixels[i])
                 return model.itm_logits(out.pooled).float()[:, 1]
 
         q = settings.rerank_queries if 0 < settings.rerank_queries < n else n

@@ -238,19 +238,31 @@ def embed_image_files(model: InferenceModel, paths: Sequence[str | Path], *, bat
 
 def encode_texts(model: InferenceModel, texts: Sequence[str], *, batch_size: int = 256,
                  max_text_len: int | None = None) -> torch.Tensor:
-    """``[N, D]`` dual-encoder embeddings of ``texts`` (float32, CPU)."""
+    """``[N, D]`` dual-encoder embeddings of ``texts`` (float32, CPU), in the order of ``texts``.
+
+    Texts are encoded shortest first, each batch cut to its longest text (padding costs no compute).
+    """
+    import numpy as np
     import torch
+
+    from .data.collate import trim_text_padding
 
     tok = model.require_tokenizer()
     length = min(max_text_len or model.model.config.max_text_len, model.model.config.max_text_len)
-    chunks = []
+    out = torch.zeros(len(texts), model.model.config.embed_dim)
+    if not len(texts):
+        return out
+    encoded = [tok.encode_batch(list(texts[i:i + 4096]), length) for i in range(0, len(texts), 4096)]
+    ids = torch.from_numpy(np.concatenate([e["input_ids"] for e in encoded]))
+    mask = torch.from_numpy(np.concatenate([e["attention_mask"] for e in encoded]))
+    order = torch.argsort(mask.sum(1), stable=True)
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            enc = tok.encode_batch(list(texts[start:start + batch_size]), length)
-            ids = torch.from_numpy(enc["input_ids"]).to(model.device)
-            mask = torch.from_numpy(enc["attention_mask"]).to(model.device)
-            chunks.append(model.model.encode_text(ids, mask).float().cpu())
-    return torch.cat(chunks) if chunks else torch.zeros(0, model.model.config.embed_dim)
+            rows = order[start:start + batch_size]
+            batch = trim_text_padding({"input_ids": ids[rows], "attention_mask": mask[rows]})
+            out[rows] = model.model.encode_text(batch["input_ids"].to(model.device),
+                                                batch["attention_mask"].to(model.device)).float().cpu()
+    return out
 
 
 def embed_texts(model: InferenceModel, lines: Sequence[tuple[int, str]] | Sequence[str], *, batch_size: int = 256,

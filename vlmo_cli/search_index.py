@@ -255,7 +255,7 @@ def itm_rerank(model: InferenceModel, index: ImageIndex, text: str, rows: list[i
     require_itm(net, model.path)
     tok = model.require_tokenizer()
     length = min(max_text_len or net.config.max_text_len, net.config.max_text_len)
-    enc = tok.encode_batch([text], length)
+    enc = tok.encode_batch([text], length, padding="longest")  # one query: no padding at all
     ids = torch.from_numpy(enc["input_ids"]).to(model.device)
     mask = torch.from_numpy(enc["attention_mask"]).to(model.device)
     transform = build_transform(model.image_size, False)

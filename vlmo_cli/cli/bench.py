@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import ConfigError
+
 _STAGES = "vision, text, vl, vqa, nlvr2, retrieval, classify, eval-retrieval"
 
 
@@ -56,6 +58,17 @@ def render(result, console: Console) -> None:
     console.print(table)
 
 
+def parse_range(text: str | None, option: str) -> tuple[int, int] | None:
+    """``"8-24"`` → ``(8, 24)``."""
+    if text is None:
+        return None
+    low, sep, high = text.partition("-")
+    if not (sep and low.strip().isdigit() and high.strip().isdigit()) or int(low) > int(high) or int(low) < 2:
+        raise ConfigError(f"{option} takes MIN-MAX with 2 <= MIN <= MAX (tokens including [CLS] and [SEP]), "
+                          f"got {text!r}")
+    return int(low), int(high)
+
+
 def bench(
     recipe: str = typer.Argument(..., help="a recipe file or a shipped name (tiny, base, base_plus, large)"),
     overrides: list[str] = typer.Argument(None, help="recipe overrides key.path=value"),
@@ -70,6 +83,10 @@ def bench(
     peak_tflops: float = typer.Option(None, "--peak-tflops", help="peak TFLOP/s for MFU (default: by device)"),
     device: str = typer.Option(None, "--device", help="cuda, cpu, cuda:1 … (default: cuda when available)"),
     reference: bool = typer.Option(False, "--reference", help="time the straightforward stage-3 oracle instead"),
+    untrimmed: bool = typer.Option(False, "--untrimmed", help="keep the text padding (to measure what trimming saves)"),
+    text_tokens: str = typer.Option(
+        None, "--text-tokens", help="MIN-MAX real text lengths of the synthetic rows, e.g. 8-24 for COCO-like "
+        "captions (default: max_text_len/2 to max_text_len)"),
     num_images: int = typer.Option(5000, "--num-images", help="eval-retrieval: N images (5 N captions)"),
     rerank_k: int = typer.Option(16, "--rerank-k", help="eval-retrieval: re-rank the top k with ITM (0 = off)"),
     rerank_queries: int = typer.Option(
@@ -83,7 +100,8 @@ def bench(
     settings = BenchSettings(
         recipe=recipe, stage=stage, batch=batch, precision=precision, compile=compile, checkpointing=checkpointing,
         fused_adamw=fused_adamw, steps=steps, warmup=warmup, peak_tflops=peak_tflops, device=device,
-        overrides=tuple(overrides or ()), implementation="reference" if reference else "optimised",
+        overrides=tuple(overrides or ()), text_tokens=parse_range(text_tokens, "--text-tokens"),
+        implementation="reference" if reference else "optimised+untrimmed" if untrimmed else "optimised",
         num_images=num_images, rerank_k=rerank_k, rerank_queries=rerank_queries,
     )
     result = run_bench(settings)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..data.collate import trim_text_padding
 from ..errors import VlmoError
 from .retrieval_metrics import RetrievalResult, evaluate_retrieval, rerank_retrieval
 
@@ -32,12 +33,15 @@ def encode_split(model, data, device: torch.device | str = "cpu", autocast_dtype
     with ctx:
         for batch in data.images:
             images.append(model.encode_image(batch["pixel_values"].to(device)).float())
-        for batch in data.texts:
+        for batch in data.texts:  # shortest first: each batch runs at its own longest caption
+            batch = trim_text_padding(batch)
             texts.append(model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float())
+    encoded = torch.cat(texts)
+    text_embeds = torch.empty_like(encoded)
+    text_embeds[data.text_order.to(encoded.device)] = encoded  # back to caption order
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return EncodedSplit(torch.cat(images), torch.cat(texts), data.text_to_image, data.image_names,
-                        time.perf_counter() - t0)
+    return EncodedSplit(torch.cat(images), text_embeds, data.text_to_image, data.image_names, time.perf_counter() - t0)
 
 
 @dataclass
@@ -66,7 +70,7 @@ def itm_pair_scorer(model, data, device, batch_size: int = 64):
                 raise VlmoError(f"image row {i} of the split cannot be read for re-ranking")
             unique[i] = item["pixel_values"]
         pixels = torch.stack([unique[int(i)] for i in image_idx.tolist()]).to(device)
-        text = collate_text([texts_ds[int(t)] for t in text_idx.tolist()])
+        text = trim_text_padding(collate_text([texts_ds[int(t)] for t in text_idx.tolist()]))
         out = model.forward_pair(text["input_ids"].to(device), text["attention_mask"].to(device), pixels)
         return model.itm_logits(out.pooled).float()[:, 1].cpu()  # official rerank adds ITM logit[1] to the ITC score
 

@@ -266,6 +266,7 @@ def predict_vqa(model: InferenceModel, target: EvalTarget, answers: Sequence[str
     """Arg-max answers ``[(question_id, answer)]`` in split order, and VLMo's soft VQA score (0..1)."""
     import torch
 
+    from ..data.collate import trim_text_padding
     from ..data.loader import build_dataloader
     from .vqa_metrics import SoftVQAScore
 
@@ -279,6 +280,7 @@ def predict_vqa(model: InferenceModel, target: EvalTarget, answers: Sequence[str
         for batch in loader:
             if not batch["question_ids"].numel():
                 continue
+            batch = trim_text_padding(batch)
             pooled = net.forward_pair(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                       batch["pixel_values"].to(device)).pooled
             logits = net.vqa_logits(pooled).float().cpu()
@@ -382,7 +384,7 @@ def predict_nlvr2(model: InferenceModel, target: EvalTarget) -> dict[str, bool]:
     import torch
     from torch.utils.data import DataLoader
 
-    from ..data.collate import CollateConfig, Collator
+    from ..data.collate import CollateConfig, Collator, trim_text_padding
     from ..data.loader import build_dataset, resolve_tokenizer
     from ..data.store import open_prepared
 
@@ -401,6 +403,7 @@ def predict_nlvr2(model: InferenceModel, target: EvalTarget) -> dict[str, bool]:
         for batch in loader:
             if not batch["identifiers"]:
                 continue
+            batch = trim_text_padding(batch)
             logits = net.nlvr2_logits(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                       batch["pixel_values"].to(device), batch["pixel_values_1"].to(device))
             for identifier, label in zip(batch["identifiers"], logits.argmax(1).tolist()):

@@ -30,6 +30,16 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def max_across(value: int, device: torch.device | str = "cpu") -> int:
+    """The largest ``value`` over all processes (``value`` itself with one process or inside :func:`local_only`)."""
+    _, size = world()
+    if size == 1:
+        return value
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def gather_local_first(x: torch.Tensor) -> torch.Tensor:
     """All-gather along dim 0 with the local tensor FIRST (keeping its autograd graph), then the other ranks in order.
 

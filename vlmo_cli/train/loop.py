@@ -18,8 +18,10 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from ..data.collate import text_extent, trim_text_padding
 from ..errors import RecipeError, VlmoError
 from ..model.vlmo import VLMo
+from ..objectives.distributed import max_across
 from .checkpoint import TrainerState, find_resume, list_checkpoints, load_training_state, save_checkpoint, set_rng_state
 from .init import initialise
 from .monitor import Monitor, format_metrics
@@ -32,16 +34,38 @@ class TrainingDiverged(VlmoError):
     """The loss became NaN or infinite."""
 
 
-class StageModule(nn.Module):
-    """Runs a stage's objective inside ``forward`` so that DDP sees one forward per backward."""
+@torch.compiler.disable  # reads lengths back from the device: kept out of the compiled graph
+def trim_to_longest(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cut the text padding every process's batch shares (:func:`~vlmo_cli.data.collate.trim_text_padding`).
 
-    def __init__(self, model: VLMo, stage_def: StageDef, task: Any) -> None:
+    The length is agreed across processes so that hard-negative texts fetched from another process fit.
+    """
+    extent = text_extent(batch)
+    if extent is None:
+        return batch
+    return trim_text_padding(batch, max_across(extent, batch["attention_mask"].device))
+
+
+class StageModule(nn.Module):
+    """Runs a stage's objective inside ``forward`` so that DDP sees one forward per backward.
+
+    Args:
+        model: the model.
+        stage_def: the stage or task.
+        task: its recipe settings.
+        trim_padding: drop text columns that are padding in every row first (exact; off only to measure it).
+    """
+
+    def __init__(self, model: VLMo, stage_def: StageDef, task: Any, trim_padding: bool = True) -> None:
         super().__init__()
         self.model = model
         self.stage_def = stage_def
         self.task = task
+        self.trim_padding = trim_padding
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.trim_padding:
+            batch = trim_to_longest(batch)
         out: StepOutput = self.stage_def.objective(self.model, batch, self.task)
         return out.loss, out.metrics
 
