@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the stage-3 training step: VLMo-base, 224 px, bf16, a few batch sizes, torch.compile on/off and
-# activation checkpointing on/off. Prints a table (samples/s, MFU, peak memory) and writes it as JSON to
+# activation checkpointing on/off (texts of 20-40 real tokens padded to 40; the `captions` row: COCO-like 8-24 tokens,
+# so the trimmed padding shows). Prints a table (samples/s, MFU, peak memory) and writes it as JSON to
 # ${OUT:-.}/gpu_check.json. Made for one H100/H200 and about 8 minutes; runs as is from a clone with the package
 # installed (`pip install -e .`), no data or weights needed (synthetic batches, random init).
 #
@@ -28,6 +29,7 @@ CONFIGS=(
   "eager-b32|32||90"
   "eager-b64|64||90"
   "ckpt-b64|64|--checkpointing|90"
+  "captions-b64|64|--text-tokens 8-24|90"
   "compile-b64|64|--compile|240"
   "eager-b128|128||100"
   "ckpt-b128|128|--checkpointing|100"

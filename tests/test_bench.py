@@ -53,6 +53,23 @@ def test_cli_bench_vl_writes_json(tmp_path, capsys):
     assert 0 < data["model"]["trainable"] <= data["model"]["parameters"]
 
 
+def test_cli_bench_text_tokens_and_untrimmed(tmp_path, capsys):
+    """Short synthetic texts: the step runs at the trimmed length (and the FLOPs follow it) unless --untrimmed."""
+    runs = {}
+    for flag in ([], ["--untrimmed"]):
+        out = tmp_path / f"t{len(flag)}.json"
+        main(["bench", "tiny", "model.vocab_size=500", "--text-tokens", "3-6", "--steps", "1", "--warmup", "0",
+              "--json", str(out), *flag])
+        runs[bool(flag)] = json.loads(out.read_text())
+    cfg = get_config("tiny", max_text_len=16, vocab_size=500)
+    assert runs[False]["extra"]["text_len_run"] == 8 and runs[True]["extra"]["text_len_run"] == 16
+    assert runs[False]["flops_per_sample"] == train_flops_per_sample("pretrain.vl", cfg, None, 8)
+    assert runs[True]["settings"]["implementation"] == "optimised+untrimmed"
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "tiny", "--text-tokens", "9-4"])
+    assert exc.value.code == 2 and "--text-tokens takes MIN-MAX" in capsys.readouterr().err
+
+
 def test_cli_bench_rejects_unknown_stage(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "tiny", "--stage", "pretrain"])

@@ -122,12 +122,12 @@ def test_text_extent_and_trimming():
     mask[0, :5], mask[1, :11], mask[2, :3] = 1, 1, 1
     labels = torch.full((3, 40), -100)
     batch = {"attention_mask": mask, "input_ids": mask * 7, "mlm_labels": labels, "pixel_values": torch.zeros(3, 3, 4, 4)}
-    assert text_extent(batch) == 16 and text_extent(batch, multiple=1) == 11
+    assert text_extent(batch) == 12 and text_extent(batch, multiple=8) == 16 and text_extent(batch, multiple=1) == 11
     labels[2, 17] = 9  # a label past every real token (never produced by the collators) keeps its column
     assert text_extent(batch, multiple=1) == 18
     trimmed = trim_text_padding(batch)
     assert {k: tuple(v.shape) for k, v in trimmed.items()} == {
-        "attention_mask": (3, 24), "input_ids": (3, 24), "mlm_labels": (3, 24), "pixel_values": (3, 3, 4, 4)}
+        "attention_mask": (3, 20), "input_ids": (3, 20), "mlm_labels": (3, 20), "pixel_values": (3, 3, 4, 4)}
     assert trim_text_padding({"pixel_values": torch.zeros(1)}) == {"pixel_values": torch.zeros(1)}
     full = {"attention_mask": torch.ones(2, 12, dtype=torch.long)}
     assert text_extent(full) == 12 and trim_text_padding(full) is full  # rounding never exceeds the padded length

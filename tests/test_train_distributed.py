@@ -49,8 +49,8 @@ def make_model() -> VLMo:
 
 
 def make_batch() -> dict[str, torch.Tensor]:
-    """Padded to 24 columns; process 0's rows need 8 of them, process 1's 16: both processes must agree on 16 for
-    the hard-negative texts they exchange (and the single process trims to 16 as well)."""
+    """Padded to 24 columns; process 0's rows need 8 of them, process 1's 12: both processes must agree on 12 for
+    the hard-negative texts they exchange (and the single process trims to 12 as well)."""
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(5, 64, (B, 24), generator=g)
     mask = torch.ones(B, 24, dtype=torch.long)

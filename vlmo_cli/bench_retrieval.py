@@ -39,8 +39,16 @@ def bench_eval_retrieval(settings: BenchSettings) -> BenchResult:
     pool = min(n, 256)
     pixels = torch.randn(pool, 3, size, size, generator=gen).to(dev)
     ids, mask = _text(pool * cpi, text_len, cfg.vocab_size, gen, settings.text_tokens)
-    by_length = torch.argsort(mask.sum(1), stable=True)  # as the evaluation: shortest first, padding trimmed per batch
-    ids, mask = ids[by_length].to(dev), mask[by_length].to(dev)
+    trim = "untrimmed" not in settings.implementation
+    if trim:  # as the evaluation: shortest first, each batch cut to its longest caption
+        by_length = torch.argsort(mask.sum(1), stable=True)
+        ids, mask = ids[by_length], mask[by_length]
+    ids, mask = ids.to(dev), mask.to(dev)
+
+    def texts(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk = {"input_ids": ids[rows], "attention_mask": mask[rows]}
+        chunk = trim_text_padding(chunk) if trim else chunk
+        return chunk["input_ids"], chunk["attention_mask"]
     n_text = n * cpi
 
     def rows(total: int, pool_size: int, start: int, stop: int) -> torch.Tensor:
@@ -57,9 +65,7 @@ def bench_eval_retrieval(settings: BenchSettings) -> BenchResult:
         t1 = time.perf_counter()
         txt = []
         for i in range(0, n_text, batch):
-            r = rows(n_text, pool * cpi, i, i + batch)
-            chunk = trim_text_padding({"input_ids": ids[r], "attention_mask": mask[r]})
-            txt.append(model.encode_text(chunk["input_ids"], chunk["attention_mask"]).float())
+            txt.append(model.encode_text(*texts(rows(n_text, pool * cpi, i, i + batch))).float())
         txt = torch.cat(txt)
         _sync(dev)
         t2 = time.perf_counter()
@@ -76,9 +82,8 @@ def bench_eval_retrieval(settings: BenchSettings) -> BenchResult:
         def score(image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
             i = image_idx.to(dev) % pool
             t = text_idx.to(dev) % (pool * cpi)
-            text = trim_text_padding({"input_ids": ids[t], "attention_mask": mask[t]})
             with autocast():
-                out = model.forward_pair(text["input_ids"], text["attention_mask"], pixels[i])
+                out = model.forward_pair(*texts(t), pixels[i])
                 return model.itm_logits(out.pooled).float()[:, 1]
 
         q = settings.rerank_queries if 0 < settings.rerank_queries < n else n

@@ -134,7 +134,7 @@ class Collator:
 TEXT_KEYS = ("input_ids", "attention_mask", "mlm_input_ids", "mlm_labels")
 
 
-def text_extent(batch: dict[str, torch.Tensor], multiple: int = 8) -> int | None:
+def text_extent(batch: dict[str, torch.Tensor], multiple: int = 4) -> int | None:
     """Columns up to the last real token (or MLM label) of any row, rounded up to ``multiple``; ``None`` without text.
 
     Rounding keeps the number of distinct shapes small (``torch.compile`` and GPU kernels prefer few, aligned ones).
