@@ -133,6 +133,18 @@ def test_text_extent_and_trimming():
     assert text_extent(full) == 12 and trim_text_padding(full) is full  # rounding never exceeds the padded length
 
 
+def test_compiled_steps_see_few_text_lengths():
+    """Under torch.compile the trimmed length is one of 4 buckets (each new shape recompiles the step)."""
+    from vlmo_cli.train.loop import bucket_length, trimmed_length
+
+    assert [bucket_length(n, 40, 4) for n in (1, 10, 11, 24, 31, 40)] == [10, 10, 20, 30, 40, 40]
+    assert {bucket_length(n, 196, 4) for n in range(1, 197)} == {49, 98, 147, 196}
+    mask = torch.zeros(2, 40, dtype=torch.long)
+    mask[0, :13] = 1
+    assert trimmed_length({"attention_mask": mask}) == 16 and trimmed_length({"attention_mask": mask}, 4) == 20
+    assert trimmed_length({"pixel_values": torch.zeros(1)}, 4) is None
+
+
 @pytest.mark.parametrize("section", ["pretrain.text", "finetune.vqa", "finetune.nlvr2", "finetune.retrieval_coco",
                                      "finetune.classify"])
 def test_trimming_the_padding_is_exact_for_every_stage(monkeypatch, section):

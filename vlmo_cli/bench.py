@@ -36,7 +36,6 @@ from typing import Any, Iterable
 
 import torch
 
-from .data.collate import text_extent
 from .errors import ConfigError
 
 #: ``vlmo bench --stage`` value → recipe section
@@ -317,8 +316,10 @@ def build_training(settings: BenchSettings, section: str, stage, device: torch.d
         model.to(device)
         optimizer = build_optimizer(model, stage.train, fused=fused)
     kind, *flags = settings.implementation.split("+")
+    compiled = settings.compile or stage.train.compile
     if kind == "optimised" and set(flags) <= {"untrimmed"}:
-        module = StageModule(model, stage_def, task, trim_padding="untrimmed" not in flags)
+        module = StageModule(model, stage_def, task, trim_padding="untrimmed" not in flags,
+                             length_buckets=COMPILED_LENGTH_BUCKETS if compiled else None)
     elif kind == "reference" and set(flags) <= {"sdpa", "batched"}:
         from .train.reference_step import ReferenceStageModule
 
@@ -326,7 +327,7 @@ def build_training(settings: BenchSettings, section: str, stage, device: torch.d
     else:
         raise ConfigError(f"implementation must be 'optimised' (optionally '+untrimmed') or 'reference' (optionally "
                           f"'+sdpa', '+batched' ablations), got {settings.implementation!r}")
-    if settings.compile or stage.train.compile:
+    if compiled:
         module = torch.compile(module)
     return cfg, stage_def, model, module, optimizer, fused
 
@@ -363,8 +364,10 @@ class TrainingStepper:
         pin = dev.type == "cuda"
         batch = {k: (v.pin_memory() if pin else v).to(dev, non_blocking=True) for k, v in batch.items()}
         # the text length the model runs at (for the FLOPs): trimmed of shared padding unless the step keeps it
+        from .train.loop import trimmed_length
+
         trims = getattr(self.module, "trim_padding", False)
-        extent = text_extent(batch) if trims else None
+        extent = trimmed_length(batch, self.module.length_buckets) if trims else None
         self.text_lengths.append(extent if extent is not None else s.data.max_text_len)
         _sync(dev)
         t1 = time.perf_counter()

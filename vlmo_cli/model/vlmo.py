@@ -223,10 +223,12 @@ class VLMo(nn.Module):
         """``bias(i)``: the additive attention bias of block ``i`` (its relative positions plus key padding).
 
         Built per block when the block runs (inside the recomputed region under activation checkpointing), so at most
-        one layer's ``[B, H, N, N]`` bias is alive at a time instead of all of them.
+        one layer's ``[B, H, N, N]`` bias is alive at a time instead of all of them. A key mask is applied even when it
+        masks nothing: checking would read a value back from the device (a sync, and a graph break under
+        ``torch.compile``), and text batches nearly always hold some padding.
         """
         pad = None
-        if key_mask is not None and not bool(key_mask.all()):
+        if key_mask is not None:
             pad = torch.zeros(key_mask.shape, dtype=torch.float32, device=device)
             pad = pad.masked_fill(key_mask == 0, float("-inf"))[:, None, None, :]
         table = self.relative_position_bias_table

@@ -34,16 +34,36 @@ class TrainingDiverged(VlmoError):
     """The loss became NaN or infinite."""
 
 
+#: distinct trimmed text lengths under ``torch.compile``: every new shape compiles the step again (about a minute
+#: for base), and past dynamo's recompile limit (8) it silently falls back to eager
+COMPILED_LENGTH_BUCKETS = 4
+
+
+def bucket_length(length: int, full: int, buckets: int) -> int:
+    """``length`` rounded up to one of ``buckets`` evenly spaced lengths ending at ``full`` (e.g. 10/20/30/40)."""
+    step = -(-full // buckets)
+    return min(full, -(-length // step) * step)
+
+
+def trimmed_length(batch: dict[str, torch.Tensor], buckets: int | None = None) -> int | None:
+    """This process's text length after trimming (``None`` without text); see :func:`trim_to_longest`."""
+    extent = text_extent(batch)
+    if extent is not None and buckets:
+        extent = bucket_length(extent, batch["attention_mask"].shape[1], buckets)
+    return extent
+
+
 @torch.compiler.disable  # reads lengths back from the device: kept out of the compiled graph
-def trim_to_longest(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def trim_to_longest(batch: dict[str, torch.Tensor], buckets: int | None = None) -> dict[str, torch.Tensor]:
     """Cut the text padding every process's batch shares (:func:`~vlmo_cli.data.collate.trim_text_padding`).
 
-    The length is agreed across processes so that hard-negative texts fetched from another process fit.
+    The length is agreed across processes so that hard-negative texts fetched from another process fit; with
+    ``buckets`` it is rounded up to one of that many lengths (few shapes for ``torch.compile``).
     """
-    extent = text_extent(batch)
-    if extent is None:
+    length = trimmed_length(batch, buckets)
+    if length is None:
         return batch
-    return trim_text_padding(batch, max_across(extent, batch["attention_mask"].device))
+    return trim_text_padding(batch, max_across(length, batch["attention_mask"].device))
 
 
 class StageModule(nn.Module):
@@ -54,18 +74,21 @@ class StageModule(nn.Module):
         stage_def: the stage or task.
         task: its recipe settings.
         trim_padding: drop text columns that are padding in every row first (exact; off only to measure it).
+        length_buckets: round the trimmed length up to one of this many lengths (set when the step is compiled).
     """
 
-    def __init__(self, model: VLMo, stage_def: StageDef, task: Any, trim_padding: bool = True) -> None:
+    def __init__(self, model: VLMo, stage_def: StageDef, task: Any, trim_padding: bool = True,
+                 length_buckets: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.stage_def = stage_def
         self.task = task
         self.trim_padding = trim_padding
+        self.length_buckets = length_buckets
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.trim_padding:
-            batch = trim_to_longest(batch)
+            batch = trim_to_longest(batch, self.length_buckets)
         out: StepOutput = self.stage_def.objective(self.model, batch, self.task)
         return out.loss, out.metrics
 
@@ -218,7 +241,7 @@ def train(
     fused = tcfg.fused_adamw if isinstance(tcfg.fused_adamw, bool) else accelerator.device.type == "cuda"
     model.to(accelerator.device)
     optimizer = build_optimizer(model, tcfg, fused=fused)
-    module = StageModule(model, stage_def, task)
+    module = StageModule(model, stage_def, task, length_buckets=COMPILED_LENGTH_BUCKETS if tcfg.compile else None)
     if tcfg.compile:
         module = torch.compile(module)
     module, optimizer = accelerator.prepare(module, optimizer)
