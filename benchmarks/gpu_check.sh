@@ -78,7 +78,7 @@ for entry in "${CONFIGS[@]}"; do
     > "$ROWS_DIR/$name.status.json"
 done
 
-ROWS_DIR="$ROWS_DIR" OUT_DIR="$OUT_DIR" BUDGET_S="$BUDGET_S" "$PY" - <<'EOF'
+ROWS_DIR="$ROWS_DIR" OUT_DIR="$OUT_DIR" BUDGET_S="$BUDGET_S" RECIPE="$RECIPE" "$PY" - <<'EOF'
 import json, os, platform, time
 from pathlib import Path
 
@@ -99,7 +99,7 @@ for row in sorted((json.loads(p.read_text()) for p in rows_dir.glob("*.status.js
     rows.append(row)
 
 head = f"{'config':<20}{'batch':>6}{'samples/s':>11}{'MFU':>8}{'peak GiB':>10}{'step ms':>9}{'fwd':>8}{'bwd':>8}{'opt':>7}  status"
-print("\nVLMo-base stage 3 (pretrain.vl), 224 px, bf16, synthetic batches")
+print(f"\nVLMo recipe {os.environ['RECIPE']!r}, stage 3 (pretrain.vl), bf16, synthetic batches")
 print(head)
 print("-" * len(head))
 for r in rows:
@@ -110,7 +110,7 @@ for r in rows:
     else:
         print(f"{r['name']:<20}{r['batch']:>6}{'':>11}{'':>8}{'':>10}{'':>9}{'':>8}{'':>8}{'':>7}  {r['status']}")
 report = {
-    "check": "VLMo-base stage 3, 224 px, bf16",
+    "check": f"recipe {os.environ['RECIPE']}, stage 3 (pretrain.vl), bf16",
     "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
     "torch": torch.__version__, "python": platform.python_version(), "budget_s": int(os.environ["BUDGET_S"]),
     "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows,

@@ -70,6 +70,14 @@ def test_cli_bench_text_tokens_and_untrimmed(tmp_path, capsys):
     assert exc.value.code == 2 and "--text-tokens takes MIN-MAX" in capsys.readouterr().err
 
 
+def test_compiled_bench_step_buckets_the_text_length():
+    """Building a compiled step is lazy (nothing compiles until the first call): check the wiring, not the compiler."""
+    stepper = TrainingStepper(BenchSettings("tiny", stage="vl", batch=2, compile=True,
+                                            overrides=("model.vocab_size=500",)))
+    assert isinstance(stepper.module, torch._dynamo.eval_frame.OptimizedModule)
+    assert stepper.module.length_buckets == 4 and stepper.module.trim_padding
+
+
 def test_cli_bench_rejects_unknown_stage(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "tiny", "--stage", "pretrain"])

@@ -288,7 +288,7 @@ def build_training(settings: BenchSettings, section: str, stage, device: torch.d
     weights). ``share``: a :class:`TrainingStepper` of the same stage whose model (and optimizer, when the fused
     switch agrees) are reused, so that several configurations of a big model fit in memory side by side."""
     from .model.vlmo import VLMo
-    from .train.loop import StageModule
+    from .train.loop import COMPILED_LENGTH_BUCKETS, StageModule
     from .train.optim import build_optimizer
     from .train.stages import STAGES, stage_model_config
 
