@@ -2,8 +2,9 @@
 # GPU check of the stage-3 training step: VLMo-base, 224 px, bf16, a few batch sizes, the straightforward step
 # (`--reference`) for the speed-up, torch.compile on/off and activation checkpointing on/off (texts of 20-40 real
 # tokens padded to 40; the `captions` row: COCO-like 8-24 tokens, so the trimmed padding shows). Prints a table
-# (samples/s, MFU, peak memory) and writes it as JSON to ${OUT:-.}/gpu_check.json. Made for one H100/H200 and about 8 minutes; runs as is from a clone with the package
-# installed (`pip install -e .`), no data or weights needed (synthetic batches, random init).
+# (samples/s, MFU, peak memory) and writes it as JSON to ${OUT:-.}/gpu_check.json. Made for one H100/H200 and about
+# 8 minutes; runs as is from a clone with the package installed (`pip install -e .`), no data or weights needed
+# (synthetic batches, random init).
 #
 #   bash benchmarks/gpu_check.sh                  # defaults
 #   BUDGET_S=300 STEPS=6 bash benchmarks/gpu_check.sh
