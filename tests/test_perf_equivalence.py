@@ -135,7 +135,7 @@ def test_text_extent_and_trimming():
 
 def test_compiled_steps_see_few_text_lengths():
     """Under torch.compile the trimmed length is one of 4 buckets (each new shape recompiles the step)."""
-    from vlmo_cli.train.loop import bucket_length, trimmed_length
+    from vlmo_cli.train.padding import bucket_length, trimmed_length
 
     assert [bucket_length(n, 40, 4) for n in (1, 10, 11, 24, 31, 40)] == [10, 10, 20, 30, 40, 40]
     assert {bucket_length(n, 196, 4) for n in range(1, 197)} == {49, 98, 147, 196}

@@ -288,7 +288,8 @@ def build_training(settings: BenchSettings, section: str, stage, device: torch.d
     weights). ``share``: a :class:`TrainingStepper` of the same stage whose model (and optimizer, when the fused
     switch agrees) are reused, so that several configurations of a big model fit in memory side by side."""
     from .model.vlmo import VLMo
-    from .train.loop import COMPILED_LENGTH_BUCKETS, StageModule
+    from .train.loop import StageModule
+    from .train.padding import COMPILED_LENGTH_BUCKETS
     from .train.optim import build_optimizer
     from .train.stages import STAGES, stage_model_config
 
@@ -357,6 +358,8 @@ class TrainingStepper:
         self.text_lengths: list[int] = []
 
     def step(self) -> dict[str, float]:
+        from .train.padding import trimmed_length
+
         dev, s = self.device, self.stage
         t0 = time.perf_counter()
         batch = synthetic_batch(self.stage_def.data_task, self.cfg, self.batch, s.data.max_text_len,
@@ -364,8 +367,6 @@ class TrainingStepper:
         pin = dev.type == "cuda"
         batch = {k: (v.pin_memory() if pin else v).to(dev, non_blocking=True) for k, v in batch.items()}
         # the text length the model runs at (for the FLOPs): trimmed of shared padding unless the step keeps it
-        from .train.loop import trimmed_length
-
         trims = getattr(self.module, "trim_padding", False)
         extent = trimmed_length(batch, self.module.length_buckets) if trims else None
         self.text_lengths.append(extent if extent is not None else s.data.max_text_len)
