@@ -23,3 +23,7 @@ class CheckpointError(VlmoError):
 
 class DataError(VlmoError):
     """A data source or a prepared dataset is unusable."""
+
+
+class RunFolderError(VlmoError):
+    """A run folder cannot be used as asked (foreign content, a changed recipe on resume)."""

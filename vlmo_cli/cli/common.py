@@ -12,11 +12,16 @@ OverridesArg = typer.Argument(None, help="recipe overrides key.path=value, e.g. 
 ResumeOpt = typer.Option("", "--resume", help='"auto" (newest complete checkpoint of the run folder) or a checkpoint path')
 InitOpt = typer.Option(None, "--from", "--init", help="start from a model dir / run folder / official .pt / beit:PATH")
 RunNameOpt = typer.Option(None, "--run-name", help="run folder name under train.output_dir")
-OverwriteOpt = typer.Option(False, "--overwrite", help="delete an existing run folder of the same name first")
+OverwriteOpt = typer.Option(False, "--overwrite", help="replace the previous run in the run folder (only a run folder)")
+TakeOverLockOpt = typer.Option(False, "--take-over-lock", help="take over the stale lock a killed run left in the run folder")
+ResumeChangedOpt = typer.Option(
+    False, "--resume-changed", help="resume although the recipe changed the data order, batch sizes, dataset or model"
+)
 
 
 def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: str, init: str | None,
-              run_name: str | None, overwrite: bool, extra: list[str] | None = None):
+              run_name: str | None, overwrite: bool, extra: list[str] | None = None, *,
+              take_over_lock: bool = False, resume_changed: bool = False):
     """Load ``recipe`` with overrides, resolve ``section`` and train it; prints where everything went."""
     from ..recipe import load_recipe
     from ..train.loop import train
@@ -25,7 +30,8 @@ def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: st
     if run_name:
         overrides.append(f"{section}.run_name={run_name}")
     stage = load_recipe(recipe, overrides).resolve(section)
-    result = train(stage, init=init, resume=resume, overwrite=overwrite, console=console)
+    result = train(stage, init=init, resume=resume, overwrite=overwrite, console=console, take_over_lock=take_over_lock,
+                   resume_changed=resume_changed)
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # once, also under torchrun / accelerate launch

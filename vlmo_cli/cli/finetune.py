@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from .common import InitOpt, OverridesArg, OverwriteOpt, ResumeOpt, RunNameOpt, run_stage
+from .common import (InitOpt, OverridesArg, OverwriteOpt, ResumeChangedOpt, ResumeOpt, RunNameOpt, TakeOverLockOpt,
+                     run_stage)
 
 
 class Task(str, Enum):
@@ -28,6 +29,8 @@ def finetune(
     resume: str = ResumeOpt,
     run_name: str = RunNameOpt,
     overwrite: bool = OverwriteOpt,
+    take_over_lock: bool = TakeOverLockOpt,
+    resume_changed: bool = ResumeChangedOpt,
 ) -> None:
     """Fine-tune a pre-trained model on a task with the recipe's preset (official §11 hyper-parameters)."""
     extra: list[str] = []
@@ -39,7 +42,8 @@ def finetune(
             extra.append(f"{section}.dataset={Path(dataset)}")
     else:
         section = f"finetune.{task.value}"
-    run_stage(recipe, section, overrides, resume, init, run_name, overwrite, extra)
+    run_stage(recipe, section, overrides, resume, init, run_name, overwrite, extra, take_over_lock=take_over_lock,
+              resume_changed=resume_changed)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from .common import InitOpt, OverridesArg, OverwriteOpt, RecipeArg, ResumeOpt, RunNameOpt, run_stage
+from .common import (InitOpt, OverridesArg, OverwriteOpt, RecipeArg, ResumeChangedOpt, ResumeOpt, RunNameOpt,
+                     TakeOverLockOpt, run_stage)
 
 _STAGES = {
     "pretrain-vision": ("pretrain.vision", "Stage 1: masked-image modelling on images (attention, patch embedding, "
@@ -24,8 +25,11 @@ def _command(section: str):
         init: str = InitOpt,
         run_name: str = RunNameOpt,
         overwrite: bool = OverwriteOpt,
+        take_over_lock: bool = TakeOverLockOpt,
+        resume_changed: bool = ResumeChangedOpt,
     ) -> None:
-        run_stage(recipe, section, overrides, resume, init, run_name, overwrite)
+        run_stage(recipe, section, overrides, resume, init, run_name, overwrite, take_over_lock=take_over_lock,
+                  resume_changed=resume_changed)
 
     return command
 

@@ -1,14 +1,16 @@
 """Run checkpoints: ``checkpoints/step_N/`` written atomically, ``latest`` pointer, keep-last-n, resume.
 
 A checkpoint directory holds the model directory files (``config.json``, ``model.safetensors``, tokenizer files) and
-``training_state.pt`` (optimizer, RNG streams; tensors and plain containers only, read back with
-``weights_only=True``) plus ``trainer_state.json`` (step, epoch, data position, metrics). It is written under a
-temporary name and renamed into place, so a directory cut off mid-write is never taken for a checkpoint.
+``training_state.pt`` (optimizer, fp16 loss-scaler, RNG streams; tensors and plain containers only, read back with
+``weights_only=True``) plus ``trainer_state.json`` (step, epoch, data position, the open metric window, metrics).
+It is written under a temporary name and renamed into place, so a directory cut off mid-write is never taken for a
+checkpoint; its files and folders get the permissions the umask allows, like any other file the run writes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -28,7 +30,9 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 @dataclass
 class TrainerState:
-    """Where a run stands. ``micro_batches_in_epoch`` is the data position inside ``epoch``."""
+    """Where a run stands. ``micro_batches_in_epoch`` is the data position inside ``epoch``; ``window`` holds the
+    metric sums of the steps logged since the last metrics line (``{"sums": {...}, "count": n}``), so that a resumed
+    run averages its first line over as many steps as an uninterrupted one."""
 
     step: int = 0
     epoch: int = 0
@@ -38,6 +42,14 @@ class TrainerState:
     stage: str = ""
     best_metric: float | None = None
     last_metrics: dict = field(default_factory=dict)
+    window: dict = field(default_factory=dict)
+
+    def epochs_done(self, batches_per_epoch: int | None) -> float:
+        """Passes over the data so far, with the fraction of the current one (whole epochs when its length is
+        unknown, as for streamed shards)."""
+        if not batches_per_epoch:
+            return float(self.epoch)
+        return round(self.epoch + self.micro_batches_in_epoch / batches_per_epoch, 4)
 
 
 def rng_state() -> dict:
@@ -66,6 +78,26 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(folder: Path) -> None:
+    """Give a folder made by ``tempfile.mkdtemp`` and the files in it (``mkdtemp`` and safetensors create them
+    owner-only) the permissions of an ordinary new folder and file."""
+    mask = current_umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def scaler_of(optimizer) -> torch.amp.GradScaler | None:
+    """The fp16 loss scaler accelerate attaches to the optimizer it prepares (None without fp16)."""
+    return getattr(optimizer, "scaler", None)
+
+
 def save_checkpoint(
     run_dir: Path,
     model: torch.nn.Module,
@@ -86,8 +118,13 @@ def save_checkpoint(
         save_file(state_dict_for_saving(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "step": str(state.step)})
         if tokenizer is not None:  # a model directory carries its tokenizer
             tokenizer.save(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state(), **(extra or {})}, tmp / STATE_FILE)
+        blob = {"optimizer": optimizer.state_dict(), "rng": rng_state(), **(extra or {})}
+        scaler = scaler_of(optimizer)
+        if scaler is not None:
+            blob["scaler"] = scaler.state_dict()
+        torch.save(blob, tmp / STATE_FILE)
         (tmp / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+        honour_umask(tmp)
         commit_directory(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -130,6 +167,20 @@ def find_resume(run_dir: Path, resume: str) -> Path | None:
     if not is_complete(path):
         raise CheckpointError(f"{path}: not a complete training checkpoint (needs {STATE_FILE} and {TRAINER_STATE})")
     return path
+
+
+def restore_training_state(blob: dict, optimizer) -> str | None:
+    """Put the optimizer, the fp16 loss scaler and the RNG streams back as ``save_checkpoint`` stored them; returns
+    a line for the log when the run now uses fp16 but the checkpoint has no scaler state."""
+    optimizer.load_state_dict(blob["optimizer"])
+    set_rng_state(blob["rng"])
+    scaler = scaler_of(optimizer)
+    if scaler is None:
+        return None
+    if "scaler" not in blob:
+        return "the checkpoint holds no fp16 loss-scaler state (trained without fp16): the scaler starts afresh"
+    scaler.load_state_dict(blob["scaler"])
+    return None
 
 
 def load_training_state(path: Path) -> tuple[dict, TrainerState]:

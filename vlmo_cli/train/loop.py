@@ -20,11 +20,13 @@ from torch import nn
 
 from ..errors import RecipeError, VlmoError
 from ..model.vlmo import VLMo
-from .checkpoint import TrainerState, find_resume, list_checkpoints, load_training_state, save_checkpoint, set_rng_state
+from .checkpoint import (TrainerState, find_resume, list_checkpoints, load_training_state, restore_training_state,
+                         save_checkpoint)
 from .init import initialise
-from .monitor import Monitor, format_metrics
+from .monitor import Monitor, format_metrics, truncate_metrics
 from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
 from .padding import COMPILED_LENGTH_BUCKETS, trim_to_longest
+from .run_dir import RunFolder, check_resume_recipe, default_run_name, run_path_for, write_recipe  # noqa: F401
 from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_model_config, vl_objective
 from .validate import validate
 
@@ -72,25 +74,6 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------- helpers
-def default_run_name(source: str, stage_name: str) -> str:
-    return f"{Path(source).stem}-{stage_name.replace('.', '-').replace('_', '-')}"
-
-
-def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path:
-    """Create the run folder; refuse to mix a new run into one that holds checkpoints (unless resuming)."""
-    if list_checkpoints(run_dir) and not resume and not overwrite:
-        raise VlmoError(
-            f"{run_dir} already holds checkpoints of a run; continue it with --resume auto, "
-            "or choose another --run-name, or pass --overwrite to start afresh"
-        )
-    if overwrite and not resume and run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -111,8 +94,27 @@ def truncate_batch(batch: dict, rows: int) -> dict:
     return {k: v[:rows] if isinstance(v, torch.Tensor) and v.ndim > 0 else v for k, v in batch.items()}
 
 
+def batches_per_epoch(loader) -> int | None:
+    """Micro-batches in one pass over the data (None for streamed data of unknown length)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 def _fmt(metrics: dict) -> dict:
     return {k: (round(float(v), 6) if isinstance(v, (float, int, torch.Tensor)) else v) for k, v in metrics.items()}
+
+
+def _already_done(run_path: Path, checkpoint: Path, state: TrainerState, total: int,
+                  console: Console | None) -> RunResult:
+    """A resume of a run that already trained ``total`` steps: nothing to do, say so."""
+    if console is not None:
+        console.print(f"{run_path} already reached its target: step {state.step} of {total}; nothing to train "
+                      f"(raise train.max_steps to train further). Model directory {checkpoint}")
+    note = f"already reached its target ({state.step} of {total} steps)"
+    return RunResult(run_dir=run_path, checkpoint=checkpoint, state=state, metrics=dict(state.last_metrics),
+                     notes=[note])
 
 
 # ---------------------------------------------------------------------- the loop
@@ -125,6 +127,8 @@ def train(
     overwrite: bool = False,
     console: Console | None = None,
     stop_after: int | None = None,
+    take_over_lock: bool = False,
+    resume_changed: bool = False,
 ) -> RunResult:
     """Train one resolved recipe stage (``recipe.resolve("pretrain.vl")``).
 
@@ -133,32 +137,44 @@ def train(
         init: weights to start from (overrides ``[model] init``); ignored when resuming.
         resume: ``"auto"`` (newest complete checkpoint of the run folder, if any) or a checkpoint path.
         run_dir: run folder (default ``output_dir/run_name``).
-        overwrite: delete an existing run folder first.
+        overwrite: replace the previous run in the run folder (refused for a folder holding anything else).
         stop_after: stop (with a checkpoint) after this many optimizer steps of this invocation — simulates an
             interruption in tests and lets users train in slices.
+        take_over_lock: take over the stale lock of a killed run (a live run's lock is never taken).
+        resume_changed: resume although the recipe changed the data order, batches or model.
     """
     from accelerate import Accelerator
+
+    if stage.kind != "train" or stage.name not in STAGES:
+        raise RecipeError(f"{stage.name} is not a training stage; allowed: {sorted(STAGES)}")
+    run_path = run_path_for(stage, run_dir)
+    log_with = ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+    # without CUDA, say so: accelerate then runs torchrun / `accelerate launch` processes as a gloo group on the CPU
+    accelerator = Accelerator(mixed_precision=stage.train.precision, log_with=log_with or None,
+                              project_dir=str(run_path), cpu=not torch.cuda.is_available())
+    # the main process locks and prepares the folder for the whole run; a failed run that created it and left
+    # nothing in it removes it again
+    console = console or Console()
+    with RunFolder(run_path, resume, overwrite, take_over_lock, enabled=accelerator.is_main_process) as folder:
+        for note in folder.notes:  # at once: they hold also when the run stops early
+            console.print(f"{run_path}: {note}", highlight=False)
+        accelerator.wait_for_everyone()
+        return _train(stage, accelerator, folder, log_with, init=init, resume=resume, console=console,
+                      stop_after=stop_after, resume_changed=resume_changed)
+
+
+def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: str | None, resume: str,
+           console: Console, stop_after: int | None, resume_changed: bool) -> RunResult:
+    """The body of :func:`train`, inside the locked run folder."""
     from accelerate.utils import set_seed
 
     from ..data.loader import build_dataloader
     from ..data.store import open_prepared
 
-    if stage.kind != "train" or stage.name not in STAGES:
-        raise RecipeError(f"{stage.name} is not a training stage; allowed: {sorted(STAGES)}")
     stage_def = STAGES[stage.name]
     tcfg, dcfg, task = stage.train, stage.data, stage.task
-    console = console or Console()
-
-    log_with = ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
-    run_path = Path(run_dir) if run_dir else Path(tcfg.output_dir) / (
-        tcfg.run_name or default_run_name(stage.source, stage.name))
-    # without CUDA, say so: accelerate then runs torchrun / `accelerate launch` processes as a gloo group on the CPU
-    accelerator = Accelerator(mixed_precision=tcfg.precision, log_with=log_with or None, project_dir=str(run_path),
-                              cpu=not torch.cuda.is_available())
+    run_path = folder.path
     main = accelerator.is_main_process
-    if main:
-        prepare_run_dir(run_path, resume, overwrite)
-    accelerator.wait_for_everyone()
     plan = stage.batch_plan(accelerator.num_processes)
     set_seed(tcfg.seed)
 
@@ -216,22 +232,31 @@ def train(
     state = TrainerState(stage=stage.name)
     if resume_from is not None:
         blob, state = load_training_state(resume_from)
-        optimizer.load_state_dict(blob["optimizer"])
-        set_rng_state(blob["rng"])
+        notes += [n for n in (restore_training_state(blob, optimizer),) if n]
     loader = loader_for(state.epoch, state.micro_batches_in_epoch)
+    full_epoch = loader_for(0, 0)
+    per_epoch = batches_per_epoch(full_epoch)
     if tcfg.max_steps:
         total = tcfg.max_steps
     else:
-        full_epoch = loader_for(0, 0)
         total = tcfg.max_epochs * max(1, len(full_epoch) // plan.grad_accum)
     if total < 1:
         raise RecipeError(f"{stage.source}: [{stage.name}] trains 0 steps: set max_steps or max_epochs")
+    if resume_from is not None and state.step >= total:
+        return _already_done(run_path, resume_from, state, total, console if main else None)
     state.total_steps = total
     warm = warmup_steps(tcfg.warmup, total)
     end_factor = tcfg.end_lr / tcfg.lr
 
+    recipe_text = stage.to_toml()
+    if resume_from is not None:  # on every process, so that all of them stop on a refused change
+        notes += check_resume_recipe(run_path, resume_from, recipe_text, stage.name, resume_changed)
     if main:
-        (run_path / "recipe.toml").write_text(stage.to_toml())
+        write_recipe(run_path, recipe_text, resumed=resume_from is not None)
+        dropped = truncate_metrics(run_path, state.step)
+        if dropped:
+            notes.append(f"metrics.jsonl: dropped {dropped} row(s) logged after step {state.step}, which this run "
+                         "trains again")
         if log_with:
             accelerator.init_trackers("tensorboard")
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -259,6 +284,7 @@ def train(
         )
 
     def checkpoint() -> Path | None:
+        state.window = {"sums": dict(sums), "count": count}  # the metrics line in progress continues on resume
         accelerator.wait_for_everyone()
         path = None
         if main:
@@ -268,8 +294,8 @@ def train(
         return path
 
     data_iter = iter(loader)
-    sums: dict[str, float] = {}
-    count = 0
+    sums: dict[str, float] = dict(state.window.get("sums", {}))
+    count = int(state.window.get("count", 0))
     last_metrics: dict[str, float] = {}
     t_log = time.perf_counter()
     samples_since = 0
@@ -324,7 +350,7 @@ def train(
                 avg = {k: v / count for k, v in sums.items()}
                 avg = {k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean")) for k, v in avg.items()}
                 elapsed = time.perf_counter() - t_log
-                avg.update(lr=lr, epoch=state.epoch, samples_per_s=samples_since * accelerator.num_processes / max(elapsed, 1e-9))
+                avg.update(lr=lr, epoch=state.epochs_done(per_epoch), samples_per_s=samples_since * accelerator.num_processes / max(elapsed, 1e-9))
                 last_metrics = avg
                 monitor.log(_fmt(avg), state.step)
                 monitor.print(f"step {state.step}/{total}  " + format_metrics(avg))
@@ -349,4 +375,5 @@ def train(
         accelerator.end_training()
     if final_path is None:
         final_path = list_checkpoints(run_path)[-1]
-    return RunResult(run_dir=run_path, checkpoint=final_path, state=state, metrics=last_metrics, notes=notes)
+    return RunResult(run_dir=run_path, checkpoint=final_path, state=state, metrics=last_metrics,
+                     notes=folder.notes + notes)
