@@ -217,3 +217,20 @@ def test_the_fp16_loss_scaler_is_saved_and_restored(tmp_path):
     plain = save_checkpoint(tmp_path / "no-fp16", model, torch.optim.AdamW(model.parameters()), TrainerState(step=1))
     note = restore_training_state(load_training_state(plain)[0], optimizer(8.0))
     assert "no fp16 loss-scaler state" in note
+
+
+def test_a_checkpoint_being_replaced_when_the_writer_died_is_moved_back(tmp_path):
+    from vlmo_cli.train.run_dir import clean_checkpoint_temporaries
+
+    root = tmp_path / "checkpoints"
+    old = root / ".step_4.old-4242"  # commit_directory had moved step_4 aside, the new step_4 never arrived
+    old.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "training_state.pt", "trainer_state.json"):
+        (old / name).write_text("x")
+    (root / ".step_4.tmp-abc").mkdir()
+    (root / ".step_4.tmp-abc" / "model.safetensors").write_bytes(bytes(1000))
+    note = clean_checkpoint_temporaries(tmp_path)
+    assert note == ("removed 1 unfinished checkpoint folder(s) of an interrupted run (.step_4.tmp-abc; 0.0 MB); "
+                    "restored step_4 that an interrupted write was replacing")
+    assert sorted(p.name for p in root.iterdir()) == ["step_4"] and list_checkpoints(tmp_path) == [root / "step_4"]
+    assert clean_checkpoint_temporaries(tmp_path) is None

@@ -281,7 +281,9 @@ class RecipeTrain:
         ' "compat" = the official name list',
     )
     output_dir: str = setting("runs", help="folder holding the run folders")
-    run_name: str = setting("", help='run folder name; "" = derived from the recipe, stage and time')
+    run_name: str = setting(
+        "", help='run folder name (letters, digits, -, _, .); "" = <recipe>-<stage>, e.g. tiny-pretrain-vl'
+    )
 
 
 # ---------------------------------------------------------------------------------------------- stage / task settings

@@ -13,7 +13,9 @@ ResumeOpt = typer.Option("", "--resume", help='"auto" (newest complete checkpoin
 InitOpt = typer.Option(None, "--from", "--init", help="start from a model dir / run folder / official .pt / beit:PATH")
 RunNameOpt = typer.Option(None, "--run-name", help="run folder name under train.output_dir")
 OverwriteOpt = typer.Option(False, "--overwrite", help="replace the previous run in the run folder (only a run folder)")
-TakeOverLockOpt = typer.Option(False, "--take-over-lock", help="take over the stale lock a killed run left in the run folder")
+TakeOverLockOpt = typer.Option(
+    False, "--take-over-lock", help="take over the stale lock a killed run left in the run folder"
+)
 ResumeChangedOpt = typer.Option(
     False, "--resume-changed", help="resume although the recipe changed the data order, batch sizes, dataset or model"
 )

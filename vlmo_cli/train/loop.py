@@ -350,7 +350,8 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
                 avg = {k: v / count for k, v in sums.items()}
                 avg = {k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean")) for k, v in avg.items()}
                 elapsed = time.perf_counter() - t_log
-                avg.update(lr=lr, epoch=state.epochs_done(per_epoch), samples_per_s=samples_since * accelerator.num_processes / max(elapsed, 1e-9))
+                avg.update(lr=lr, epoch=state.epochs_done(per_epoch),
+                           samples_per_s=samples_since * accelerator.num_processes / max(elapsed, 1e-9))
                 last_metrics = avg
                 monitor.log(_fmt(avg), state.step)
                 monitor.print(f"step {state.step}/{total}  " + format_metrics(avg))
