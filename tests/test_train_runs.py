@@ -234,3 +234,23 @@ def test_a_checkpoint_being_replaced_when_the_writer_died_is_moved_back(tmp_path
                     "restored step_4 that an interrupted write was replacing")
     assert sorted(p.name for p in root.iterdir()) == ["step_4"] and list_checkpoints(tmp_path) == [root / "step_4"]
     assert clean_checkpoint_temporaries(tmp_path) is None
+
+
+def test_resume_changed_accepts_and_logs_what_breaks_exactness_and_the_history_grows(tmp_path):
+    from vlmo_cli.errors import RunFolderError
+    from vlmo_cli.train.run_dir import check_resume_recipe, write_recipe
+
+    first = '[data]\nbatch_size = 8\n[train]\nlr = 0.001\n'
+    assert write_recipe(tmp_path, first, resumed=False).name == "recipe.toml"
+    checkpoint = tmp_path / "checkpoints" / "step_3"
+    changed = first.replace("8", "16").replace("0.001", "0.002")
+    with pytest.raises(RunFolderError, match="data.batch_size 8 → 16"):
+        check_resume_recipe(tmp_path, checkpoint, changed, "pretrain.vl", allow_changed=False)
+    lines = check_resume_recipe(tmp_path, checkpoint, changed, "pretrain.vl", allow_changed=True)
+    assert lines == ["resuming with changes that break exactness (--resume-changed): data.batch_size 8 → 16",
+                     "recipe changes since recipe.toml: train.lr 0.001 → 0.002"]
+    assert write_recipe(tmp_path, changed, resumed=True).name == "recipe.resume-1.toml"
+    # the next resume compares with the last recipe the run started with, and adds a file
+    assert check_resume_recipe(tmp_path, checkpoint, changed, "pretrain.vl", allow_changed=False) == []
+    assert write_recipe(tmp_path, changed, resumed=True).name == "recipe.resume-2.toml"
+    assert (tmp_path / "recipe.toml").read_text() == first

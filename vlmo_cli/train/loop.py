@@ -26,7 +26,7 @@ from .init import initialise
 from .monitor import Monitor, format_metrics, truncate_metrics
 from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
 from .padding import COMPILED_LENGTH_BUCKETS, trim_to_longest
-from .run_dir import RunFolder, check_resume_recipe, default_run_name, run_path_for, write_recipe  # noqa: F401
+from .run_dir import RunFolder, check_resume_recipe, run_path_for, write_recipe
 from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_model_config, vl_objective
 from .validate import validate
 
