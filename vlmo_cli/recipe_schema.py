@@ -383,6 +383,9 @@ class EvalVQATask(EvalTask):
     """VQA accuracy on a labelled split, or a submission file for an unlabelled one."""
 
     submission: bool = setting(True, help="write the EvalAI submission JSON (question_id, answer)")
+    evaluator: Literal["official", "legacy"] = setting(
+        "official", help="VQA accuracy rules: official = GT-Vision-Lab/VQA master (a013f00), legacy = before it"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

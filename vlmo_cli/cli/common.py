@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 console = Console()
 
@@ -13,6 +14,14 @@ ResumeOpt = typer.Option("", "--resume", help='"auto" (newest complete checkpoin
 InitOpt = typer.Option(None, "--from", "--init", help="start from a model dir / run folder / official .pt / beit:PATH")
 RunNameOpt = typer.Option(None, "--run-name", help="run folder name under train.output_dir")
 OverwriteOpt = typer.Option(False, "--overwrite", help="delete an existing run folder of the same name first")
+
+
+def literal(value: object, style: str | None = None) -> Text:
+    """``value`` as rich text shown exactly as written: no markup (``[red]``) and no emoji codes (``:train:``).
+
+    Use it for every user-supplied string a command prints (split names, paths, answers from data).
+    """
+    return Text(str(value), style=style or "")
 
 
 def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: str, init: str | None,
