@@ -213,7 +213,7 @@ def run_retrieval(
     from ..data.store import open_prepared
     from ..search_index import require_itm
     from .retrieval import retrieval_recall
-    from .retrieval_metrics import PROTOCOL, TIE_RULE
+    from .retrieval_metrics import PROTOCOL, TIE_RULE, pool_warnings
 
     task = target.task
     rerank_k = int(getattr(task, "rerank_k", 0) if rerank_k is None else rerank_k)
@@ -236,6 +236,8 @@ def run_retrieval(
     report = _header("retrieval", loaded, target)
     report.update(
         protocol=PROTOCOL, tie_rule=TIE_RULE, num_images=first.num_images, num_texts=first.num_texts,
+        pool={"images": first.num_images, "texts": first.num_texts},
+        warnings=pool_warnings(first.num_images, first.num_texts, first.ks),
         scorer=scorer, rerank_k=rerank_k, max_text_len=_text_len(loaded, target), batch_size=target.batch_size,
         chunk_size=chunk_size, metrics=first.metrics,
         metrics_reranked=result.reranked.metrics if result.reranked is not None else None,
@@ -537,7 +539,7 @@ def render_report(report: Mapping[str, Any]) -> RenderableType:
 
     task = report.get("task")
     if task == "retrieval":
-        title = (f"retrieval on {report.get('split')}: {report.get('num_images')} images, "
+        title = (f"retrieval on {report.get('split')}: pool of {report.get('num_images')} images, "
                  f"{report.get('num_texts')} texts")
         table = Table(title=Text(title), header_style="bold")
         table.add_column("metric", style="cyan")
