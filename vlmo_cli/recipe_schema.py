@@ -395,6 +395,13 @@ class EvalNLVR2Task(EvalTask):
     split: str = setting("dev", help="split to evaluate (dev or test1)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvalClassifyTask(EvalTask):
+    """Accuracy, per-class precision/recall and confusion matrix of a ``finetune classify`` model."""
+
+    split: str = setting("val", help="split of the labelled pairs to evaluate")
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """A stage or task a recipe can configure: its section name, kind and task-settings class."""
@@ -419,6 +426,7 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("eval.retrieval", "eval", EvalRetrievalTask, "retrieval recall"),
         StageSpec("eval.vqa", "eval", EvalVQATask, "VQA accuracy / submission"),
         StageSpec("eval.nlvr2", "eval", EvalNLVR2Task, "NLVR2 accuracy"),
+        StageSpec("eval.classify", "eval", EvalClassifyTask, "accuracy of your own classification"),
     )
 }
 #: Top-level tables that group stage sections.

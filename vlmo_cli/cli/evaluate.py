@@ -1,4 +1,4 @@
-"""``vlmo eval retrieval|vqa|nlvr2 --model MODEL [RECIPE] [overrides]``: thin wrappers over
+"""``vlmo eval retrieval|vqa|nlvr2|classify --model MODEL [RECIPE] [overrides]``: thin wrappers over
 :mod:`vlmo_cli.evaluate.run` that print the report as a table and say where the JSON went."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from .common import literal
 
 console = Console()
 
-eval_app = typer.Typer(name="eval", help="Evaluate a model: retrieval recall, VQA accuracy, NLVR2 accuracy.",
-                       no_args_is_help=True)
+eval_app = typer.Typer(name="eval", no_args_is_help=True,
+                       help="Evaluate a model: retrieval recall, VQA accuracy, NLVR2 accuracy, your own classification.")
 
 ModelOpt = typer.Option(..., "--model", help="model directory, run folder, checkpoints/step_N or official .pt")
 RecipeArg = typer.Argument(None, help="recipe file or shipped name whose [eval.*] section to use (default: the "
@@ -140,6 +140,26 @@ def nlvr2(
 
     target = _target("nlvr2", recipe, overrides, split, image_size, model)
     report, path = run_nlvr2(model, target, out=out, device=device, tokenizer=tokenizer)
+    _show(report, path)
+
+
+@eval_app.command("classify")
+def classify(
+    recipe: str = RecipeArg,
+    overrides: list[str] = OverridesArg,
+    model: str = ModelOpt,
+    split: str = typer.Option(None, "--split", help="a split of the labelled pairs (default: the run's validation "
+                                                    "split), or DIR:SPLIT"),
+    out: Path = OutOpt,
+    device: str = DeviceOpt,
+    image_size: int = ImageSizeOpt,
+    tokenizer: Path = TokenizerOpt,
+) -> None:
+    """Accuracy, per-class precision/recall and confusion matrix of a model fine-tuned with `finetune classify`."""
+    from ..evaluate.run import run_classify
+
+    target = _target("classify", recipe, overrides, split, image_size, model)
+    report, path = run_classify(model, target, out=out, device=device, tokenizer=tokenizer)
     _show(report, path)
 
 

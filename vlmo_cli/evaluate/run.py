@@ -120,12 +120,14 @@ def eval_target(task: str, recipe: str | Path | None = FALLBACK_RECIPE, override
         recipe = run_recipe_of(model) or FALLBACK_RECIPE
         if recipe != FALLBACK_RECIPE:
             overrides = _eval_section_from_run(task, load_recipe(recipe)) + overrides
+    explicit = _split_path(split) if split else None
+    if explicit is not None:  # the section may have no dataset of its own (e.g. [eval.classify] in no recipe)
+        overrides = [f"{section}.dataset={explicit[0]}", *overrides]
     recipe_obj = load_recipe(recipe, overrides)
     stage = recipe_obj.resolve(section)
     dataset, chosen = Path(stage.task.dataset), stage.task.split
     label = split or chosen
     if split:
-        explicit = _split_path(split)
         if explicit is not None:
             dataset, chosen = Path(explicit[0]), explicit[1]
         elif task == "retrieval" and split in RETRIEVAL_PRESETS:
@@ -504,6 +506,68 @@ def run_nlvr2(
     return report, report_path
 
 
+# ---------------------------------------------------------------------------------------------------- classify
+def predict_classify(model: InferenceModel, target: EvalTarget) -> tuple[list[int], list[int]]:
+    """Arg-max class per labelled (image, caption) of the split, and the true classes, in split order."""
+    import torch
+
+    from ..data.collate import trim_text_padding
+    from ..data.loader import build_dataloader
+
+    loader = build_dataloader(target.dataset, target.split, "classify", tokenizer=model.tokenizer,
+                              image_size=model.image_size, batch_size=target.batch_size, train=False,
+                              max_text_len=_text_len(model, target))
+    net, device = model.model, model.device
+    predictions: list[int] = []
+    labels: list[int] = []
+    with torch.no_grad():
+        for batch in loader:
+            if not batch["labels"].numel():
+                continue
+            batch = trim_text_padding(batch)
+            pooled = net.forward_pair(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                      batch["pixel_values"].to(device)).pooled
+            predictions += net.classify_logits(pooled).argmax(1).tolist()
+            labels += batch["labels"].tolist()
+    return predictions, labels
+
+
+def run_classify(
+    model: InferenceModel | str | Path,
+    target: EvalTarget,
+    *,
+    out: str | Path | None = None,
+    device: str | None = None,
+    tokenizer=None,
+) -> tuple[dict[str, Any], Path]:
+    """Accuracy, per-class precision/recall and the confusion matrix of a ``finetune classify`` model on a labelled
+    ``pairs`` split (one example per image-caption pair, classes named by the prepared dataset)."""
+    from ..data.store import open_prepared
+    from .classify_metrics import classification_metrics
+
+    prepared = open_prepared(target.dataset, "pairs")
+    check_split(prepared, target.split)
+    class_names = prepared.label_names
+    if not class_names:
+        raise DataError(f"{target.dataset}: no class labels (prepare the pairs with --label-col)")
+    loaded = _load(model, target, device, tokenizer)
+    _need_head(loaded, "classify", "fine-tune it with `vlmo finetune classify`")
+    if loaded.model.config.num_classes != len(class_names):
+        raise CheckpointError(f"{loaded.path}: the classify head has {loaded.model.config.num_classes} classes but "
+                              f"{target.dataset} has {len(class_names)} ({', '.join(class_names)}); evaluate on data "
+                              "with the classes the model was fine-tuned with")
+    report_path = Path(out) if out else default_report_path(loaded.path, "classify")
+    t0 = time.perf_counter()
+    predictions, labels = predict_classify(loaded, target)
+    seconds = time.perf_counter() - t0
+    report = _header("classify", loaded, target)
+    report.update(metrics=classification_metrics(predictions, labels, class_names),
+                  predictor="arg-max of the classify head on the fused (image, caption) pair",
+                  timings_s={"predict": seconds})
+    write_report(report, report_path)
+    return report, report_path
+
+
 # ---------------------------------------------------------------------------------------------------- display
 def _fmt(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else "-" if value is None else str(value)
@@ -530,6 +594,30 @@ def _vqa_rows(report: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str
     return shown
 
 
+def _classify_tables(report: Mapping[str, Any], metrics: Mapping[str, Any]) -> RenderableType:
+    """Accuracy and per-class precision / recall, then the confusion matrix (rows: true class)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    names = metrics.get("class_names", [])
+    title = Text(f"classify {report.get('split', '')}: accuracy {_fmt(metrics.get('accuracy'))} % of "
+                 f"{metrics.get('num_examples')} examples")
+    scores = Table(title=title, header_style="bold")
+    for column in ("class", "precision", "recall", "support"):
+        scores.add_column(column, justify="left" if column == "class" else "right")
+    for name in names:
+        row = metrics["per_class"][name]
+        scores.add_row(Text(name), _fmt(row["precision"]), _fmt(row["recall"]), str(row["support"]))
+    confusion = Table(title="confusion matrix (rows: true class, columns: predicted)", header_style="bold")
+    confusion.add_column("true \\ predicted")
+    for name in names:
+        confusion.add_column(Text(name), justify="right")
+    for name, row in zip(names, metrics.get("confusion_matrix", [])):
+        confusion.add_row(Text(name), *(str(count) for count in row))
+    return Group(scores, confusion)
+
+
 def render_report(report: Mapping[str, Any]) -> RenderableType:
     """A rich table of a report written by one of the runners (user-supplied strings are shown literally)."""
     from rich.table import Table
@@ -553,6 +641,8 @@ def render_report(report: Mapping[str, Any]) -> RenderableType:
         table.caption = "  ".join(f"{k} {v:.2f}s" for k, v in timings.items() if v is not None)
         return table
     metrics = dict(report.get("metrics") or {})
+    if task == "classify":
+        return _classify_tables(report, metrics)
     if task == "vqa":
         return metrics_table(_vqa_rows(report, metrics), title=Text(f"VQA {report.get('split', '')}".strip()))
     metrics.pop("evaluator", None)
