@@ -15,7 +15,7 @@ from .common import literal
 console = Console()
 
 eval_app = typer.Typer(name="eval", no_args_is_help=True,
-                       help="Evaluate a model: retrieval recall, VQA accuracy, NLVR2 accuracy, your own classification.")
+                       help="Evaluate a model: retrieval recall, VQA accuracy, NLVR2 accuracy, classification.")
 
 ModelOpt = typer.Option(..., "--model", help="model directory, run folder, checkpoints/step_N or official .pt")
 RecipeArg = typer.Argument(None, help="recipe file or shipped name whose [eval.*] section to use (default: the "

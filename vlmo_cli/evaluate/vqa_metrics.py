@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 #: ``--evaluator`` name -> (commit of GT-Vision-Lab/VQA it follows, description)
 EVALUATORS: dict[str, tuple[str, str]] = {
-    "official": ("a013f00", "GT-Vision-Lab/VQA vqaEval.py master (a013f00, 2021-03-11), re-implemented with its quirks"),
+    "official": ("a013f00", "GT-Vision-Lab/VQA vqaEval.py master (a013f00, 2021-03-11), with its quirks"),
     "legacy": ("458a8b2", "GT-Vision-Lab/VQA vqaEval.py before a013f00 (458a8b2, 2016; the LAVIS/ALBEF copy)"),
 }
 DEFAULT_EVALUATOR = "official"
@@ -192,7 +192,7 @@ def _compared_official(prediction: str, answers: list[str]) -> tuple[str, list[s
 
 
 def _compared_legacy(prediction: str, answers: list[str]) -> tuple[str, list[str]]:
-    """Before a013f00: the prediction always fully normalised; raw answers only punctuation-processed when they differ."""
+    """Before a013f00: the prediction always fully normalised; raw answers punctuation-processed if they differ."""
     if len(set(answers)) > 1:
         answers = [process_punctuation(answer) for answer in answers]
     return normalize_prediction(prediction), answers
