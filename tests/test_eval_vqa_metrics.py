@@ -17,6 +17,7 @@ from vlmo_cli.evaluate.vqa_metrics import (
     normalize_prediction,
     process_digit_article,
     process_punctuation,
+    round_like_python2,
     score_results,
     soft_score,
     soft_vqa_scores,
@@ -114,25 +115,65 @@ def test_leave_one_annotator_out_accuracy(k, expected):
     assert vqa_accuracy("cat", answers) == pytest.approx(soft_score(k), abs=1e-12)
 
 
-def test_ground_truth_is_not_normalised_when_all_answers_agree():
-    # All 10 agree: ground truth stays raw, but the prediction is still lowercased -> "yes" != "Yes".
-    assert vqa_accuracy("Yes", ["Yes"] * 10) == 0.0
-    assert vqa_accuracy("yes", ["yes"] * 10) == 1.0
-    # When they differ, ground truth gets processPunctuation only ("Yes!" -> "Yes"), still not lowercased.
-    assert vqa_accuracy("yes", ["Yes!"] * 5 + ["no"] * 5) == 0.0
-    assert vqa_accuracy("yes", ["yes."] * 5 + ["no"] * 5) == 1.0  # period deleted
-    # "!" becomes a space and the ground truth is never stripped: "yes " != "yes".
-    assert vqa_accuracy("yes", ["yes!"] * 5 + ["no"] * 5) == 0.0
+def _ten(*groups: tuple[str, int]) -> list[str]:
+    """Ten annotator answers from (answer, count) groups."""
+    answers = [answer for answer, count in groups for _ in range(count)]
+    assert len(answers) == 10
+    return answers
 
 
-def test_ground_truth_never_gets_number_words_or_articles_mapped():
-    # The prediction "two" becomes "2"; ground truth "two" stays "two".
-    assert vqa_accuracy("two", ["two"] * 5 + ["three"] * 5) == 0.0
-    assert vqa_accuracy("two", ["2"] * 5 + ["3"] * 5) == 1.0
-    assert vqa_accuracy("a dog", ["a dog"] * 5 + ["cat"] * 5) == 0.0
-    assert vqa_accuracy("a dog", ["dog"] * 5 + ["cat"] * 5) == 1.0
-    # Punctuation on the ground-truth side is handled when answers differ: "hot-dog" -> "hot dog".
-    assert vqa_accuracy("hot dog", ["hot-dog"] * 3 + ["pizza"] * 7) == pytest.approx(0.9)
+# (prediction, answers, official = master a013f00, legacy = before it, why). Each score is derived by hand from the
+# two code versions; the leave-one-out rule gives 0 / .3 / .6 / .9 / 1 for k = 0, 1, 2, 3, >=4 matching answers.
+EVALUATOR_CASES = [
+    # --- all ten answers identical: master compares the two raw (whitespace-cleaned) strings, legacy still
+    #     normalises the prediction and leaves the answers as they are
+    ("yes", _ten(("yes", 10)), 1.0, 1.0, "identical strings"),
+    ("Yes", _ten(("Yes", 10)), 1.0, 0.0, "legacy lowercases only the prediction"),
+    ("yes.", _ten(("yes", 10)), 0.0, 1.0, "master does not strip the prediction's period when answers agree"),
+    ("hot-dog", _ten(("hot-dog", 10)), 1.0, 0.0, "unanimous punctuation: legacy turns the prediction's '-' to ' '"),
+    ("hot dog", _ten(("hot-dog", 10)), 0.0, 0.0, "unanimous punctuation: nobody touches the answers"),
+    ("two", _ten(("2", 10)), 0.0, 1.0, "number word mapped only by legacy (prediction side)"),
+    ("two", _ten(("two", 10)), 1.0, 0.0, "legacy maps the prediction to '2' but not the answers"),
+    ("the dog", _ten(("dog", 10)), 0.0, 1.0, "article dropped only by legacy (prediction side)"),
+    (" yes\n", _ten(("yes", 10)), 1.0, 1.0, "both clean the prediction's whitespace"),
+    ("yes", _ten(("yes ", 10)), 1.0, 0.0, "only master strips the answers"),
+    # whitespace decides unanimity: master strips first, so these ten agree and are compared raw ("Yes" != "yes");
+    # legacy sees two distinct strings, punctuation-processes them (no change) and matches 9 "yes" -> k = 9
+    ("Yes", _ten(("yes", 9), ("yes ", 1)), 0.0, 1.0, "stripping before the unanimity test"),
+    # --- answers differ: master runs both normalisers on both sides, legacy only processPunctuation on answers
+    ("Two", _ten(("two", 5), ("three", 5)), 1.0, 0.0, "number words in the answers: k = 5 for master"),
+    ("a dog", _ten(("a dog", 5), ("cat", 5)), 1.0, 0.0, "articles in the answers"),
+    ("dog", _ten(("the dog", 3), ("cat", 7)), 0.9, 0.0, "k = 3 after dropping 'the' from the answers"),
+    ("Yes", _ten(("Yes!", 5), ("no", 5)), 1.0, 0.0, "'!' -> ' ': legacy keeps 'Yes ' (not stripped, not lowercased)"),
+    ("yes", _ten(("yes.", 5), ("no", 5)), 1.0, 1.0, "a period is deleted on both sides in both versions"),
+    ("0", _ten(("none", 4), ("1", 6)), 1.0, 0.0, "'none' -> '0' in the answers only for master"),
+    ("none", _ten(("0", 4), ("1", 6)), 1.0, 1.0, "'none' -> '0' in the prediction for both"),
+    ("don't", _ten(("dont", 4), ("no", 6)), 1.0, 0.0, "contraction fixed in the answers only for master"),
+    ("dont know", _ten(("don't know", 4), ("no", 6)), 1.0, 1.0, "contraction fixed in the prediction for both"),
+    ("Im", _ten(("I'm", 4), ("no", 6)), 0.0, 0.0, "the table's capitalised key 'Im' never matches after lowercasing"),
+    # processPunctuation details (same in both versions)
+    ("1,000 hot-dog", _ten(("1000 hotdog", 4), ("x", 6)), 1.0, 1.0, "a digit comma deletes every listed character"),
+    ("hot-dog", _ten(("hotdog", 4), ("x", 6)), 0.0, 0.0, "without a digit comma '-' becomes a space"),
+    ("5.a", _ten(("5a", 4), ("x", 6)), 1.0, 1.0, "the broken look-behind: a period after a digit is deleted too"),
+    ("3.5", _ten(("35", 4), ("x", 6)), 0.0, 0.0, "a period before a digit stays"),
+    ("." * 32 + "yes", _ten(("yes", 4), ("no", 6)), 1.0, 1.0, "32 periods are deleted"),
+    ("." * 33 + "yes", _ten(("yes", 4), ("no", 6)), 0.0, 0.0, "the 33rd period stays (count = re.UNICODE = 32)"),
+    ("\u0663.\u0665", _ten(("\u0663\u0665", 4), ("x", 6)), 1.0, 1.0, "\\d is ASCII: an Arabic-Indic digit does not "
+     "protect the period"),
+]
+
+
+@pytest.mark.parametrize("prediction, answers, official, legacy, why", EVALUATOR_CASES,
+                         ids=[case[-1] for case in EVALUATOR_CASES])
+def test_official_and_legacy_evaluators_rule_by_rule(prediction, answers, official, legacy, why):
+    assert vqa_accuracy(prediction, answers) == pytest.approx(official, abs=1e-12)  # the default is master
+    assert vqa_accuracy(prediction, answers, "official") == pytest.approx(official, abs=1e-12)
+    assert vqa_accuracy(prediction, answers, "legacy") == pytest.approx(legacy, abs=1e-12)
+
+
+def test_unknown_evaluator_is_a_data_error():
+    with pytest.raises(DataError, match="unknown VQA evaluator 'master'; allowed: official, legacy"):
+        vqa_accuracy("x", ["x"] * 10, "master")
 
 
 def test_leave_one_out_compares_answer_dicts_like_the_original():
@@ -209,9 +250,10 @@ def test_score_results_coverage_and_duplicates():
         score_results(RESULTS[:4], QUESTIONS, ANNOTATIONS)
     with pytest.raises(DataError, match=r"1 \(e.g. 99\) predicted question ids are not in the annotations"):
         score_results(RESULTS + [{"question_id": 99, "answer": "x"}], QUESTIONS, ANNOTATIONS)
-    # A duplicated id: the last entry wins (vqa.py builds a dict), and the duplicate is counted.
-    report = score_results(RESULTS + [{"question_id": 5, "answer": "cat"}], QUESTIONS, ANNOTATIONS)
-    assert report["overall"] == 76.0 and report["num_duplicate_results"] == 1
+    # A repeated id with the same answer cannot change a score: dropped and counted.
+    report = score_results(RESULTS + [{"question_id": 5, "answer": "dog"}], QUESTIONS, ANNOTATIONS)
+    assert report["overall"] == 56.0 and report["num_duplicate_results"] == 1
+    assert report["num_conflicting_duplicates"] == 0
     with pytest.raises(DataError, match="not in the questions file"):
         score_results(RESULTS, {"questions": QUESTIONS["questions"][:2]}, ANNOTATIONS)
     with pytest.raises(DataError, match="non-string answer"):
@@ -270,3 +312,57 @@ def test_soft_vqa_scores_take_the_target_of_the_argmax():
     assert meter.compute() == 0.0
     with pytest.raises(ValueError):
         soft_vqa_scores(logits, targets[:, :2])
+
+
+# --- duplicates, versions and rounding of whole results files ------------------------------------------------------
+
+
+def test_conflicting_duplicates_are_refused_unless_dedupe_says_which_to_keep():
+    # question 5 answered "dog" (0.0) and then "cat" (1.0); question 2 "yes" (0.6) then "no" (0.4 -> k=8: 1.0)
+    results = RESULTS + [{"question_id": 5, "answer": "cat"}, {"question_id": 2, "answer": "no"},
+                         {"question_id": 1, "answer": "yes"}]
+    with pytest.raises(DataError, match=r"2 \(e.g. 2, 5\) question ids have several different answers; "
+                                        r"keep one with --dedupe first or --dedupe last"):
+        score_results(results, QUESTIONS, ANNOTATIONS)
+    first = score_results(results, QUESTIONS, ANNOTATIONS, dedupe="first")
+    last = score_results(results, QUESTIONS, ANNOTATIONS, dedupe="last")
+    assert first["overall"] == 56.0  # (1.0 + 0.6 + 0.9 + 0.3 + 0.0) / 5
+    assert last["overall"] == 84.0  # (1.0 + 1.0 + 0.9 + 0.3 + 1.0) / 5
+    for report in (first, last):
+        assert report["num_duplicate_results"] == 3 and report["num_conflicting_duplicates"] == 2
+    assert (first["dedupe"], last["dedupe"]) == ("first", "last")
+    with pytest.raises(DataError, match="allowed: first, last"):
+        score_results(results, QUESTIONS, ANNOTATIONS, dedupe="newest")
+
+
+def test_score_results_names_the_evaluator_and_its_commit():
+    # question 1 is unanimous "Yes": master compares raw strings (1.0), legacy lowercases the prediction only (0.0);
+    # question 2 has "two" among differing answers: master maps both sides to "2" (k=5: 1.0), legacy only the
+    # prediction (0.0); question 3 is scored 1.0 by both.
+    annotations = [annotation(1, ["Yes"] * 10, "yes/no", "is"), annotation(2, ["two"] * 5 + ["3"] * 5, "number", "how"),
+                   annotation(3, ["red"] * 10, "other", "what")]
+    results = [{"question_id": 1, "answer": "Yes"}, {"question_id": 2, "answer": "two"},
+               {"question_id": 3, "answer": "red"}]
+    official = score_results(results, None, annotations, per_question=True)
+    legacy = score_results(results, None, annotations, per_question=True, evaluator="legacy")
+    assert (official["overall"], legacy["overall"]) == (100.0, 33.33)
+    assert official["per_question"] == {1: 100.0, 2: 100.0, 3: 100.0}
+    assert legacy["per_question"] == {1: 0.0, 2: 0.0, 3: 100.0}
+    assert legacy["per_answer_type"] == {"yes/no": 0.0, "number": 0.0, "other": 100.0}
+    assert (official["evaluator"], official["evaluator_commit"]) == ("official", "a013f00")
+    assert (legacy["evaluator"], legacy["evaluator_commit"]) == ("legacy", "458a8b2")
+
+
+def test_means_use_unrounded_accuracies_and_python2_rounding():
+    # 0.3 on each of three questions: per question 30.0; the mean is taken before rounding.
+    annotations = [annotation(q, ["x"] + ["y"] * 9, "other", "what") for q in (1, 2, 3)]
+    report = score_results([{"question_id": q, "answer": "x"} for q in (1, 2, 3)], None, annotations,
+                           per_question=True)
+    assert report["per_question"] == {1: 30.0, 2: 30.0, 3: 30.0} and report["overall"] == 30.0
+    # 1 right of 800: 100 * 1 / 800 = 0.125 exactly; Python 2 (the evaluator's language) rounds the tie away from
+    # zero to 0.13, Python 3's round would give 0.12.
+    annotations = [annotation(q, ["x"] * 10, "other", "what") for q in range(800)]
+    results = [{"question_id": q, "answer": "x" if q == 0 else "y"} for q in range(800)]
+    assert score_results(results, None, annotations)["overall"] == 0.13
+    assert round_like_python2(2.675) == 2.67  # not a tie in binary: nearest, as in both Pythons
+    assert round_like_python2(-0.125) == -0.13

@@ -385,6 +385,9 @@ class EvalVQATask(EvalTask):
     """VQA accuracy on a labelled split, or a submission file for an unlabelled one."""
 
     submission: bool = setting(True, help="write the EvalAI submission JSON (question_id, answer)")
+    evaluator: Literal["official", "legacy"] = setting(
+        "official", help="VQA accuracy rules: official = GT-Vision-Lab/VQA master (a013f00), legacy = before it"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -392,6 +395,13 @@ class EvalNLVR2Task(EvalTask):
     """NLVR2 accuracy."""
 
     split: str = setting("dev", help="split to evaluate (dev or test1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalClassifyTask(EvalTask):
+    """Accuracy, per-class precision/recall and confusion matrix of a ``finetune classify`` model."""
+
+    split: str = setting("val", help="split of the labelled pairs to evaluate")
 
 
 @dataclass(frozen=True)
@@ -418,6 +428,7 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("eval.retrieval", "eval", EvalRetrievalTask, "retrieval recall"),
         StageSpec("eval.vqa", "eval", EvalVQATask, "VQA accuracy / submission"),
         StageSpec("eval.nlvr2", "eval", EvalNLVR2Task, "NLVR2 accuracy"),
+        StageSpec("eval.classify", "eval", EvalClassifyTask, "accuracy of your own classification"),
     )
 }
 #: Top-level tables that group stage sections.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 console = Console()
 
@@ -19,6 +20,14 @@ TakeOverLockOpt = typer.Option(
 ResumeChangedOpt = typer.Option(
     False, "--resume-changed", help="resume although the recipe changed the data order, batch sizes, dataset or model"
 )
+
+
+def literal(value: object, style: str | None = None) -> Text:
+    """``value`` as rich text shown exactly as written: no markup (``[red]``) and no emoji codes (``:train:``).
+
+    Use it for every user-supplied string a command prints (split names, paths, answers from data).
+    """
+    return Text(str(value), style=style or "")
 
 
 def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: str, init: str | None,

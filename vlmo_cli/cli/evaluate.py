@@ -1,4 +1,4 @@
-"""``vlmo eval retrieval|vqa|nlvr2 --model MODEL [RECIPE] [overrides]``: thin wrappers over
+"""``vlmo eval retrieval|vqa|nlvr2|classify --model MODEL [RECIPE] [overrides]``: thin wrappers over
 :mod:`vlmo_cli.evaluate.run` that print the report as a table and say where the JSON went."""
 
 from __future__ import annotations
@@ -10,14 +10,16 @@ import typer
 from rich.console import Console
 
 from ..errors import VlmoError
+from .common import literal
 
 console = Console()
 
-eval_app = typer.Typer(name="eval", help="Evaluate a model: retrieval recall, VQA accuracy, NLVR2 accuracy.",
-                       no_args_is_help=True)
+eval_app = typer.Typer(name="eval", no_args_is_help=True,
+                       help="Evaluate a model: retrieval recall, VQA accuracy, NLVR2 accuracy, classification.")
 
 ModelOpt = typer.Option(..., "--model", help="model directory, run folder, checkpoints/step_N or official .pt")
-RecipeArg = typer.Argument("base", help="recipe file or shipped name whose [eval.*] section to use (default: base)")
+RecipeArg = typer.Argument(None, help="recipe file or shipped name whose [eval.*] section to use (default: the "
+                                       "run's own recipe.toml for a model in a run folder, else base)")
 OverridesArg = typer.Argument(None, help="recipe overrides, e.g. eval.retrieval.batch_size=128")
 OutOpt = typer.Option(None, "--out", help="report JSON (default: <run>/eval/<task>.json, or ./eval/<task>.json)")
 DeviceOpt = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)")
@@ -25,32 +27,36 @@ ImageSizeOpt = typer.Option(None, "--image-size", help="run at this resolution (
 TokenizerOpt = typer.Option(None, "--tokenizer", help="tokenizer file/folder (default: the model's, else the data's)")
 
 
-def _recipe_and_overrides(recipe: str, overrides: list[str] | None) -> tuple[str, list[str]]:
-    """``vlmo eval vqa --model M key=value`` (no recipe): the first positional is an override, the recipe is base."""
+def _recipe_and_overrides(recipe: str | None, overrides: list[str] | None) -> tuple[str | None, list[str]]:
+    """``vlmo eval vqa --model M key=value`` (no recipe): the first positional is an override, no recipe given."""
     overrides = list(overrides or [])
-    if "=" in recipe:
-        return "base", [recipe, *overrides]
+    if recipe is not None and "=" in recipe:
+        return None, [recipe, *overrides]
     return recipe, overrides
 
 
-def _target(task: str, recipe: str, overrides: list[str] | None, split: str | None, image_size: int | None):
+def _target(task: str, recipe: str | None, overrides: list[str] | None, split: str | None, image_size: int | None,
+            model: str | None = None):
     from ..evaluate.run import eval_target
 
     name, extra = _recipe_and_overrides(recipe, overrides)
-    target = eval_target(task, name, extra, split)
+    target = eval_target(task, name, extra, split, model=model)
     if image_size:
         target = dataclasses.replace(target, image_size=image_size)
     return target
 
 
 def _show(report: dict, path: Path) -> None:
+    """The report's table, its warnings and where its files went (user-supplied strings printed literally)."""
     from ..evaluate.run import render_report
 
     console.print(render_report(report))
+    for warning in report.get("warnings") or ():
+        console.print(literal(f"warning: {warning}", style="yellow"))
     for key in ("examples", "results_file", "submission") + (("predictions",) if report["task"] == "nlvr2" else ()):
         if isinstance(report.get(key), str):
-            console.print(f"{key.replace('_', ' ')}: {report[key]}")
-    console.print(f"report: {path}")
+            console.print(literal(f"{key.replace('_', ' ')}: {report[key]}"))
+    console.print(literal(f"report: {path}"))
 
 
 @eval_app.command("retrieval")
@@ -69,7 +75,7 @@ def retrieval(
     """Image-text retrieval recall (TR/IR R@1/5/10, COCO/Flickr protocol), optionally ITM re-ranked."""
     from ..evaluate.run import run_retrieval
 
-    target = _target("retrieval", recipe, overrides, split, image_size)
+    target = _target("retrieval", recipe, overrides, split, image_size, model)
     report, path = run_retrieval(model, target, rerank_k=rerank_k, examples=examples, out=out, device=device,
                                  tokenizer=tokenizer)
     _show(report, path)
@@ -86,6 +92,11 @@ def vqa(
     predictions: Path = typer.Option(None, "--predictions", help="score this official-format results file instead"),
     questions: Path = typer.Option(None, "--questions", help="with --predictions: official questions JSON"),
     annotations: Path = typer.Option(None, "--annotations", help="with --predictions: official annotations JSON"),
+    evaluator: str = typer.Option(None, "--evaluator",
+                                  help="official (GT-Vision-Lab/VQA master, a013f00) or legacy (before it); "
+                                       "default: the recipe's eval.vqa.evaluator, official"),
+    dedupe: str = typer.Option(None, "--dedupe", help="with --predictions: keep the first or last answer of a "
+                                                      "question id given several different ones (default: refuse)"),
     out: Path = OutOpt,
     device: str = DeviceOpt,
     image_size: int = ImageSizeOpt,
@@ -100,12 +111,16 @@ def vqa(
             raise VlmoError("give either --model (predict and score) or --predictions (score a results file), not both")
         if annotations is None:
             raise VlmoError("--predictions needs --annotations (and usually --questions): the official JSON files")
-        report, path = score_vqa_predictions(predictions, questions, annotations, out=out)
+        report, path = score_vqa_predictions(predictions, questions, annotations, out=out, evaluator=evaluator,
+                                             dedupe=dedupe)
     else:
         if not model:
             raise VlmoError("give --model MODEL, or --predictions RESULTS.json --annotations A.json [--questions Q.json]")
-        target = _target("vqa", recipe, overrides, split, image_size)
-        report, path = run_vqa(model, target, out=out, submission=submission, device=device, tokenizer=tokenizer)
+        if dedupe is not None:
+            raise VlmoError("--dedupe applies to --predictions files; a model's own predictions have one answer each")
+        target = _target("vqa", recipe, overrides, split, image_size, model)
+        report, path = run_vqa(model, target, out=out, submission=submission, evaluator=evaluator, device=device,
+                               tokenizer=tokenizer)
     _show(report, path)
 
 
@@ -123,8 +138,28 @@ def nlvr2(
     """NLVR2 accuracy and consistency."""
     from ..evaluate.run import run_nlvr2
 
-    target = _target("nlvr2", recipe, overrides, split, image_size)
+    target = _target("nlvr2", recipe, overrides, split, image_size, model)
     report, path = run_nlvr2(model, target, out=out, device=device, tokenizer=tokenizer)
+    _show(report, path)
+
+
+@eval_app.command("classify")
+def classify(
+    recipe: str = RecipeArg,
+    overrides: list[str] = OverridesArg,
+    model: str = ModelOpt,
+    split: str = typer.Option(None, "--split", help="a split of the labelled pairs (default: the run's validation "
+                                                    "split), or DIR:SPLIT"),
+    out: Path = OutOpt,
+    device: str = DeviceOpt,
+    image_size: int = ImageSizeOpt,
+    tokenizer: Path = TokenizerOpt,
+) -> None:
+    """Accuracy, per-class precision/recall and confusion matrix of a model fine-tuned with `finetune classify`."""
+    from ..evaluate.run import run_classify
+
+    target = _target("classify", recipe, overrides, split, image_size, model)
+    report, path = run_classify(model, target, out=out, device=device, tokenizer=tokenizer)
     _show(report, path)
 
 

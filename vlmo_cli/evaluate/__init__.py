@@ -1,9 +1,11 @@
-"""Model-free evaluation metrics: retrieval recall, official VQA accuracy, NLVR2, reports and example grids.
+"""Model-free evaluation metrics: retrieval recall, official VQA accuracy, NLVR2, classification, reports and
+example grids.
 
 Everything here works on embeddings, predictions and official-format files; encoding with a model and the
 ``vlmo eval`` commands live elsewhere and call these functions.
 """
 
+from vlmo_cli.evaluate.classify_metrics import classification_metrics, confusion_matrix
 from vlmo_cli.evaluate.examples_grid import grid_size, save_retrieval_grid
 from vlmo_cli.evaluate.nlvr2_metrics import (
     load_nlvr2_labels,
@@ -17,6 +19,7 @@ from vlmo_cli.evaluate.retrieval_metrics import (
     TopK,
     build_text_to_image,
     evaluate_retrieval,
+    pool_warnings,
     recall_at_k,
     rerank_retrieval,
     rerank_topk,
@@ -24,6 +27,7 @@ from vlmo_cli.evaluate.retrieval_metrics import (
     topk_similarity,
 )
 from vlmo_cli.evaluate.vqa_metrics import (
+    EVALUATORS,
     SoftVQAScore,
     load_vqa_annotations,
     load_vqa_questions,
@@ -36,10 +40,13 @@ from vlmo_cli.evaluate.vqa_metrics import (
 )
 
 __all__ = [
+    "EVALUATORS",
     "RetrievalResult",
     "SoftVQAScore",
     "TopK",
     "build_text_to_image",
+    "classification_metrics",
+    "confusion_matrix",
     "evaluate_retrieval",
     "grid_size",
     "load_nlvr2_labels",
@@ -50,6 +57,7 @@ __all__ = [
     "metrics_table",
     "nlvr2_metrics",
     "normalize_answer",
+    "pool_warnings",
     "print_metrics",
     "recall_at_k",
     "rerank_retrieval",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
 
 def _to_json(value: Any) -> Any:
@@ -85,15 +86,17 @@ def format_value(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def metrics_table(metrics: Mapping[str, Any], *, title: str | None = None, digits: int = 2) -> Table:
-    """A two-column rich table (metric, value) of a possibly nested metrics dict."""
+def metrics_table(metrics: Mapping[str, Any], *, title: str | Text | None = None, digits: int = 2) -> Table:
+    """A two-column rich table (metric, value) of a possibly nested metrics dict; names and values are shown
+    literally (no rich markup or emoji codes: they may come from user data)."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric", style="cyan", no_wrap=True)
     table.add_column("value", justify="right")
     for name, value in flatten_metrics(metrics).items():
-        table.add_row(name, format_value(value, digits))
+        table.add_row(Text(name), Text(format_value(value, digits)))
     return table
 
 

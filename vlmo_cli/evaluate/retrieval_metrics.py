@@ -393,6 +393,27 @@ def recall_at_k(
     return metrics
 
 
+#: below this many images (or texts) a recall says little about a model: the standard test pools are 1000 images
+#: (Flickr30k) and 5000 (COCO)
+SMALL_POOL = 100
+
+
+def pool_warnings(num_images: int, num_texts: int, ks: Sequence[int] = (1, 5, 10), small: int = SMALL_POOL
+                  ) -> list[str]:
+    """Why a recall of this candidate pool may mislead: R@K with K >= the pool is 100 % whatever the model does,
+    and a pool smaller than ``small`` is far easier than the standard test sets."""
+    warnings = []
+    for direction, candidates, what in (("ir", num_images, "images"), ("tr", num_texts, "texts")):
+        trivial = [int(k) for k in ks if int(k) >= candidates]
+        if trivial:
+            names = ", ".join(f"{direction.upper()}@{k}" for k in trivial)
+            warnings.append(f"{names} = 100 % by construction: only {candidates} candidate {what} (K >= pool)")
+    if min(num_images, num_texts) < small:
+        warnings.append(f"small candidate pool ({num_images} images, {num_texts} texts; under {small}): recall is "
+                        "not comparable with Flickr30k 1k / COCO 5k test numbers")
+    return warnings
+
+
 def evaluate_retrieval(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,

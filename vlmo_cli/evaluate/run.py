@@ -43,6 +43,7 @@ class EvalTarget:
         batch_size: images/questions per forward pass.
         max_text_len: text length in tokens (capped at the model's).
         task: the recipe's task settings (``rerank_k``, ``chunk_size``, ``submission`` ...).
+        recipe: the recipe the settings came from (a shipped name or a file, e.g. a run's ``recipe.toml``).
     """
 
     dataset: Path
@@ -52,6 +53,7 @@ class EvalTarget:
     batch_size: int
     max_text_len: int
     task: Any = None
+    recipe: str | None = None
 
 
 def _split_path(text: str) -> tuple[str, str] | None:
@@ -64,23 +66,68 @@ def _split_path(text: str) -> tuple[str, str] | None:
     return directory, split
 
 
-def eval_target(task: str, recipe: str | Path = "base", overrides: Iterable[str] = (), split: str | None = None
-                ) -> EvalTarget:
+#: the evaluation a trained stage is scored with (its dataset and validation split are the eval defaults)
+EVAL_OF_STAGE = {"finetune.vqa": "vqa", "finetune.nlvr2": "nlvr2", "finetune.retrieval_coco": "retrieval",
+                 "finetune.retrieval_flickr": "retrieval", "finetune.classify": "classify", "pretrain.vl": "retrieval"}
+#: the recipe whose ``[eval.*]`` sections apply when neither a recipe nor a run's own recipe is at hand
+FALLBACK_RECIPE = "base"
+
+
+def run_recipe_of(model: str | Path | None) -> Path | None:
+    """``RUN/recipe.toml`` (the run's resolved recipe) when ``model`` lives in a run folder that has one."""
+    run = run_folder_of(model) if isinstance(model, (str, Path)) else None
+    path = run / "recipe.toml" if run is not None else None
+    return path if path is not None and path.is_file() else None
+
+
+def _eval_section_from_run(task: str, run_recipe) -> list[str]:
+    """Overrides giving ``[eval.TASK]`` a dataset and split when the run's recipe has no such section: the trained
+    stage's dataset and validation split when it trained for ``task``, else those of the fallback recipe."""
+    from ..recipe import load_recipe
+
+    section = f"eval.{task}"
+    if section in run_recipe.stages:
+        return []
+    for name in run_recipe.stage_names():
+        values = run_recipe.stages[name].task
+        if EVAL_OF_STAGE.get(name) == task and values.get("dataset"):
+            dataset = values["dataset"]
+            dataset = dataset[0] if isinstance(dataset, (list, tuple)) else dataset
+            return [f"{section}.dataset={dataset}", f"{section}.split={values.get('val_split', 'val')}"]
+    fallback = load_recipe(FALLBACK_RECIPE).stages.get(section)
+    if fallback is None:
+        return []
+    return [f"{section}.{key}={fallback.task[key]}" for key in ("dataset", "split") if key in fallback.task]
+
+
+def eval_target(task: str, recipe: str | Path | None = FALLBACK_RECIPE, overrides: Iterable[str] = (),
+                split: str | None = None, *, model: str | Path | None = None) -> EvalTarget:
     """Resolve ``[eval.TASK]`` of ``recipe`` (with ``overrides``) and a ``--split`` into an :class:`EvalTarget`.
 
     ``split`` may be ``None`` (the recipe's), a split name of the recipe's dataset, ``DIR:SPLIT``, or for retrieval
     ``coco-test`` / ``flickr-test``: the ``test`` split of the recipe's COCO resp. Flickr30k dataset (the dataset of
     ``[finetune.retrieval_coco|flickr]`` when the recipe configures it, else ``[eval.retrieval]``'s).
+
+    ``recipe=None``: the recipe of ``model``'s run folder (``RUN/recipe.toml``: the run's image size, text length,
+    batch size, model settings; dataset and split from its trained stage when that trained for ``task``), else
+    ``base``.
     """
     from ..recipe import load_recipe
 
     section = f"eval.{task}"
-    recipe_obj = load_recipe(recipe, list(overrides))
+    overrides = list(overrides)
+    if recipe is None:
+        recipe = run_recipe_of(model) or FALLBACK_RECIPE
+        if recipe != FALLBACK_RECIPE:
+            overrides = _eval_section_from_run(task, load_recipe(recipe)) + overrides
+    explicit = _split_path(split) if split else None
+    if explicit is not None:  # the section may have no dataset of its own (e.g. [eval.classify] in no recipe)
+        overrides = [f"{section}.dataset={explicit[0]}", *overrides]
+    recipe_obj = load_recipe(recipe, overrides)
     stage = recipe_obj.resolve(section)
     dataset, chosen = Path(stage.task.dataset), stage.task.split
     label = split or chosen
     if split:
-        explicit = _split_path(split)
         if explicit is not None:
             dataset, chosen = Path(explicit[0]), explicit[1]
         elif task == "retrieval" and split in RETRIEVAL_PRESETS:
@@ -95,7 +142,8 @@ def eval_target(task: str, recipe: str | Path = "base", overrides: Iterable[str]
     explicit_size = (own is not None and "image_size" in own.data) or "image_size" in recipe_obj.data
     return EvalTarget(dataset=dataset, split=chosen, label=label,
                       image_size=stage.data.image_size if explicit_size else None,
-                      batch_size=stage.data.batch_size, max_text_len=stage.data.max_text_len, task=stage.task)
+                      batch_size=stage.data.batch_size, max_text_len=stage.data.max_text_len, task=stage.task,
+                      recipe=str(recipe))
 
 
 def check_split(prepared, split: str) -> None:
@@ -126,7 +174,8 @@ def _header(task: str, model: InferenceModel | None, target: EvalTarget | None) 
         if model.resized_from is not None:
             head["image_size_resized_from"] = model.resized_from
     if target is not None:
-        head.update(split=target.label, dataset=str(target.dataset), dataset_split=target.split)
+        head.update(split=target.label, dataset=str(target.dataset), dataset_split=target.split,
+                    recipe=target.recipe)
     return head
 
 
@@ -166,7 +215,7 @@ def run_retrieval(
     from ..data.store import open_prepared
     from ..search_index import require_itm
     from .retrieval import retrieval_recall
-    from .retrieval_metrics import PROTOCOL, TIE_RULE
+    from .retrieval_metrics import PROTOCOL, TIE_RULE, pool_warnings
 
     task = target.task
     rerank_k = int(getattr(task, "rerank_k", 0) if rerank_k is None else rerank_k)
@@ -189,6 +238,8 @@ def run_retrieval(
     report = _header("retrieval", loaded, target)
     report.update(
         protocol=PROTOCOL, tie_rule=TIE_RULE, num_images=first.num_images, num_texts=first.num_texts,
+        pool={"images": first.num_images, "texts": first.num_texts},
+        warnings=pool_warnings(first.num_images, first.num_texts, first.ks),
         scorer=scorer, rerank_k=rerank_k, max_text_len=_text_len(loaded, target), batch_size=target.batch_size,
         chunk_size=chunk_size, metrics=first.metrics,
         metrics_reranked=result.reranked.metrics if result.reranked is not None else None,
@@ -228,20 +279,26 @@ def save_examples(prepared, split: str, result, num_queries: int, k: int, path: 
 
 
 # ---------------------------------------------------------------------------------------------------- VQA
-def vqa_files_report(results, questions, annotations) -> dict[str, Any]:
-    """Official VQA accuracy of a results list/file against official-format questions and annotations."""
-    from .vqa_metrics import score_results
+def vqa_files_report(results, questions, annotations, *, evaluator: str | None = None,
+                     dedupe: str | None = None) -> dict[str, Any]:
+    """Official VQA accuracy of a results list/file against official-format questions and annotations.
 
-    return score_results(results, questions, annotations)
+    ``evaluator``: ``official`` (default) or ``legacy``; ``dedupe``: ``None`` refuses conflicting duplicate ids,
+    ``first`` / ``last`` keeps that answer.
+    """
+    from .vqa_metrics import DEFAULT_EVALUATOR, score_results
+
+    return score_results(results, questions, annotations, evaluator=evaluator or DEFAULT_EVALUATOR, dedupe=dedupe)
 
 
 def score_vqa_predictions(predictions: str | Path, questions: str | Path | None, annotations: str | Path,
-                          *, out: str | Path | None = None) -> tuple[dict[str, Any], Path]:
+                          *, out: str | Path | None = None, evaluator: str | None = None,
+                          dedupe: str | None = None) -> tuple[dict[str, Any], Path]:
     """``vlmo eval vqa --predictions R --questions Q --annotations A``: score a results file without a model."""
     report = _header("vqa", None, None)
     report.update(predictions=str(predictions), questions=str(questions) if questions else None,
                   annotations=str(annotations))
-    report["metrics"] = vqa_files_report(predictions, questions, annotations)
+    report["metrics"] = vqa_files_report(predictions, questions, annotations, evaluator=evaluator, dedupe=dedupe)
     path = Path(out) if out else Path.cwd() / "eval" / "vqa.json"
     write_report(report, path)
     return report, path
@@ -295,6 +352,7 @@ def run_vqa(
     *,
     out: str | Path | None = None,
     submission: bool | None = None,
+    evaluator: str | None = None,
     device: str | None = None,
     tokenizer=None,
 ) -> tuple[dict[str, Any], Path]:
@@ -304,11 +362,16 @@ def run_vqa(
     overall / per answer type / per question type accuracy (the official evaluator), VLMo's soft score and the
     majority-answer baseline on the same questions; the results file is written too when ``submission`` (default:
     the recipe's ``submission``). Without answers, ``<report>-submission.json`` is written (one entry per question
-    id, de-duplicated, coverage of the split checked).
+    id, de-duplicated, coverage of the split checked). ``evaluator``: ``official`` / ``legacy`` (default: the
+    recipe's ``evaluator``).
     """
     from ..data.store import open_prepared
     from .vqa_metrics import write_submission
 
+    from .vqa_metrics import check_evaluator
+
+    if evaluator is not None:
+        check_evaluator(evaluator)
     prepared = open_prepared(target.dataset, "vqa")
     check_split(prepared, target.split)
     answers = prepared.answers
@@ -330,6 +393,7 @@ def run_vqa(
     report.update(num_questions=len(split_ids), num_answers_vocab=len(answers), predictor="arg-max over answers.json",
                   timings_s={"predict": seconds})
     want_file = bool(getattr(target.task, "submission", True) if submission is None else submission)
+    evaluator = evaluator or getattr(target.task, "evaluator", None)
     if not annotations:
         summary = write_submission(pairs, _sibling(report_path, "-submission.json"), split_ids)
         report.update(labelled=False, submission=str(summary.path), submission_entries=summary.num_written,
@@ -340,11 +404,12 @@ def run_vqa(
         if want_file:
             summary = write_submission(pairs, _sibling(report_path, "-results.json"), split_ids)
             report["results_file"] = str(summary.path)
-        metrics = vqa_files_report(results, questions, annotations)
+        # dedupe "first", as the results file written above
+        metrics = vqa_files_report(results, questions, annotations, evaluator=evaluator, dedupe="first")
         majority = Counter(Counter(a["answer"] for a in ann["answers"]).most_common(1)[0][0]
                            for ann in annotations).most_common(1)[0][0]
         baseline = vqa_files_report([{"question_id": q["question_id"], "answer": majority} for q in questions],
-                                    questions, annotations)
+                                    questions, annotations, evaluator=evaluator)
         report.update(labelled=True, metrics=metrics, vqa_score=round(100 * soft_score, 2),
                       majority_baseline={"answer": majority, "overall": baseline["overall"]},
                       num_unlabelled_questions=len(split_ids) - len(labelled))
@@ -441,22 +506,130 @@ def run_nlvr2(
     return report, report_path
 
 
+# ---------------------------------------------------------------------------------------------------- classify
+def predict_classify(model: InferenceModel, target: EvalTarget) -> tuple[list[int], list[int]]:
+    """Arg-max class per labelled (image, caption) of the split, and the true classes, in split order."""
+    import torch
+
+    from ..data.collate import trim_text_padding
+    from ..data.loader import build_dataloader
+
+    loader = build_dataloader(target.dataset, target.split, "classify", tokenizer=model.tokenizer,
+                              image_size=model.image_size, batch_size=target.batch_size, train=False,
+                              max_text_len=_text_len(model, target))
+    net, device = model.model, model.device
+    predictions: list[int] = []
+    labels: list[int] = []
+    with torch.no_grad():
+        for batch in loader:
+            if not batch["labels"].numel():
+                continue
+            batch = trim_text_padding(batch)
+            pooled = net.forward_pair(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                      batch["pixel_values"].to(device)).pooled
+            predictions += net.classify_logits(pooled).argmax(1).tolist()
+            labels += batch["labels"].tolist()
+    return predictions, labels
+
+
+def run_classify(
+    model: InferenceModel | str | Path,
+    target: EvalTarget,
+    *,
+    out: str | Path | None = None,
+    device: str | None = None,
+    tokenizer=None,
+) -> tuple[dict[str, Any], Path]:
+    """Accuracy, per-class precision/recall and the confusion matrix of a ``finetune classify`` model on a labelled
+    ``pairs`` split (one example per image-caption pair, classes named by the prepared dataset)."""
+    from ..data.store import open_prepared
+    from .classify_metrics import classification_metrics
+
+    prepared = open_prepared(target.dataset, "pairs")
+    check_split(prepared, target.split)
+    class_names = prepared.label_names
+    if not class_names:
+        raise DataError(f"{target.dataset}: no class labels (prepare the pairs with --label-col)")
+    loaded = _load(model, target, device, tokenizer)
+    _need_head(loaded, "classify", "fine-tune it with `vlmo finetune classify`")
+    if loaded.model.config.num_classes != len(class_names):
+        raise CheckpointError(f"{loaded.path}: the classify head has {loaded.model.config.num_classes} classes but "
+                              f"{target.dataset} has {len(class_names)} ({', '.join(class_names)}); evaluate on data "
+                              "with the classes the model was fine-tuned with")
+    report_path = Path(out) if out else default_report_path(loaded.path, "classify")
+    t0 = time.perf_counter()
+    predictions, labels = predict_classify(loaded, target)
+    seconds = time.perf_counter() - t0
+    report = _header("classify", loaded, target)
+    report.update(metrics=classification_metrics(predictions, labels, class_names),
+                  predictor="arg-max of the classify head on the fused (image, caption) pair",
+                  timings_s={"predict": seconds})
+    write_report(report, report_path)
+    return report, report_path
+
+
 # ---------------------------------------------------------------------------------------------------- display
 def _fmt(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
-def render_report(report: Mapping[str, Any]) -> RenderableType:
-    """A rich table of a report written by one of the runners."""
+def _vqa_rows(report: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What the VQA table shows: accuracy, the evaluator version, baselines and counts (or the submission)."""
+    if not (report.get("labelled", True) and metrics):
+        return {"submission": report.get("submission"), "entries": report.get("submission_entries"),
+                "duplicates dropped": report.get("duplicates_dropped")}
+    shown: dict[str, Any] = {"overall": metrics.get("overall")}
+    shown.update({f"answer type {k}": v for k, v in metrics.get("per_answer_type", {}).items()})
+    if "vqa_score" in report:
+        shown["VLMo soft score"] = report["vqa_score"]
+    if report.get("majority_baseline"):
+        base = report["majority_baseline"]
+        shown[f"majority baseline ({base['answer']!r})"] = base["overall"]
+    shown["questions"] = metrics.get("num_questions")
+    if metrics.get("num_duplicate_results"):
+        shown[f"duplicate ids dropped (dedupe {metrics.get('dedupe') or 'identical answers'})"] = (
+            metrics["num_duplicate_results"])
+    if metrics.get("evaluator"):
+        shown["evaluator"] = f"{metrics['evaluator']} (GT-Vision-Lab/VQA {metrics.get('evaluator_commit')})"
+    return shown
+
+
+def _classify_tables(report: Mapping[str, Any], metrics: Mapping[str, Any]) -> RenderableType:
+    """Accuracy and per-class precision / recall, then the confusion matrix (rows: true class)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
+
+    names = metrics.get("class_names", [])
+    title = Text(f"classify {report.get('split', '')}: accuracy {_fmt(metrics.get('accuracy'))} % of "
+                 f"{metrics.get('num_examples')} examples")
+    scores = Table(title=title, header_style="bold")
+    for column in ("class", "precision", "recall", "support"):
+        scores.add_column(column, justify="left" if column == "class" else "right")
+    for name in names:
+        row = metrics["per_class"][name]
+        scores.add_row(Text(name), _fmt(row["precision"]), _fmt(row["recall"]), str(row["support"]))
+    confusion = Table(title="confusion matrix (rows: true class, columns: predicted)", header_style="bold")
+    confusion.add_column("true \\ predicted")
+    for name in names:
+        confusion.add_column(Text(name), justify="right")
+    for name, row in zip(names, metrics.get("confusion_matrix", [])):
+        confusion.add_row(Text(name), *(str(count) for count in row))
+    return Group(scores, confusion)
+
+
+def render_report(report: Mapping[str, Any]) -> RenderableType:
+    """A rich table of a report written by one of the runners (user-supplied strings are shown literally)."""
+    from rich.table import Table
+    from rich.text import Text
 
     from .report import metrics_table
 
     task = report.get("task")
     if task == "retrieval":
-        title = (f"retrieval on {report.get('split')}: {report.get('num_images')} images, "
+        title = (f"retrieval on {report.get('split')}: pool of {report.get('num_images')} images, "
                  f"{report.get('num_texts')} texts")
-        table = Table(title=title, header_style="bold")
+        table = Table(title=Text(title), header_style="bold")
         table.add_column("metric", style="cyan")
         table.add_column("dual encoder", justify="right")
         reranked = report.get("metrics_reranked")
@@ -468,20 +641,9 @@ def render_report(report: Mapping[str, Any]) -> RenderableType:
         table.caption = "  ".join(f"{k} {v:.2f}s" for k, v in timings.items() if v is not None)
         return table
     metrics = dict(report.get("metrics") or {})
-    metrics.pop("evaluator", None)
+    if task == "classify":
+        return _classify_tables(report, metrics)
     if task == "vqa":
-        shown: dict[str, Any] = {}
-        if report.get("labelled", True) and metrics:
-            shown["overall"] = metrics.get("overall")
-            shown.update({f"answer type {k}": v for k, v in metrics.get("per_answer_type", {}).items()})
-            if "vqa_score" in report:
-                shown["VLMo soft score"] = report["vqa_score"]
-            if report.get("majority_baseline"):
-                base = report["majority_baseline"]
-                shown[f"majority baseline ({base['answer']!r})"] = base["overall"]
-            shown["questions"] = metrics.get("num_questions")
-        else:
-            shown = {"submission": report.get("submission"), "entries": report.get("submission_entries"),
-                     "duplicates dropped": report.get("duplicates_dropped")}
-        return metrics_table(shown, title=f"VQA {report.get('split', '')}".strip())
-    return metrics_table(metrics, title=f"{task} {report.get('split', '')}".strip())
+        return metrics_table(_vqa_rows(report, metrics), title=Text(f"VQA {report.get('split', '')}".strip()))
+    metrics.pop("evaluator", None)
+    return metrics_table(metrics, title=Text(f"{task} {report.get('split', '')}".strip()))

@@ -1,35 +1,43 @@
 """VQA accuracy exactly as the official evaluator computes it, plus the submission file and VLMo's training metric.
 
-The reference is ``GT-Vision-Lab/VQA PythonEvaluationTools/vqaEvaluation/vqaEval.py`` (master; LAVIS and ALBEF
-carry verbatim copies). What it does per question, reproduced here on purpose, quirks included:
+The evaluator is ``GT-Vision-Lab/VQA PythonEvaluationTools/vqaEvaluation/vqaEval.py`` (Python 2 code). Two versions
+are implemented, quirks included; ``docs/vqa-evaluator.md`` lists every rule with an example.
 
-1. The prediction: ``\\n`` and ``\\t`` become spaces, outer whitespace is stripped, then it is **always** passed
-   through ``processPunctuation`` and ``processDigitArticle``.
-2. The ground-truth answers are only touched when they are not all identical (``len(set(gtAnswers)) > 1``), and
-   then only by ``processPunctuation`` -- never lowercased, never stripped (``"yes!"`` becomes ``"yes "``, which
-   no prediction can equal), no number words, no articles. With
-   the official annotations (already lowercase, digits, no articles) this is harmless; on other data a correct
-   prediction such as ``"two"`` against ground truth ``"two"`` scores 0 because the prediction became ``"2"``.
-   (``reference/ecosystem.md`` §5.2 describes steps 1-2 differently; the code above is what the source says.)
-3. ``processPunctuation``: for each of 21 characters, if the *original* text has it followed or preceded by a
-   space, or has a comma between two digits anywhere, the character is deleted, otherwise replaced by a space.
-   Then periods not followed by a digit are deleted by ``(?!<=\\d)(\\.)(?!\\d)`` -- a malformed look-behind that
-   really is only the look-ahead -- and ``re.UNICODE`` is passed in the *count* position, so at most 32 periods
-   are removed.
-4. ``processDigitArticle``: lowercase, split on whitespace, number words ``none, zero .. ten`` -> digits, drop
-   ``a, an, the``, map contraction typos (``dont`` -> ``don't``; the capitalised keys such as ``Im`` can never
-   match after lowercasing), join with single spaces.
-5. Accuracy: for each ground-truth answer, ``min(1, matches among the *other* answers / 3)``, averaged. "Other" is
-   decided by comparing the answer *dicts* (which differ by ``answer_id`` in official files). By the number k of
-   matching answers: 0, 0.3, 0.6, 0.9, 1.0 for k = 0, 1, 2, 3, >=4.
-6. ``overall`` and per answer type / question type: ``round(100 * mean, 2)`` (Python 3 ``round``).
+``official`` -- master, commit a013f00 ("Fixed processing answers bug", 2021-03-11), the default:
+  every ground-truth answer and the prediction get ``\\n``/``\\t`` -> space and outer whitespace stripped. If the
+  stripped answers are not all identical, ``processPunctuation`` then ``processDigitArticle`` are applied to every
+  answer *and* to the prediction; if they are all identical nothing else is applied to either (raw exact match).
 
-Results files are checked like ``vqa.py::loadRes``: the set of question ids must equal the annotated one; for a
-duplicated id the last entry wins (its ``createIndex`` builds a dict).
+``legacy`` -- the file before a013f00 (last changed in 458a8b2, 2016-10-08; LAVIS and ALBEF carry copies of it):
+  the prediction gets the whitespace step and **always** both normalisers; the ground-truth answers are never
+  whitespace-cleaned, and only when they are not all identical get ``processPunctuation`` (no lowercasing, no
+  number words, no articles).
+
+Shared by both:
+
+- ``processPunctuation``: for each of 21 characters, if the *original* text has it followed or preceded by a
+  space, or has a comma between two digits anywhere, the character is deleted, otherwise replaced by a space.
+  Then periods not followed by a digit are deleted by ``(?!<=\\d)(\\.)(?!\\d)`` -- a malformed look-behind that
+  really is only the look-ahead -- and ``re.UNICODE`` is passed in the *count* position, so at most 32 periods
+  are removed. ``\\d`` is ASCII-only (Python 2 ``re`` without the UNICODE flag).
+- ``processDigitArticle``: lowercase, split on whitespace, number words ``none, zero .. ten`` -> digits, drop
+  ``a, an, the``, map contraction typos (``dont`` -> ``don't``; the capitalised keys such as ``Im`` can never
+  match after lowercasing), join with single spaces.
+- Accuracy: for each ground-truth answer, ``min(1, matches among the *other* answers / 3)``, averaged. "Other" is
+  decided by comparing the answer *dicts* (which differ by ``answer_id`` in official files). By the number k of
+  matching answers: 0, 0.3, 0.6, 0.9, 1.0 for k = 0, 1, 2, 3, >=4.
+- Per question ``round(100 * accuracy, 2)``; ``overall`` and per answer type / question type are means of the
+  unrounded accuracies, then ``round(100 * mean, 2)`` -- Python 2's ``round``, which rounds exact ties away from
+  zero (1 right of 800 questions gives 0.13, where Python 3's ``round`` gives 0.12).
+
+Results files are checked like ``vqa.py::loadRes``: the set of question ids must equal the annotated one. A question
+id given twice with different answers is refused (the original silently keeps the last one) unless ``dedupe``
+says which to keep.
 """
 
 from __future__ import annotations
 
+import decimal
 import functools
 import json
 import logging
@@ -47,7 +55,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EVALUATOR = "GT-Vision-Lab/VQA vqaEval.py (master), re-implemented with its quirks"
+#: ``--evaluator`` name -> (commit of GT-Vision-Lab/VQA it follows, description)
+EVALUATORS: dict[str, tuple[str, str]] = {
+    "official": ("a013f00", "GT-Vision-Lab/VQA vqaEval.py master (a013f00, 2021-03-11), with its quirks"),
+    "legacy": ("458a8b2", "GT-Vision-Lab/VQA vqaEval.py before a013f00 (458a8b2, 2016; the LAVIS/ALBEF copy)"),
+}
+DEFAULT_EVALUATOR = "official"
+EVALUATOR = EVALUATORS[DEFAULT_EVALUATOR][1]
+#: ``dedupe`` values of :func:`score_results` (``None`` refuses conflicting duplicates)
+DEDUPE_CHOICES = ("first", "last")
 
 # --- tables of vqaEval.py (the contraction table is copied as data, typos and dead capitalised keys included) ---
 CONTRACTIONS: dict[str, str] = {
@@ -88,8 +104,9 @@ ARTICLES: frozenset[str] = frozenset({"a", "an", "the"})
 PUNCTUATION: tuple[str, ...] = (
     ";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!",
 )  # fmt: skip
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # malformed look-behind kept as in the original
-_COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(\,)(\d)")
+# the malformed look-behind is kept as in the original; re.ASCII: Python 2 patterns match only ASCII digits
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII)
+_COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(\,)(\d)", re.ASCII)
 _PERIOD_STRIP_COUNT = int(re.UNICODE)  # the original passes re.UNICODE (= 32) as Pattern.sub's count
 
 
@@ -114,10 +131,19 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(word, word) for word in words)
 
 
+def clean_whitespace(answer: str) -> str:
+    """The evaluators' first step: ``\\n`` and ``\\t`` become spaces, outer whitespace is stripped."""
+    return answer.replace("\n", " ").replace("\t", " ").strip()
+
+
+def both_normalisers(text: str) -> str:
+    """``processPunctuation`` then ``processDigitArticle``."""
+    return process_digit_article(process_punctuation(text))
+
+
 def normalize_prediction(answer: str) -> str:
-    """What the official evaluator compares for a predicted answer (always applied to predictions)."""
-    answer = answer.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(answer))
+    """What the legacy evaluator compares for a predicted answer (always applied to predictions there)."""
+    return both_normalisers(clean_whitespace(answer))
 
 
 def normalize_answer(answer: str) -> str:
@@ -125,7 +151,7 @@ def normalize_answer(answer: str) -> str:
 
     The evaluator's two steps (without its whitespace handling) followed by deleting every remaining comma.
     """
-    return process_digit_article(process_punctuation(answer)).replace(",", "")
+    return both_normalisers(answer).replace(",", "")
 
 
 def soft_score(count: int) -> float:
@@ -150,23 +176,61 @@ def _answer_records(answers: Sequence[Any], where: str) -> list[dict[str, Any]]:
     return records
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str | Mapping[str, Any]]) -> float:
-    """Official accuracy (0..1) of one predicted answer against the annotators' answers.
+def check_evaluator(evaluator: str) -> str:
+    """``evaluator`` if it is a known name, else a :class:`DataError` listing the allowed ones."""
+    if evaluator not in EVALUATORS:
+        raise DataError(f"unknown VQA evaluator {evaluator!r}; allowed: {', '.join(EVALUATORS)}")
+    return evaluator
 
-    Args:
-        prediction: the raw predicted answer.
-        answers: the ground-truth answers (10 in VQAv2), as strings or official ``{"answer", "answer_id", ...}``.
-    """
-    records = _answer_records(list(answers), "answers")
-    prediction = normalize_prediction(prediction)
-    if len({record["answer"] for record in records}) > 1:
-        for record in records:
-            record["answer"] = process_punctuation(record["answer"])
+
+def _compared_official(prediction: str, answers: list[str]) -> tuple[str, list[str]]:
+    """Master (a013f00): whitespace on both sides; both normalisers on both sides only when the answers differ."""
+    prediction, answers = clean_whitespace(prediction), [clean_whitespace(answer) for answer in answers]
+    if len(set(answers)) > 1:
+        prediction, answers = both_normalisers(prediction), [both_normalisers(answer) for answer in answers]
+    return prediction, answers
+
+
+def _compared_legacy(prediction: str, answers: list[str]) -> tuple[str, list[str]]:
+    """Before a013f00: the prediction always fully normalised; raw answers punctuation-processed if they differ."""
+    if len(set(answers)) > 1:
+        answers = [process_punctuation(answer) for answer in answers]
+    return normalize_prediction(prediction), answers
+
+
+_COMPARED = {"official": _compared_official, "legacy": _compared_legacy}
+
+
+def _leave_one_out(prediction: str, records: list[dict[str, Any]]) -> float:
+    """Mean over held-out annotators of ``min(1, matches among the other answer dicts / 3)``."""
     per_annotator = []
     for held_out in records:
         matches = sum(1 for other in records if other != held_out and other["answer"] == prediction)
         per_annotator.append(min(1, float(matches) / 3))
     return float(sum(per_annotator)) / len(per_annotator)
+
+
+def vqa_accuracy(
+    prediction: str, answers: Sequence[str | Mapping[str, Any]], evaluator: str = DEFAULT_EVALUATOR
+) -> float:
+    """Official accuracy (0..1) of one predicted answer against the annotators' answers.
+
+    Args:
+        prediction: the raw predicted answer.
+        answers: the ground-truth answers (10 in VQAv2), as strings or official ``{"answer", "answer_id", ...}``.
+        evaluator: ``official`` (master, a013f00) or ``legacy`` (before it); see the module docstring.
+    """
+    records = _answer_records(list(answers), "answers")
+    prediction, compared = _COMPARED[check_evaluator(evaluator)](prediction, [r["answer"] for r in records])
+    for record, answer in zip(records, compared):
+        record["answer"] = answer
+    return _leave_one_out(prediction, records)
+
+
+def round_like_python2(value: float, digits: int = 2) -> float:
+    """Python 2's ``round``: the nearest multiple of ``10**-digits``, exact ties away from zero."""
+    exact = decimal.Decimal(value)  # the float's exact binary value, as Python 2 rounds it
+    return float(exact.quantize(decimal.Decimal(1).scaleb(-digits), rounding=decimal.ROUND_HALF_UP))
 
 
 # --- official-format files ------------------------------------------------------------------------------------
@@ -245,12 +309,57 @@ def _describe_ids(ids: Iterable[int], limit: int = 5) -> str:
     return f"{len(ids)} (e.g. {shown}{', ...' if len(ids) > limit else ''})"
 
 
+@dataclass(frozen=True)
+class KeptResults:
+    """Results reduced to one answer per question id, and what was dropped on the way."""
+
+    answers: dict[int, str]
+    num_dropped: int
+    conflicting_ids: list[int]
+
+
+def keep_one_per_question(results: Sequence[Mapping[str, Any]], dedupe: str | None) -> KeptResults:
+    """One answer per question id. A repeated id with the *same* answer is dropped silently (it cannot change a
+    score); repeated ids with *different* answers raise :class:`DataError` naming them, unless ``dedupe`` is
+    ``"first"`` or ``"last"`` (which entry to keep)."""
+    if dedupe is not None and dedupe not in DEDUPE_CHOICES:
+        raise DataError(f"--dedupe {dedupe!r}: allowed: {', '.join(DEDUPE_CHOICES)}")
+    answers: dict[int, str] = {}
+    conflicting: set[int] = set()
+    for entry in results:
+        qid, answer = entry["question_id"], entry["answer"]
+        if qid in answers:
+            if answers[qid] != answer:
+                conflicting.add(qid)
+            if dedupe == "first":
+                continue
+        answers[qid] = answer
+    if conflicting and dedupe is None:
+        raise DataError(f"results: {_describe_ids(conflicting)} question ids have several different answers; "
+                        "keep one with --dedupe first or --dedupe last")
+    return KeptResults(answers=answers, num_dropped=len(results) - len(answers), conflicting_ids=sorted(conflicting))
+
+
+def _check_coverage(annotated: Iterable[int], predicted: Iterable[int]) -> None:
+    missing = set(annotated) - set(predicted)
+    extra = set(predicted) - set(annotated)
+    if missing or extra:
+        problems = []
+        if missing:
+            problems.append(f"missing predictions for {_describe_ids(missing)} question ids")
+        if extra:
+            problems.append(f"{_describe_ids(extra)} predicted question ids are not in the annotations")
+        raise DataError("results do not match the annotated questions: " + "; ".join(problems))
+
+
 def score_results(
     results: str | Path | list,
     questions: str | Path | Mapping[str, Any] | list | None,
     annotations: str | Path | Mapping[str, Any] | list,
     *,
     per_question: bool = False,
+    evaluator: str = DEFAULT_EVALUATOR,
+    dedupe: str | None = None,
 ) -> dict[str, Any]:
     """Score a results file against the annotations, as ``vqaEval.evaluate`` does.
 
@@ -260,10 +369,14 @@ def score_results(
             ``None`` skips the check.
         annotations: the annotations file (path or loaded).
         per_question: also return ``per_question`` = ``{question_id: round(100 * accuracy, 2)}``.
+        evaluator: ``official`` (master, a013f00) or ``legacy`` (before it).
+        dedupe: ``None`` refuses a question id given with different answers; ``first`` / ``last`` keeps that one.
 
     Returns:
-        ``overall``, ``per_answer_type``, ``per_question_type`` (percent, 2 decimals), counts and the evaluator.
+        ``overall``, ``per_answer_type``, ``per_question_type`` (percent, 2 decimals), counts, the evaluator and the
+        commit it follows.
     """
+    check_evaluator(evaluator)
     annotation_list = load_vqa_annotations(annotations)
     result_list = load_vqa_results(results)
     annotated = {annotation["question_id"]: annotation for annotation in annotation_list}
@@ -274,43 +387,39 @@ def score_results(
         unknown = annotated.keys() - known
         if unknown:
             raise DataError(f"annotations: {_describe_ids(unknown)} question ids are not in the questions file")
-
-    predicted: dict[int, str] = {}
-    for entry in result_list:  # last entry wins for a duplicated id, as vqa.py's createIndex
-        predicted[entry["question_id"]] = entry["answer"]
-    missing = annotated.keys() - predicted.keys()
-    extra = predicted.keys() - annotated.keys()
-    if missing or extra:
-        problems = []
-        if missing:
-            problems.append(f"missing predictions for {_describe_ids(missing)} question ids")
-        if extra:
-            problems.append(f"{_describe_ids(extra)} predicted question ids are not in the annotations")
-        raise DataError("results do not match the annotated questions: " + "; ".join(problems))
+    kept = keep_one_per_question(result_list, dedupe)
+    predicted = kept.answers
+    _check_coverage(annotated, predicted)
 
     overall: list[float] = []
     by_question_type: dict[str, list[float]] = {}
     by_answer_type: dict[str, list[float]] = {}
     question_scores: dict[int, float] = {}
     for qid, annotation in annotated.items():
-        accuracy = vqa_accuracy(predicted[qid], _answer_records(annotation["answers"], f"question {qid}"))
+        records = _answer_records(annotation["answers"], f"question {qid}")
+        accuracy = vqa_accuracy(predicted[qid], records, evaluator)
         overall.append(accuracy)
         by_question_type.setdefault(annotation["question_type"], []).append(accuracy)
         by_answer_type.setdefault(annotation["answer_type"], []).append(accuracy)
         if per_question:
-            question_scores[qid] = round(100 * accuracy, 2)
+            question_scores[qid] = round_like_python2(100 * accuracy)
 
     def percent(values: list[float]) -> float:
-        return round(100 * float(sum(values)) / len(values), 2)
+        return round_like_python2(100 * float(sum(values)) / len(values))
 
+    commit, description = EVALUATORS[evaluator]
     report: dict[str, Any] = {
         "overall": percent(overall),
         "per_answer_type": {name: percent(values) for name, values in by_answer_type.items()},
         "per_question_type": {name: percent(values) for name, values in by_question_type.items()},
         "num_questions": len(annotated),
         "num_results": len(result_list),
-        "num_duplicate_results": len(result_list) - len(predicted),
-        "evaluator": EVALUATOR,
+        "num_duplicate_results": kept.num_dropped,
+        "num_conflicting_duplicates": len(kept.conflicting_ids),
+        "dedupe": dedupe,
+        "evaluator": evaluator,
+        "evaluator_commit": commit,
+        "evaluator_source": description,
     }
     if per_question:
         report["per_question"] = question_scores
