@@ -108,10 +108,10 @@ def _as_matrix(vectors) -> np.ndarray:
 
 
 def _training_sample(vectors: np.ndarray, params: AnnParams, seed: int = 0) -> np.ndarray:
-    """At most 64 points per cell (and enough for the PQ codebooks): k-means gains nothing from more."""
+    """40 points per cell (and as many for each PQ centroid): the sample size k-means needs, and no more."""
     import numpy as np
 
-    want = max(64 * params.nlist, 64 * 2 ** params.nbits)
+    want = max(40 * params.nlist, 40 * 2 ** params.nbits)
     if len(vectors) <= want:
         return vectors
     rows = np.sort(np.random.default_rng(seed).choice(len(vectors), want, replace=False))
@@ -191,7 +191,7 @@ class AnnIndex:
         x = _as_matrix(queries)
         k = max(1, min(k, len(self)))
         if self.params.kind == "hnsw":
-            self.index.index.hnsw.efSearch = max(self.params.ef_search, k)
+            _faiss().downcast_index(self.index.index).hnsw.efSearch = max(self.params.ef_search, k)
         return self.index.search(x, k)
 
     def candidates(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
