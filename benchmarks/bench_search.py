@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="indexed vectors")
     parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--kinds", default="flat,ivfpq", help="comma-separated: flat, ivfpq, hnsw, scan")
+    parser.add_argument("--kinds", default="ivfpq,flat,scan", help="comma-separated: flat, ivfpq, hnsw, scan")
     parser.add_argument("--recall-queries", type=int, default=200)
     parser.add_argument("--single", type=int, default=200, help="timed batch-1 queries")
     parser.add_argument("--batches", type=int, default=10, help="timed batch-64 queries")
