@@ -76,6 +76,7 @@ class ImageIndex:
     kind: str = "image"
     texts: list[str] | None = None
     next_id: int = 0
+    _row_of: dict[int, int] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -88,7 +89,10 @@ class ImageIndex:
         return self.texts[row]
 
     def row_of_id(self) -> dict[int, int]:
-        return {label: row for row, label in enumerate(self.ids)}
+        """FAISS id -> row (computed once: an index object never changes its entries)."""
+        if self._row_of is None:
+            self._row_of = {label: row for row, label in enumerate(self.ids)}
+        return self._row_of
 
     def describe_ann(self) -> str:
         if self.ann is None:
@@ -345,6 +349,9 @@ def _maintain_ann(index: ImageIndex, old: ImageIndex | None, mode: str) -> tuple
     recall@10 against exact search measured for approximate kinds. Returns ``(built, recall or None)``."""
     kind = resolve_kind(mode, len(index))
     previous = old.ann if old is not None else None
+    if kind == "flat" and previous is not None and previous.params.kind == "flat" and old.ids == index.ids:
+        index.ann, index.recall_at_10 = previous, 1.0  # the same vectors: the in-memory exact index still fits
+        return False, None
     current_ids = set(index.ids)
     reusable = (previous is not None and previous.params.kind == kind and kind != "flat"
                 and not previous.needs_retraining(len(index)) and len(index) > 0)
