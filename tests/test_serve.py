@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from vlmo_cli.data.tokenizer import load_tokenizer
-from vlmo_cli.embed import encode_texts, load_inference_model
+from vlmo_cli.embed import encode_texts
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.vlmo import VLMo
 from vlmo_cli.serve import SearchService, ServeOptions, ServerThread, create_app

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -278,10 +277,3 @@ def recall_at_k(ann: AnnIndex, vectors, ids, *, k: int = 10, queries: int = 1000
         best, _ = exact_rescore(x, rows, q[i], k)
         hits += len(set(best) & set(truth[i].tolist()))
     return hits / (len(q) * k)
-
-
-def timed_build(params: AnnParams, vectors, ids) -> tuple[AnnIndex, float]:
-    """:meth:`AnnIndex.build` and its wall time in seconds."""
-    t0 = time.perf_counter()
-    ann = AnnIndex.build(params, vectors, ids)
-    return ann, time.perf_counter() - t0

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from .embed import IMAGE_SUFFIXES, InferenceModel, embed_image_files, encode_texts, read_text_lines
 from .errors import DataError, VlmoError
-from .search_ann import AnnIndex, AnnParams, exact_rescore, plan, recall_at_k, resolve_kind
+from .search_ann import AnnIndex, AnnParams, exact_rescore, plan, recall_at_k, resolve_kind, to_gpu_if_available
 
 if TYPE_CHECKING:
     import torch
@@ -77,6 +77,7 @@ class ImageIndex:
     texts: list[str] | None = None
     next_id: int = 0
     _row_of: dict[int, int] | None = field(default=None, repr=False, compare=False)
+    _searchers: dict[str, AnnIndex] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -93,6 +94,13 @@ class ImageIndex:
         if self._row_of is None:
             self._row_of = {label: row for row, label in enumerate(self.ids)}
         return self._row_of
+
+    def searcher(self, device=None) -> AnnIndex:
+        """The ANN index to query: a GPU copy when FAISS has GPU support and ``device`` is CUDA, else itself."""
+        key = str(device)
+        if key not in self._searchers:
+            self._searchers[key] = to_gpu_if_available(self.ann, device)
+        return self._searchers[key]
 
     def describe_ann(self) -> str:
         if self.ann is None:
@@ -461,12 +469,13 @@ def update_caption_index(model: InferenceModel, captions: str | Path, *, cache_d
 
 
 # ---------------------------------------------------------------------------------------------------- querying
-def nearest(index: ImageIndex, queries: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
+def nearest(index: ImageIndex, queries: torch.Tensor, k: int, device=None) -> list[list[tuple[int, float]]]:
     """For each query vector (``[Q, D]``), the best ``k`` rows of ``index`` as ``(row, cosine)``, best first (ties
-    by ascending row). Approximate candidates are re-scored exactly against the stored embeddings."""
+    by ascending row). Approximate candidates are re-scored exactly against the stored embeddings. ``device``: the
+    model's device (a CUDA device uses GPU FAISS where installed)."""
     if index.ann is None or not len(index):
         raise DataError(f"{index.folder}: none of the entries could be read; nothing to search")
-    _, labels = index.ann.candidates(queries, k)
+    _, labels = index.searcher(device).candidates(queries, k)
     row_of = index.row_of_id()
     out = []
     for q, found in zip(queries, labels):
@@ -609,7 +618,7 @@ def search_index(
         pixels = image_query_pixels(model, image)
         with torch.no_grad():
             query = model.model.encode_image(pixels.unsqueeze(0).to(model.device)).float().cpu()
-    found = nearest(index, query, max(top_k, rerank_k))[0]
+    found = nearest(index, query, max(top_k, rerank_k), model.device)[0]
     return rank_hits(model, index, found, top_k=top_k, rerank_k=rerank_k, text=text, pixels=pixels,
                      max_text_len=max_text_len)
 

@@ -165,7 +165,7 @@ class SearchService:
     def nearest(self, queries: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
         from ..search_index import nearest
 
-        return nearest(self.require_index(), queries, k)
+        return nearest(self.require_index(), queries, k, self.model.device)
 
     def hits(self, found, *, top_k: int, rerank_k: int, text: str | None, pixels) -> list:
         from ..search_index import check_query, rank_hits, require_itm
