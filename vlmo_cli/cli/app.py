@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "finetune",
     "evaluate",
     "embed",
+    "serve",
     "export",
     "bench",
     "quickstart",

@@ -43,29 +43,40 @@ def embed(
 def search(
     query: str = typer.Argument(None, help='text query, e.g. "a red car on a street"'),
     model: str = ModelOpt,
-    index: Path = typer.Option(..., "--index", help="folder of images to search (its index is cached and updated)"),
+    index: Path = typer.Option(None, "--index", help="folder of images to search (its index is cached and updated)"),
+    captions: Path = typer.Option(None, "--captions", help="search the lines of this caption file instead "
+                                  "(image -> text with --image)"),
     image: Path = typer.Option(None, "--image", help="search with this image instead of a text"),
     top_k: int = typer.Option(5, "--top-k", min=1, help="results to show"),
     rerank_k: int = typer.Option(0, "--rerank-k", min=0, help="re-score the top K with the fusion encoder's ITM head"),
-    cache_dir: Path = typer.Option(None, "--cache-dir", help="keep the index here instead of FOLDER/.vlmo_index.safetensors"),
+    ann: str = typer.Option(None, "--ann", help="auto (exact below 100,000 entries, else IVF-PQ), flat, ivfpq or "
+                            "hnsw; default: the stored index's choice, auto for a new one"),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="keep the index here instead of FOLDER/.vlmo_index/"),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     device: str = DeviceOpt,
 ) -> None:
-    """Find the images of a folder that best match a text (or an image)."""
+    """Find the images of a folder (or the captions of a file) that best match a text or an image."""
     from rich.table import Table
 
     from ..embed import load_inference_model
+    from ..search_ann import resolve_kind
     from ..search_index import search_folder
 
     if (query is None) == (image is None):
         raise VlmoError('give a text query ("a red car") or --image QUERY.jpg, exactly one')
+    if (index is None) == (captions is None):
+        raise VlmoError("give --index FOLDER (images) or --captions FILE (one caption a line), exactly one")
+    if ann is not None:
+        resolve_kind(ann, 0)  # a typo fails before the model loads
     loaded = load_inference_model(model, device=device)
     result = search_folder(loaded, index, query, image=image, top_k=top_k, rerank_k=rerank_k,
-                           cache_dir=cache_dir, batch_size=batch_size)
+                           cache_dir=cache_dir, batch_size=batch_size, ann=ann, captions=captions)
     s = result.stats
-    console.print(f"index {result.index.file}: {len(result.index)} images"
+    what = "images" if captions is None else "captions"
+    console.print(f"index {result.index.file}: {len(result.index)} {what}"
                   + (" (rebuilt)" if s.rebuilt else f" ({s.embedded} embedded, {s.removed} removed)")
-                  + (f", {s.unreadable} unreadable" if s.unreadable else "") + f" in {s.seconds:.2f}s")
+                  + (f", {s.unreadable} unreadable" if s.unreadable else "") + f" in {s.seconds:.2f}s; "
+                  + result.index.describe_ann() + (" (built now)" if s.ann_built else ""))
     reranked = any(h.itm is not None for h in result.hits)
     table = Table(title=f"top {len(result.hits)} for " + (repr(query) if query is not None else str(image)),
                   header_style="bold")
@@ -74,10 +85,10 @@ def search(
     if reranked:
         table.add_column("cosine", justify="right")
         table.add_column("ITM", justify="right")
-    table.add_column("image", style="cyan")
+    table.add_column("image" if captions is None else "caption (line: text)", style="cyan")
     for hit in result.hits:
         extra = [f"{hit.similarity:.4f}", "-" if hit.itm is None else f"{hit.itm:.3f}"] if reranked else []
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", *extra, str(hit.path))
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", *extra, hit.label)
     console.print(table)
 
 
