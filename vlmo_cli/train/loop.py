@@ -21,16 +21,14 @@ from torch import nn
 from ..errors import RecipeError, VlmoError
 from ..model.vlmo import VLMo
 from .checkpoint import TrainerState, find_resume, list_checkpoints, load_training_state, save_checkpoint, set_rng_state
+from .guards import TrainingDiverged, check_step, diverged, grad_norm, non_finite_weights, write_checkpoint
 from .init import initialise
 from .monitor import Monitor, format_metrics
 from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
 from .padding import COMPILED_LENGTH_BUCKETS, trim_to_longest
+from .signals import StopRequest, TrainingInterrupted
 from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_model_config, vl_objective
 from .validate import validate
-
-
-class TrainingDiverged(VlmoError):
-    """The loss became NaN or infinite."""
 
 
 class StageModule(nn.Module):
@@ -261,9 +259,15 @@ def train(
     def checkpoint() -> Path | None:
         accelerator.wait_for_everyone()
         path = None
+        bad = non_finite_weights(accelerator.unwrap_model(module).model)  # every process: the same weights
+        if bad:
+            raise diverged(stage.name, f"{len(bad)} weight tensors hold NaN/inf ({', '.join(bad[:3])}, …)",
+                           state.step, run_path, "this checkpoint was not written")
         if main:
-            path = save_checkpoint(run_path, accelerator.unwrap_model(module).model, optimizer, state,
-                                   tokenizer=tokenizer, keep_last_n=tcfg.keep_last_n)
+            path = write_checkpoint(
+                lambda: save_checkpoint(run_path, accelerator.unwrap_model(module).model, optimizer, state,
+                                        tokenizer=tokenizer, keep_last_n=tcfg.keep_last_n),
+                run_path, state.step)
         accelerator.wait_for_everyone()
         return path
 
@@ -275,9 +279,13 @@ def train(
     samples_since = 0
     steps_this_call = 0
     final_path = None
-    with Monitor(run_path, total, state.step, accelerator, enabled=main, console=console) as monitor:
+    check_grads = accelerator.scaler is None  # fp16 loss scaling skips non-finite steps by design
+    reduce = (lambda t: accelerator.reduce(t, "sum")) if accelerator.num_processes > 1 else None
+    with Monitor(run_path, total, state.step, accelerator, enabled=main, console=console) as monitor, \
+            StopRequest() as stop:
         while state.step < total:
             module.train()
+            step_losses = []
             for micro in range(plan.grad_accum):
                 try:
                     batch = next(data_iter)
@@ -298,21 +306,20 @@ def train(
                 with ctx:
                     with accelerator.autocast():
                         loss, metrics = module(batch)
-                    if not torch.isfinite(loss.detach()).all():
-                        good = list_checkpoints(run_path)
-                        raise TrainingDiverged(
-                            f"{stage.name}: loss is {loss.item()} at step {state.step + 1}; stopped before the "
-                            f"update. Last good checkpoint: {good[-1] if good else 'none'}. Try a lower train.lr, "
-                            "train.grad_clip, or precision=no"
-                        )
+                    step_losses.append(loss.detach())
                     accelerator.backward(loss / plan.grad_accum)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                 count += 1
                 samples_since += batch[next(k for k in ("input_ids", "pixel_values") if k in batch)].shape[0]
-            if tcfg.grad_clip > 0:
-                accelerator.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], tcfg.grad_clip)
+            trained = [p for p in module.parameters() if p.requires_grad]
+            norm = accelerator.clip_grad_norm_(trained, tcfg.grad_clip) if tcfg.grad_clip > 0 else None
+            if norm is None and check_grads:
+                norm = grad_norm(trained)
+            verdict = check_step(step_losses, norm if check_grads else None, bool(stop.requested), reduce)
+            if verdict.problem:
+                raise diverged(stage.name, verdict.problem, state.step + 1, run_path, "stopped before the update")
             lr = set_lr(optimizer, tcfg.lr, lr_factor(state.step, total, warm, tcfg.schedule, end_factor))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -342,6 +349,9 @@ def train(
                 state.last_metrics = _fmt(last_metrics)
                 final_path = checkpoint()
                 break
+            if verdict.stop and state.step < total:
+                state.last_metrics = _fmt(last_metrics)
+                raise TrainingInterrupted(checkpoint(), stop.requested or 15)
         else:
             state.last_metrics = _fmt(last_metrics)
             final_path = checkpoint()
