@@ -13,10 +13,13 @@ ResumeOpt = typer.Option("", "--resume", help='"auto" (newest complete checkpoin
 InitOpt = typer.Option(None, "--from", "--init", help="start from a model dir / run folder / official .pt / beit:PATH")
 RunNameOpt = typer.Option(None, "--run-name", help="run folder name under train.output_dir")
 OverwriteOpt = typer.Option(False, "--overwrite", help="delete an existing run folder of the same name first")
+AllowMissingInitOpt = typer.Option(
+    False, "--allow-missing-init",
+    help="train backbone tensors missing from the --from/init source from random values (default: refuse the source)")
 
 
 def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: str, init: str | None,
-              run_name: str | None, overwrite: bool, extra: list[str] | None = None):
+              run_name: str | None, overwrite: bool, extra: list[str] | None = None, allow_missing_init: bool = False):
     """Load ``recipe`` with overrides, resolve ``section`` and train it; prints where everything went."""
     from ..recipe import load_recipe
     from ..train.loop import train
@@ -25,7 +28,8 @@ def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: st
     if run_name:
         overrides.append(f"{section}.run_name={run_name}")
     stage = load_recipe(recipe, overrides).resolve(section)
-    result = train(stage, init=init, resume=resume, overwrite=overwrite, console=console)
+    result = train(stage, init=init, resume=resume, overwrite=overwrite, console=console,
+                   allow_missing_init=allow_missing_init)
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # once, also under torchrun / accelerate launch

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import InitOpt, OverridesArg, OverwriteOpt, ResumeOpt, RunNameOpt, run_stage
+from .common import AllowMissingInitOpt, InitOpt, OverridesArg, OverwriteOpt, ResumeOpt, RunNameOpt, run_stage
 
 
 class Task(str, Enum):
@@ -28,6 +28,7 @@ def finetune(
     resume: str = ResumeOpt,
     run_name: str = RunNameOpt,
     overwrite: bool = OverwriteOpt,
+    allow_missing_init: bool = AllowMissingInitOpt,
 ) -> None:
     """Fine-tune a pre-trained model on a task with the recipe's preset (official §11 hyper-parameters)."""
     extra: list[str] = []
@@ -39,7 +40,8 @@ def finetune(
             extra.append(f"{section}.dataset={Path(dataset)}")
     else:
         section = f"finetune.{task.value}"
-    run_stage(recipe, section, overrides, resume, init, run_name, overwrite, extra)
+    run_stage(recipe, section, overrides, resume, init, run_name, overwrite, extra,
+              allow_missing_init=allow_missing_init)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .common import InitOpt, OverridesArg, OverwriteOpt, RecipeArg, ResumeOpt, RunNameOpt, run_stage
+from .common import AllowMissingInitOpt, InitOpt, OverridesArg, OverwriteOpt, RecipeArg, ResumeOpt, RunNameOpt, run_stage
 
 _STAGES = {
     "pretrain-vision": ("pretrain.vision", "Stage 1: masked-image modelling on images (attention, patch embedding, "
@@ -24,8 +24,10 @@ def _command(section: str):
         init: str = InitOpt,
         run_name: str = RunNameOpt,
         overwrite: bool = OverwriteOpt,
+        allow_missing_init: bool = AllowMissingInitOpt,
     ) -> None:
-        run_stage(recipe, section, overrides, resume, init, run_name, overwrite)
+        run_stage(recipe, section, overrides, resume, init, run_name, overwrite,
+                  allow_missing_init=allow_missing_init)
 
     return command
 

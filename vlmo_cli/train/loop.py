@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,7 @@ def train(
     overwrite: bool = False,
     console: Console | None = None,
     stop_after: int | None = None,
+    allow_missing_init: bool = False,
 ) -> RunResult:
     """Train one resolved recipe stage (``recipe.resolve("pretrain.vl")``).
 
@@ -134,6 +136,8 @@ def train(
         overwrite: delete an existing run folder first.
         stop_after: stop (with a checkpoint) after this many optimizer steps of this invocation — simulates an
             interruption in tests and lets users train in slices.
+        allow_missing_init: train backbone tensors missing from the init source from random values instead of
+            refusing the source.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -190,9 +194,11 @@ def train(
     model = VLMo(cfg)
     resume_from = find_resume(run_path, resume) if resume else None
     notes: list[str] = []
+    init_report = None
     if resume_from is None:
-        notes = initialise(model, init if init is not None else stage.model.init,
-                           getattr(task, "init_vlffn", "random"))
+        init_report = initialise(model, init if init is not None else stage.model.init,
+                                 getattr(task, "init_vlffn", "random"), allow_missing=allow_missing_init)
+        notes = init_report.notes()
     else:
         from ..model.io import WEIGHTS_NAME, load_state_dict_checked, read_weights
 
@@ -230,6 +236,8 @@ def train(
 
     if main:
         (run_path / "recipe.toml").write_text(stage.to_toml())
+        if init_report is not None:  # every tensor: from the source, copied, or fresh
+            (run_path / "init.json").write_text(json.dumps(init_report.to_dict(), indent=1) + "\n")
         if log_with:
             accelerator.init_trackers("tensorboard")
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
