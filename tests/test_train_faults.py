@@ -296,3 +296,10 @@ def test_a_complete_source_reports_exactly_the_expected_fresh_tensors(tmp_path):
     copied = initialise(VLMo(cfg), str(src), "text")
     assert copied.copied and all("_vl." in k and "_text." in v for k, v in copied.copied.items())
     assert not any("_vl." in k for k in copied.fresh)
+
+
+def test_data_loader_workers_leave_the_stop_signals_to_the_training_process():
+    code = ("import signal; from vlmo_cli.data.loader import _seed_worker; _seed_worker(0); "
+            "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr
