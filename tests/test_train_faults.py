@@ -303,3 +303,33 @@ def test_data_loader_workers_leave_the_stop_signals_to_the_training_process():
             "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["True", "True"], out.stderr
+
+
+# ---------------------------------------------------------------------- 7. a training state that is not just tensors
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_refuses_a_code_executing_or_corrupt_training_state(in_demo, tmp_path, capsys):
+    code, _, err = run(capsys, "pretrain-text", "tiny", *TEXT, *in_demo, "pretrain.text.max_steps=2",
+                       "--run-name", "tampered")
+    assert code == 0, err
+    state_file = list_checkpoints(tmp_path / "runs" / "tampered")[-1] / "training_state.pt"
+    marker = tmp_path / "code-ran"
+    torch.save({"optimizer": _RunsCode(marker), "rng": {}}, state_file)
+    resume = ["pretrain-text", "tiny", *TEXT, *in_demo, "pretrain.text.max_steps=3", "--run-name", "tampered",
+              "--resume", "auto"]
+    code, _, err = run(capsys, *resume)
+    flat = " ".join(err.split())
+    assert code == 2, err
+    assert f"{state_file}: refused: this file needs code execution to load (pickle); not loaded" in flat, err
+    assert "safe_globals" not in flat and "weights_only" not in flat and not marker.exists()
+
+    state_file.write_bytes(state_file.read_bytes()[:200])
+    code, _, err = run(capsys, *resume)
+    flat = " ".join(err.split())
+    assert code == 2 and f"{state_file}: corrupt" in flat and "Traceback" not in err, err
