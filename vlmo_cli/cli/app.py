@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import VlmoError
+from ..train.signals import TrainingInterrupted
 
 COMMAND_MODULES = (
     "recipes",
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
+    except TrainingInterrupted as exc:  # stopped by a signal after writing a checkpoint
+        err_console.print(escape(str(exc)), highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors in standalone_mode=False
         import click
 
@@ -70,4 +74,6 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         raise
     if isinstance(rc, int) and rc:
+        if rc == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit code 130
+            err_console.print("interrupted")
         sys.exit(rc)

@@ -20,6 +20,9 @@ TakeOverLockOpt = typer.Option(
 ResumeChangedOpt = typer.Option(
     False, "--resume-changed", help="resume although the recipe changed the data order, batch sizes, dataset or model"
 )
+AllowMissingInitOpt = typer.Option(
+    False, "--allow-missing-init",
+    help="train backbone tensors missing from the --from/init source from random values (default: refuse the source)")
 
 
 def literal(value: object, style: str | None = None) -> Text:
@@ -32,7 +35,7 @@ def literal(value: object, style: str | None = None) -> Text:
 
 def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: str, init: str | None,
               run_name: str | None, overwrite: bool, extra: list[str] | None = None, *,
-              take_over_lock: bool = False, resume_changed: bool = False):
+              take_over_lock: bool = False, resume_changed: bool = False, allow_missing_init: bool = False):
     """Load ``recipe`` with overrides, resolve ``section`` and train it; prints where everything went."""
     from ..recipe import load_recipe
     from ..train.loop import train
@@ -42,7 +45,7 @@ def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: st
         overrides.append(f"{section}.run_name={run_name}")
     stage = load_recipe(recipe, overrides).resolve(section)
     result = train(stage, init=init, resume=resume, overwrite=overwrite, console=console, take_over_lock=take_over_lock,
-                   resume_changed=resume_changed)
+                   resume_changed=resume_changed, allow_missing_init=allow_missing_init)
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # once, also under torchrun / accelerate launch

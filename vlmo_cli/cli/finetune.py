@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from .common import (InitOpt, OverridesArg, OverwriteOpt, ResumeChangedOpt, ResumeOpt, RunNameOpt, TakeOverLockOpt,
-                     run_stage)
+from .common import (AllowMissingInitOpt, InitOpt, OverridesArg, OverwriteOpt, ResumeChangedOpt, ResumeOpt,
+                     RunNameOpt, TakeOverLockOpt, run_stage)
 
 
 class Task(str, Enum):
@@ -31,6 +31,7 @@ def finetune(
     overwrite: bool = OverwriteOpt,
     take_over_lock: bool = TakeOverLockOpt,
     resume_changed: bool = ResumeChangedOpt,
+    allow_missing_init: bool = AllowMissingInitOpt,
 ) -> None:
     """Fine-tune a pre-trained model on a task with the recipe's preset (official §11 hyper-parameters)."""
     extra: list[str] = []
@@ -43,7 +44,7 @@ def finetune(
     else:
         section = f"finetune.{task.value}"
     run_stage(recipe, section, overrides, resume, init, run_name, overwrite, extra, take_over_lock=take_over_lock,
-              resume_changed=resume_changed)
+              resume_changed=resume_changed, allow_missing_init=allow_missing_init)
 
 
 def register(app: typer.Typer) -> None:

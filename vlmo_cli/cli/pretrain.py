@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from .common import (InitOpt, OverridesArg, OverwriteOpt, RecipeArg, ResumeChangedOpt, ResumeOpt, RunNameOpt,
-                     TakeOverLockOpt, run_stage)
+from .common import (AllowMissingInitOpt, InitOpt, OverridesArg, OverwriteOpt, RecipeArg, ResumeChangedOpt,
+                     ResumeOpt, RunNameOpt, TakeOverLockOpt, run_stage)
 
 _STAGES = {
     "pretrain-vision": ("pretrain.vision", "Stage 1: masked-image modelling on images (attention, patch embedding, "
@@ -27,9 +27,10 @@ def _command(section: str):
         overwrite: bool = OverwriteOpt,
         take_over_lock: bool = TakeOverLockOpt,
         resume_changed: bool = ResumeChangedOpt,
+        allow_missing_init: bool = AllowMissingInitOpt,
     ) -> None:
         run_stage(recipe, section, overrides, resume, init, run_name, overwrite, take_over_lock=take_over_lock,
-                  resume_changed=resume_changed)
+                  resume_changed=resume_changed, allow_missing_init=allow_missing_init)
 
     return command
 

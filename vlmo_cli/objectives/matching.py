@@ -46,8 +46,10 @@ def sample_hard_negatives(
         exclude[rows, cols] = True
         if image_ids is not None:
             exclude |= image_ids[:local_batch, None] == image_ids[None, :]
-        w_i2t = w_i2t.masked_fill(exclude, 0)
-        w_t2i = w_t2i.masked_fill(exclude, 0)
+        # a non-finite logit turns its row into NaN: draw that row uniformly instead of failing inside multinomial,
+        # so that the step's loss (non-finite from the same logits) stops the run with its own message
+        w_i2t = torch.nan_to_num(w_i2t, nan=0.0).masked_fill(exclude, 0)
+        w_t2i = torch.nan_to_num(w_t2i, nan=0.0).masked_fill(exclude, 0)
         # rows whose every candidate is excluded (a pool of one image) fall back to uniform over the others
         for w in (w_i2t, w_t2i):
             empty = w.sum(1) <= 0

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..model.io import CONFIG_NAME, WEIGHTS_NAME, atomic_directory, commit_directory, state_dict_for_saving
+from ..safe_load import load_torch_file
 
 STATE_FILE = "training_state.pt"
 TRAINER_STATE = "trainer_state.json"
@@ -184,8 +185,8 @@ def restore_training_state(blob: dict, optimizer) -> str | None:
 
 
 def load_training_state(path: Path) -> tuple[dict, TrainerState]:
+    blob = load_torch_file(path / STATE_FILE, "training state")  # refuses code-executing pickles, names corrupt files
     try:
-        blob = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         state = TrainerState(**json.loads((path / TRAINER_STATE).read_text()))
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user-facing checkpoint problem
         raise CheckpointError(f"{path}: cannot read training state ({exc})") from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +23,15 @@ from ..errors import RecipeError, VlmoError
 from ..model.vlmo import VLMo
 from .checkpoint import (TrainerState, find_resume, list_checkpoints, load_training_state, restore_training_state,
                          save_checkpoint)
+from .guards import TrainingDiverged, check_step, diverged, grad_norm, non_finite_weights, write_checkpoint
 from .init import initialise
 from .monitor import Monitor, format_metrics, truncate_metrics
 from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
 from .padding import COMPILED_LENGTH_BUCKETS, trim_to_longest
 from .run_dir import RunFolder, check_resume_recipe, run_path_for, write_recipe
+from .signals import StopRequest, TrainingInterrupted
 from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_model_config, vl_objective
 from .validate import validate
-
-
-class TrainingDiverged(VlmoError):
-    """The loss became NaN or infinite."""
 
 
 class StageModule(nn.Module):
@@ -129,6 +128,7 @@ def train(
     stop_after: int | None = None,
     take_over_lock: bool = False,
     resume_changed: bool = False,
+    allow_missing_init: bool = False,
 ) -> RunResult:
     """Train one resolved recipe stage (``recipe.resolve("pretrain.vl")``).
 
@@ -142,6 +142,8 @@ def train(
             interruption in tests and lets users train in slices.
         take_over_lock: take over the stale lock of a killed run (a live run's lock is never taken).
         resume_changed: resume although the recipe changed the data order, batches or model.
+        allow_missing_init: train backbone tensors missing from the init source from random values instead of
+            refusing the source.
     """
     from accelerate import Accelerator
 
@@ -160,11 +162,11 @@ def train(
             console.print(f"{run_path}: {note}", highlight=False)
         accelerator.wait_for_everyone()
         return _train(stage, accelerator, folder, log_with, init=init, resume=resume, console=console,
-                      stop_after=stop_after, resume_changed=resume_changed)
+                      stop_after=stop_after, resume_changed=resume_changed, allow_missing_init=allow_missing_init)
 
 
 def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: str | None, resume: str,
-           console: Console, stop_after: int | None, resume_changed: bool) -> RunResult:
+           console: Console, stop_after: int | None, resume_changed: bool, allow_missing_init: bool) -> RunResult:
     """The body of :func:`train`, inside the locked run folder."""
     from accelerate.utils import set_seed
 
@@ -208,9 +210,11 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
     model = VLMo(cfg)
     resume_from = find_resume(run_path, resume) if resume else None
     notes: list[str] = []
+    init_report = None
     if resume_from is None:
-        notes = initialise(model, init if init is not None else stage.model.init,
-                           getattr(task, "init_vlffn", "random"))
+        init_report = initialise(model, init if init is not None else stage.model.init,
+                                 getattr(task, "init_vlffn", "random"), allow_missing=allow_missing_init)
+        notes = init_report.notes()
     else:
         from ..model.io import WEIGHTS_NAME, load_state_dict_checked, read_weights
 
@@ -257,6 +261,8 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
         if dropped:
             notes.append(f"metrics.jsonl: dropped {dropped} row(s) logged after step {state.step}, which this run "
                          "trains again")
+        if init_report is not None:  # every tensor: from the source, copied, or fresh
+            (run_path / "init.json").write_text(json.dumps(init_report.to_dict(), indent=1) + "\n")
         if log_with:
             accelerator.init_trackers("tensorboard")
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -287,9 +293,15 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
         state.window = {"sums": dict(sums), "count": count}  # the metrics line in progress continues on resume
         accelerator.wait_for_everyone()
         path = None
+        bad = non_finite_weights(accelerator.unwrap_model(module).model)  # every process: the same weights
+        if bad:
+            raise diverged(stage.name, f"{len(bad)} weight tensors hold NaN/inf ({', '.join(bad[:3])}, …)",
+                           state.step, run_path, "this checkpoint was not written")
         if main:
-            path = save_checkpoint(run_path, accelerator.unwrap_model(module).model, optimizer, state,
-                                   tokenizer=tokenizer, keep_last_n=tcfg.keep_last_n)
+            path = write_checkpoint(
+                lambda: save_checkpoint(run_path, accelerator.unwrap_model(module).model, optimizer, state,
+                                        tokenizer=tokenizer, keep_last_n=tcfg.keep_last_n),
+                run_path, state.step)
         accelerator.wait_for_everyone()
         return path
 
@@ -301,9 +313,13 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
     samples_since = 0
     steps_this_call = 0
     final_path = None
-    with Monitor(run_path, total, state.step, accelerator, enabled=main, console=console) as monitor:
+    check_grads = accelerator.scaler is None  # fp16 loss scaling skips non-finite steps by design
+    reduce = (lambda t: accelerator.reduce(t, "sum")) if accelerator.num_processes > 1 else None
+    with Monitor(run_path, total, state.step, accelerator, enabled=main, console=console) as monitor, \
+            StopRequest() as stop:
         while state.step < total:
             module.train()
+            step_losses = []
             for micro in range(plan.grad_accum):
                 try:
                     batch = next(data_iter)
@@ -324,21 +340,20 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
                 with ctx:
                     with accelerator.autocast():
                         loss, metrics = module(batch)
-                    if not torch.isfinite(loss.detach()).all():
-                        good = list_checkpoints(run_path)
-                        raise TrainingDiverged(
-                            f"{stage.name}: loss is {loss.item()} at step {state.step + 1}; stopped before the "
-                            f"update. Last good checkpoint: {good[-1] if good else 'none'}. Try a lower train.lr, "
-                            "train.grad_clip, or precision=no"
-                        )
+                    step_losses.append(loss.detach())
                     accelerator.backward(loss / plan.grad_accum)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                 count += 1
                 samples_since += batch[next(k for k in ("input_ids", "pixel_values") if k in batch)].shape[0]
-            if tcfg.grad_clip > 0:
-                accelerator.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], tcfg.grad_clip)
+            trained = [p for p in module.parameters() if p.requires_grad]
+            norm = accelerator.clip_grad_norm_(trained, tcfg.grad_clip) if tcfg.grad_clip > 0 else None
+            if norm is None and check_grads:
+                norm = grad_norm(trained)
+            verdict = check_step(step_losses, norm if check_grads else None, bool(stop.requested), reduce)
+            if verdict.problem:
+                raise diverged(stage.name, verdict.problem, state.step + 1, run_path, "stopped before the update")
             lr = set_lr(optimizer, tcfg.lr, lr_factor(state.step, total, warm, tcfg.schedule, end_factor))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -369,6 +384,9 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
                 state.last_metrics = _fmt(last_metrics)
                 final_path = checkpoint()
                 break
+            if verdict.stop and state.step < total:
+                state.last_metrics = _fmt(last_metrics)
+                raise TrainingInterrupted(checkpoint(), stop.requested or 15)
         else:
             state.last_metrics = _fmt(last_metrics)
             final_path = checkpoint()
