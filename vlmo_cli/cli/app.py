@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "embed",
     "export",
     "bench",
+    "report",
     "quickstart",
 )
 

@@ -8,7 +8,6 @@ checkpointed so that ``--resume`` continues exactly where the run stopped.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,15 @@ from torch import nn
 
 from ..errors import RecipeError, VlmoError
 from ..model.vlmo import VLMo
+from ..run_report import write_run_report
 from .checkpoint import TrainerState, find_resume, list_checkpoints, load_training_state, save_checkpoint, set_rng_state
+from .environment import write_environment
 from .init import initialise
 from .monitor import Monitor, format_metrics
 from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
 from .padding import COMPILED_LENGTH_BUCKETS, trim_to_longest
 from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_model_config, vl_objective
+from .trackers import resolve_trackers, tracker_init_kwargs, tracker_project
 from .validate import validate
 
 
@@ -149,12 +151,12 @@ def train(
     tcfg, dcfg, task = stage.train, stage.data, stage.task
     console = console or Console()
 
-    log_with = ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+    log_with = resolve_trackers(tcfg.trackers)
     run_path = Path(run_dir) if run_dir else Path(tcfg.output_dir) / (
         tcfg.run_name or default_run_name(stage.source, stage.name))
     # without CUDA, say so: accelerate then runs torchrun / `accelerate launch` processes as a gloo group on the CPU
-    accelerator = Accelerator(mixed_precision=tcfg.precision, log_with=log_with or None, project_dir=str(run_path),
-                              cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=tcfg.precision, log_with=log_with or None,
+                              project_config=tracker_project(run_path), cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     if main:
         prepare_run_dir(run_path, resume, overwrite)
@@ -232,8 +234,9 @@ def train(
 
     if main:
         (run_path / "recipe.toml").write_text(stage.to_toml())
+        write_environment(run_path, accelerator)
         if log_with:
-            accelerator.init_trackers("tensorboard")
+            accelerator.init_trackers(run_path.name, init_kwargs=tracker_init_kwargs(log_with, run_path))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if main:
         console.print(f"[bold]{stage.name}[/] → {run_path}")
@@ -347,6 +350,8 @@ def train(
             final_path = checkpoint()
     if main and log_with:
         accelerator.end_training()
+    if main and tcfg.report:
+        write_run_report(run_path)
     if final_path is None:
         final_path = list_checkpoints(run_path)[-1]
     return RunResult(run_dir=run_path, checkpoint=final_path, state=state, metrics=last_metrics, notes=notes)
