@@ -41,6 +41,10 @@ def test_every_step_ran_and_left_its_outputs(quickstart):
     assert (out / "exported" / "tiny-retrieval" / "model.safetensors").exists()
     assert "mim_loss" in result.steps[1].final and "mlm_loss" in result.steps[2].final
     assert list((out / "runs" / "tiny-finetune-retrieval_coco" / "eval").glob("*examples*.png"))
+    html_reports = {k for k in summary["paths"] if k.startswith("html ")}
+    assert len(html_reports) == 6  # every stage and fine-tuning run
+    page = (out / "runs" / "tiny-finetune-retrieval_coco" / "report.html").read_text()
+    assert "retrieval.json" in page and "retrieval-examples.png" in page  # re-written after the evaluation
 
 
 def test_learning_margins_over_chance(quickstart):

@@ -108,6 +108,9 @@ def run_quickstart(out: str | Path = "vlmo-quickstart", recipe: str | None = Non
                            "--out", reports["nlvr2"]])
         run("export", ["export", "runs/tiny-finetune-retrieval_coco", "exported/tiny-retrieval", "--format",
                        "safetensors"])
+        for evaluated in sorted({str(Path(v).parent.parent) for v in reports.values()}):
+            # every run wrote its report.html when it ended; these again, now with their evaluations embedded
+            run(f"report {Path(evaluated).name}", ["report", evaluated])
 
         retrieval = json.loads(Path(reports["retrieval"]).read_text())
         vqa = json.loads(Path(reports["vqa"]).read_text())
@@ -127,6 +130,8 @@ def run_quickstart(out: str | Path = "vlmo-quickstart", recipe: str | None = Non
         baselines["nlvr2 accuracy"] = 50.0
         paths = {"work folder": str(out), **{f"run {p.name}": str(out / p) for p in sorted(Path("runs").iterdir())},
                  **{f"report {k}": str(out / v) for k, v in reports.items()},
+                 **{f"html {p.name}": str(out / p / "report.html") for p in sorted(Path("runs").iterdir())
+                    if (p / "report.html").is_file()},
                  "exported model": str(out / "exported/tiny-retrieval")}
         result = QuickstartResult(out, steps, metrics, baselines, paths)
         (out / "quickstart.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")

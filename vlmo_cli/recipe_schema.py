@@ -120,6 +120,19 @@ def _check_betas(value: tuple[float, float]) -> str | None:
     return None
 
 
+#: experiment trackers Accelerate starts (``train.trackers``) -> the package each needs
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "aim": "aim"}
+
+
+def _check_trackers(names: tuple[str, ...]) -> str | None:
+    unknown = [n for n in names if n not in TRACKER_PACKAGES]
+    if unknown:
+        return f"unknown tracker(s) {unknown}; allowed: {sorted(TRACKER_PACKAGES)} (or [] for none)"
+    if len(set(names)) != len(names):
+        return "a tracker is named twice"
+    return None
+
+
 def _check_nonempty_paths(value: tuple[str, ...]) -> str | None:
     if not value or any(not p for p in value):
         return "give at least one non-empty dataset directory"
@@ -280,6 +293,11 @@ class RecipeTrain:
         help='params without weight decay: "fixed" = 1-D params, embeddings and scales;'
         ' "compat" = the official name list',
     )
+    trackers: tuple[str, ...] = setting(
+        ("tensorboard",), help='experiment trackers through Accelerate: "tensorboard", "wandb", "mlflow", "aim"; [] = none',
+        check=_check_trackers,
+    )
+    report: bool = setting(True, help="write RUN/report.html (curves, recipe, environment) when the run ends")
     output_dir: str = setting("runs", help="folder holding the run folders")
     run_name: str = setting(
         "", help='run folder name (letters, digits, -, _, .); "" = <recipe>-<stage>, e.g. tiny-pretrain-vl'

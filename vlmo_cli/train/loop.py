@@ -8,7 +8,6 @@ checkpointed so that ``--resume`` continues exactly where the run stopped.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,8 +20,10 @@ from torch import nn
 
 from ..errors import RecipeError, VlmoError
 from ..model.vlmo import VLMo
+from ..run_report import write_run_report
 from .checkpoint import (TrainerState, find_resume, list_checkpoints, load_training_state, restore_training_state,
                          save_checkpoint)
+from .environment import write_environment
 from .guards import TrainingDiverged, check_step, diverged, grad_norm, non_finite_weights, write_checkpoint
 from .init import initialise
 from .monitor import Monitor, format_metrics, truncate_metrics
@@ -31,6 +32,7 @@ from .padding import COMPILED_LENGTH_BUCKETS, trim_to_longest
 from .run_dir import RunFolder, check_resume_recipe, run_path_for, write_recipe
 from .signals import StopRequest, TrainingInterrupted
 from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_model_config, vl_objective
+from .trackers import resolve_trackers, tracker_init_kwargs, tracker_project
 from .validate import validate
 
 
@@ -150,10 +152,10 @@ def train(
     if stage.kind != "train" or stage.name not in STAGES:
         raise RecipeError(f"{stage.name} is not a training stage; allowed: {sorted(STAGES)}")
     run_path = run_path_for(stage, run_dir)
-    log_with = ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+    log_with = resolve_trackers(stage.train.trackers)
     # without CUDA, say so: accelerate then runs torchrun / `accelerate launch` processes as a gloo group on the CPU
     accelerator = Accelerator(mixed_precision=stage.train.precision, log_with=log_with or None,
-                              project_dir=str(run_path), cpu=not torch.cuda.is_available())
+                              project_config=tracker_project(run_path), cpu=not torch.cuda.is_available())
     # the main process locks and prepares the folder for the whole run; a failed run that created it and left
     # nothing in it removes it again
     console = console or Console()
@@ -257,6 +259,7 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
         notes += check_resume_recipe(run_path, resume_from, recipe_text, stage.name, resume_changed)
     if main:
         write_recipe(run_path, recipe_text, resumed=resume_from is not None)
+        write_environment(run_path, accelerator)
         dropped = truncate_metrics(run_path, state.step)
         if dropped:
             notes.append(f"metrics.jsonl: dropped {dropped} row(s) logged after step {state.step}, which this run "
@@ -264,7 +267,7 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
         if init_report is not None:  # every tensor: from the source, copied, or fresh
             (run_path / "init.json").write_text(json.dumps(init_report.to_dict(), indent=1) + "\n")
         if log_with:
-            accelerator.init_trackers("tensorboard")
+            accelerator.init_trackers(run_path.name, init_kwargs=tracker_init_kwargs(log_with, run_path))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if main:
         console.print(f"[bold]{stage.name}[/] → {run_path}")
@@ -392,6 +395,8 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
             final_path = checkpoint()
     if main and log_with:
         accelerator.end_training()
+    if main and tcfg.report:
+        write_run_report(run_path)
     if final_path is None:
         final_path = list_checkpoints(run_path)[-1]
     return RunResult(run_dir=run_path, checkpoint=final_path, state=state, metrics=last_metrics,

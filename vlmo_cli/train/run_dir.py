@@ -20,7 +20,8 @@ from ..run_lock import LOCK_NAME, FolderLock
 from .checkpoint import is_complete, list_checkpoints
 
 #: what a run writes into its folder (``eval`` comes from ``vlmo eval`` on the run's model)
-RUN_ENTRIES = ("recipe.toml", "metrics.jsonl", "tensorboard", "checkpoints", "eval", LOCK_NAME)
+RUN_ENTRIES = ("recipe.toml", "metrics.jsonl", "tensorboard", "trackers", "checkpoints", "eval", "init.json",
+               "environment.json", "report.html", LOCK_NAME)
 _RESUME_RECIPE = re.compile(r"^recipe\.resume-(\d+)\.toml$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _CHECKPOINT_TEMP = re.compile(r"^\.(step_\d+)\.(tmp|old)-.+$")

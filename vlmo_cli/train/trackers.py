@@ -1,0 +1,43 @@
+"""Experiment trackers through Accelerate: which ones a recipe asks for (``train.trackers``), each checked to be
+installed before the run starts, and the per-tracker settings that keep their files inside the run folder."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..recipe_schema import TRACKER_PACKAGES
+
+
+def resolve_trackers(names: tuple[str, ...] | list[str]) -> list[str]:
+    """The trackers to start; a tracker whose package is missing is an error naming the install command."""
+    missing = [n for n in names if importlib.util.find_spec(TRACKER_PACKAGES[n]) is None]
+    if missing:
+        packages = " ".join(TRACKER_PACKAGES[n] for n in missing)
+        raise ConfigError(f"train.trackers names {missing}, which is not installed: pip install {packages} "
+                          "(or remove it from train.trackers)")
+    return list(names)
+
+
+TRACKER_FOLDER = "trackers"
+
+
+def tracker_project(run_dir: Path):
+    """Accelerate's project settings: tracker files (TensorBoard events, aim/mlflow stores) go to
+    ``RUN/trackers/<run name>/``."""
+    from accelerate.utils import ProjectConfiguration
+
+    return ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / TRACKER_FOLDER))
+
+
+def tracker_init_kwargs(names: list[str], run_dir: Path) -> dict[str, Any]:
+    """Keep W&B's files under the run folder too and name each tracker's run after the folder (the project, i.e. the
+    W&B project or MLflow experiment, is the run name as well). W&B honours ``WANDB_MODE=offline``."""
+    kwargs: dict[str, Any] = {}
+    if "wandb" in names:
+        kwargs["wandb"] = {"dir": str(run_dir / TRACKER_FOLDER), "name": run_dir.name}
+    if "mlflow" in names:
+        kwargs["mlflow"] = {"run_name": run_dir.name}
+    return kwargs
