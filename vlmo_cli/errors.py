@@ -23,3 +23,7 @@ class CheckpointError(VlmoError):
 
 class DataError(VlmoError):
     """A data source or a prepared dataset is unusable."""
+
+
+class OutputError(VlmoError):
+    """An output file or folder cannot be written: it holds something else, overlaps an input, or the disk is full."""
