@@ -265,6 +265,13 @@ def disk_full_error(exc: BaseException, final: str | Path) -> OutputError | None
                        "and any previous output is unchanged")
 
 
+def raise_if_disk_full(exc: BaseException, final: str | Path) -> None:
+    """Raise the :class:`OutputError` of :func:`disk_full_error` (from ``exc``) when ``exc`` reports a full disk."""
+    full = disk_full_error(exc, final)
+    if full is not None:
+        raise full from exc
+
+
 def _as_output_error(exc: OSError, final: Path) -> OutputError:
     full = disk_full_error(exc, final)
     return full or OutputError(f"cannot write {final}: {exc.strerror or exc}")
@@ -316,9 +323,7 @@ class DirectoryOutput:
             _replace_directory(self.tmp, self.final)
         except BaseException as exc:
             self.abort()
-            full = disk_full_error(exc, self.final)
-            if full is not None:
-                raise full from exc
+            raise_if_disk_full(exc, self.final)
             raise
         self.tmp = None
         return self.final
@@ -336,9 +341,7 @@ class DirectoryOutput:
             self.commit()
             return
         self.abort()
-        full = disk_full_error(exc, self.final)
-        if full is not None:
-            raise full from exc
+        raise_if_disk_full(exc, self.final)
 
 
 # ---------------------------------------------------------------------------------------------------- files
@@ -354,7 +357,5 @@ def writing_file(target: str | Path, kind: FileKind, *, overwrite: bool = False,
         os.replace(tmp, final)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        full = disk_full_error(exc, final)
-        if full is not None:
-            raise full from exc
+        raise_if_disk_full(exc, final)
         raise
