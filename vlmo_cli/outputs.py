@@ -26,9 +26,11 @@ Temporaries
     when NAME is missing. Temporaries of live writers, or of writers on other hosts, are left alone.
 
 Permissions
-    Directories are made with ``os.mkdir`` and files with ``os.open(..., 0o666)``, so the umask decides (``0755`` /
-    ``0644`` under umask 022), unlike :func:`tempfile.mkdtemp` / :func:`tempfile.mkstemp` (``0700`` / ``0600``).
-    :func:`make_temp_dir` and :func:`make_temp_file` are the helpers other writers can use for that.
+    The umask decides (``0755`` / ``0644`` under umask 022), as for any file people create, unlike
+    :func:`tempfile.mkdtemp` / :func:`tempfile.mkstemp` (``0700`` / ``0600``) and safetensors' writer (``0600``):
+    temporaries are made with ``os.mkdir`` / ``os.open(..., 0o666)``, and before the final rename every entry of the
+    output gets ``0o777 & ~umask`` (directories) or ``0o666 & ~umask`` (files). :func:`make_temp_dir`,
+    :func:`make_temp_file` and :func:`apply_umask` are the helpers other writers can use for that.
 
 Full disk
     ``ENOSPC`` / ``EDQUOT`` while writing (also when wrapped by safetensors, pyarrow or torch's writer) becomes
@@ -199,6 +201,28 @@ def make_temp_file(final: str | Path) -> Path:
         raise _as_output_error(exc, final) from exc
 
 
+def current_umask() -> int:
+    """This process's umask (read without changing it where /proc tells it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: str | Path) -> None:
+    """Give ``root`` and everything below it the permissions the umask allows (dirs ``0o777``, files ``0o666``)."""
+    mask = current_umask()
+    root = Path(root)
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -251,7 +275,7 @@ def is_disk_full(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
             return True
-        if isinstance(exc, (OSError, RuntimeError, ValueError)) and any(t in str(exc) for t in _DISK_FULL_TEXTS):
+        if isinstance(exc, Exception) and any(t in str(exc) for t in _DISK_FULL_TEXTS):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -319,6 +343,7 @@ class DirectoryOutput:
     def commit(self) -> Path:
         try:
             _write_marker(self.tmp, self.kind.command)
+            apply_umask(self.tmp)
             check_directory(self.final, self.kind, overwrite=self.overwrite, inputs=self.inputs)
             _replace_directory(self.tmp, self.final)
         except BaseException as exc:
@@ -354,6 +379,7 @@ def writing_file(target: str | Path, kind: FileKind, *, overwrite: bool = False,
     tmp = make_temp_file(final)
     try:
         yield tmp
+        apply_umask(tmp)
         os.replace(tmp, final)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
