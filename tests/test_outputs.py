@@ -27,9 +27,12 @@ KIND = DirKind("vlmo test", frozenset({"a.txt"}), "a.txt")
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model"
-    VLMo(get_config("tiny", vocab_size=120)).save_pretrained(path)
-    return path
+    root = tmp_path_factory.mktemp("model")
+    vocab = root / "vocab.txt"
+    vocab.write_text("".join(f"{t}\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle",
+                                                 "blue", "square"]))
+    VLMo(get_config("tiny", vocab_size=120)).save_pretrained(root / "model", extra_files={"vocab.txt": str(vocab)})
+    return root / "model"
 
 
 @pytest.fixture()
@@ -309,3 +312,23 @@ def test_written_files_follow_the_umask(model_dir, tmp_path, capsys, umask_022):
                "--no-progress")[0] == 0
     assert _modes(tmp_path / "data") == {("d", 0o755), ("f", 0o644)}
     assert _modes(make_temp_file(tmp_path / "x.json")) == {("f", 0o644)}
+
+
+# ---------------------------------------------------------------------------------------------------- single files
+def test_embed_output_file_follows_the_rule(model_dir, tmp_path, capsys, umask_022):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red circle\na blue square\n")
+    out = tmp_path / "emb.safetensors"
+    args = ["embed", "--model", str(model_dir), "--texts", str(texts), "--out", str(out)]
+    assert run(capsys, *args)[0] == 0
+    assert out.stat().st_mode & 0o777 == 0o644
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "previous result of vlmo embed" in err and "--overwrite" in err
+    assert run(capsys, *args, "--overwrite")[0] == 0
+    foreign = tmp_path / "weights.safetensors"
+    foreign.write_bytes(b"not written by vlmo embed")
+    code, _, err = run(capsys, "embed", "--model", str(model_dir), "--texts", str(texts), "--out", str(foreign),
+                       "--overwrite")
+    assert code == 2 and "was not written by vlmo embed" in err
+    assert foreign.read_bytes() == b"not written by vlmo embed"
+    assert _leftovers(tmp_path) == []
