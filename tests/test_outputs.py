@@ -332,3 +332,26 @@ def test_embed_output_file_follows_the_rule(model_dir, tmp_path, capsys, umask_0
     assert code == 2 and "was not written by vlmo embed" in err
     assert foreign.read_bytes() == b"not written by vlmo embed"
     assert _leftovers(tmp_path) == []
+
+
+def test_eval_report_follows_the_rule(tmp_path, capsys, umask_022):
+    answers = [{"answer": "red", "answer_id": i + 1} for i in range(10)]
+    (tmp_path / "q.json").write_text(json.dumps({"questions": [{"question_id": 1, "image_id": 1, "question": "?"}]}))
+    (tmp_path / "a.json").write_text(json.dumps({"annotations": [
+        {"question_id": 1, "answer_type": "other", "question_type": "what color", "answers": answers}]}))
+    (tmp_path / "r.json").write_text(json.dumps([{"question_id": 1, "answer": "red"}]))
+    out = tmp_path / "report.json"
+    args = ["eval", "vqa", "--predictions", str(tmp_path / "r.json"), "--questions", str(tmp_path / "q.json"),
+            "--annotations", str(tmp_path / "a.json"), "--out", str(out)]
+    assert run(capsys, *args)[0] == 0
+    assert out.stat().st_mode & 0o777 == 0o644
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "previous result of vlmo eval" in err and "--overwrite" in err
+    assert run(capsys, *args, "--overwrite")[0] == 0
+    out.write_text("my notes\n")
+    code, _, err = run(capsys, *args, "--overwrite")
+    assert code == 2 and "was not written by vlmo eval" in err
+    assert out.read_text() == "my notes\n"
+    code, _, err = run(capsys, *args[:-1], str(tmp_path / "r.json"), "--overwrite")  # the report onto its input
+    assert code == 2 and "would replace the input" in err
+    assert _leftovers(tmp_path) == []

@@ -371,10 +371,13 @@ class DirectoryOutput:
 
 # ---------------------------------------------------------------------------------------------------- files
 @contextmanager
-def writing_file(target: str | Path, kind: FileKind, *, overwrite: bool = False,
-                 inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
-    """Yield a temporary sibling path to write; on success it replaces ``target`` (checked by :func:`check_file`)."""
-    final = check_file(target, kind, overwrite=overwrite, inputs=inputs)
+def atomic_file(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; on success it gets umask permissions and replaces ``target``.
+
+    Only the mechanics (no check of what ``target`` holds: see :func:`writing_file`); a full disk becomes
+    :class:`OutputError` and the temporary is removed.
+    """
+    final = Path(target)
     clean_stale(final)
     tmp = make_temp_file(final)
     try:
@@ -385,3 +388,12 @@ def writing_file(target: str | Path, kind: FileKind, *, overwrite: bool = False,
         tmp.unlink(missing_ok=True)
         raise_if_disk_full(exc, final)
         raise
+
+
+@contextmanager
+def writing_file(target: str | Path, kind: FileKind, *, overwrite: bool = False,
+                 inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """:func:`atomic_file` for a target :func:`check_file` lets ``kind.command`` write."""
+    final = check_file(target, kind, overwrite=overwrite, inputs=inputs)
+    with atomic_file(final) as tmp:
+        yield tmp

@@ -20,6 +20,8 @@ ModelOpt = typer.Option(..., "--model", help="model directory, run folder, check
 RecipeArg = typer.Argument("base", help="recipe file or shipped name whose [eval.*] section to use (default: base)")
 OverridesArg = typer.Argument(None, help="recipe overrides, e.g. eval.retrieval.batch_size=128")
 OutOpt = typer.Option(None, "--out", help="report JSON (default: <run>/eval/<task>.json, or ./eval/<task>.json)")
+OverwriteOpt = typer.Option(False, "--overwrite", help="replace a previous report (and its side files) at the report "
+                                                       "path; a file eval did not write is never replaced")
 DeviceOpt = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)")
 ImageSizeOpt = typer.Option(None, "--image-size", help="run at this resolution (default: recipe, else the model's)")
 TokenizerOpt = typer.Option(None, "--tokenizer", help="tokenizer file/folder (default: the model's, else the data's)")
@@ -65,13 +67,14 @@ def retrieval(
     device: str = DeviceOpt,
     image_size: int = ImageSizeOpt,
     tokenizer: Path = TokenizerOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Image-text retrieval recall (TR/IR R@1/5/10, COCO/Flickr protocol), optionally ITM re-ranked."""
     from ..evaluate.run import run_retrieval
 
     target = _target("retrieval", recipe, overrides, split, image_size)
     report, path = run_retrieval(model, target, rerank_k=rerank_k, examples=examples, out=out, device=device,
-                                 tokenizer=tokenizer)
+                                 tokenizer=tokenizer, overwrite=overwrite)
     _show(report, path)
 
 
@@ -90,6 +93,7 @@ def vqa(
     device: str = DeviceOpt,
     image_size: int = ImageSizeOpt,
     tokenizer: Path = TokenizerOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Official VQA accuracy (overall, per answer type, per question type), or the submission file for a split
     without answers; with --predictions, score any official-format results file without a model."""
@@ -100,12 +104,14 @@ def vqa(
             raise VlmoError("give either --model (predict and score) or --predictions (score a results file), not both")
         if annotations is None:
             raise VlmoError("--predictions needs --annotations (and usually --questions): the official JSON files")
-        report, path = score_vqa_predictions(predictions, questions, annotations, out=out)
+        report, path = score_vqa_predictions(predictions, questions, annotations, out=out,
+                                             overwrite=overwrite)
     else:
         if not model:
             raise VlmoError("give --model MODEL, or --predictions RESULTS.json --annotations A.json [--questions Q.json]")
         target = _target("vqa", recipe, overrides, split, image_size)
-        report, path = run_vqa(model, target, out=out, submission=submission, device=device, tokenizer=tokenizer)
+        report, path = run_vqa(model, target, out=out, submission=submission, device=device, tokenizer=tokenizer,
+                               overwrite=overwrite)
     _show(report, path)
 
 
@@ -119,12 +125,13 @@ def nlvr2(
     device: str = DeviceOpt,
     image_size: int = ImageSizeOpt,
     tokenizer: Path = TokenizerOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """NLVR2 accuracy and consistency."""
     from ..evaluate.run import run_nlvr2
 
     target = _target("nlvr2", recipe, overrides, split, image_size)
-    report, path = run_nlvr2(model, target, out=out, device=device, tokenizer=tokenizer)
+    report, path = run_nlvr2(model, target, out=out, device=device, tokenizer=tokenizer, overwrite=overwrite)
     _show(report, path)
 
 
