@@ -355,3 +355,35 @@ def test_eval_report_follows_the_rule(tmp_path, capsys, umask_022):
     code, _, err = run(capsys, *args[:-1], str(tmp_path / "r.json"), "--overwrite")  # the report onto its input
     assert code == 2 and "would replace the input" in err
     assert _leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------- item 5
+_PREPARE_AND_WAIT = """
+import sys, time
+from vlmo_cli.outputs import DirectoryOutput, DirKind
+out = DirectoryOutput(sys.argv[1], DirKind("vlmo prepare"))
+out.open()
+print("writing", flush=True)
+time.sleep(60)
+"""
+
+
+def test_two_prepares_into_one_output_cannot_both_write(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text("one line\nanother line\n")
+    out = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-c", _PREPARE_AND_WAIT, str(out)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        code, _, err = run(capsys, "prepare", "text", str(tmp_path / "corpus.txt"), "--out", str(out),
+                           "--no-progress")
+        assert code == 2 and f"{out} is being written" in err and f"pid {proc.pid}" in err, err
+        assert not out.exists()
+    finally:
+        proc.kill()
+        proc.wait()
+    # killed with -9: its temporary and its lock are cleaned up by the next prepare, which then succeeds
+    code, _, err = run(capsys, "prepare", "text", str(tmp_path / "corpus.txt"), "--out", str(out), "--no-progress")
+    assert code == 0, err
+    assert "took over the lock" in err and "note: removed" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "data"]

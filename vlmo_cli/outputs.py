@@ -25,6 +25,11 @@ Temporaries
     longer running on this host are removed (one line on stderr says so); a moved-aside previous result is put back
     when NAME is missing. Temporaries of live writers, or of writers on other hosts, are left alone.
 
+One writer per target
+    While a command writes NAME it holds the lock of :mod:`vlmo_cli.run_lock` on the sibling folder
+    ``.NAME.lock/`` (not inside NAME, which the final rename replaces), so a second command writing the same target
+    is refused, naming the holder. A lock left by a dead process of this host is taken over (one line says so).
+
 Permissions
     The umask decides (``0755`` / ``0644`` under umask 022), as for any file people create, unlike
     :func:`tempfile.mkdtemp` / :func:`tempfile.mkstemp` (``0700`` / ``0600``) and safetensors' writer (``0600``):
@@ -322,6 +327,28 @@ def _replace_directory(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def writer_lock(final: Path, notify: Callable[[str], None] = say):
+    """Take the lock on ``final``'s sibling folder ``.NAME.lock/`` (a :class:`~vlmo_cli.run_lock.FolderLock`)."""
+    from .run_lock import FolderLock, pid_alive, read_holder
+
+    folder = final.with_name(f".{final.name}.lock")
+    holder = read_holder(folder)
+    dead_here = holder is not None and holder.on_this_host() and not pid_alive(holder.pid)
+    lock = FolderLock(folder, take_over=dead_here, what=f"{final} is being written: lock folder").acquire()
+    if lock.took_over is not None:
+        notify(f"note: took over the lock of {final} left by a writer that died (pid {lock.took_over.pid})")
+    return lock
+
+
+def release_writer_lock(lock) -> None:
+    """Release a :func:`writer_lock` and remove its folder when no other writer has put a lock file there since."""
+    lock.release()
+    try:
+        lock.folder.rmdir()
+    except OSError:
+        pass
+
+
 class DirectoryOutput:
     """One directory being written: checked on creation, written in :attr:`tmp`, renamed into place by :meth:`commit`.
 
@@ -334,11 +361,22 @@ class DirectoryOutput:
         self.kind, self.overwrite, self.inputs = kind, overwrite, [p for p in inputs if p is not None]
         self.final = check_directory(target, kind, overwrite=overwrite, inputs=self.inputs)
         self.tmp: Path | None = None
+        self._lock = None
 
     def open(self) -> Path:
-        clean_stale(self.final)
-        self.tmp = make_temp_dir(self.final)
+        self._lock = writer_lock(self.final)
+        try:
+            clean_stale(self.final)
+            self.tmp = make_temp_dir(self.final)
+        except BaseException:
+            self._unlock()
+            raise
         return self.tmp
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            release_writer_lock(self._lock)
+            self._lock = None
 
     def commit(self) -> Path:
         try:
@@ -351,12 +389,14 @@ class DirectoryOutput:
             raise_if_disk_full(exc, self.final)
             raise
         self.tmp = None
+        self._unlock()
         return self.final
 
     def abort(self) -> None:
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
+        self._unlock()
 
     def __enter__(self) -> Path:
         return self.open()
