@@ -387,3 +387,15 @@ def test_two_prepares_into_one_output_cannot_both_write(tmp_path, capsys):
     assert code == 0, err
     assert "took over the lock" in err and "note: removed" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "data"]
+
+
+def test_checkpoint_writer_helpers_follow_the_umask(tmp_path, umask_022):
+    from safetensors.torch import save_file
+
+    from vlmo_cli.model.io import atomic_directory, commit_directory
+
+    final = tmp_path / "checkpoints" / "step_1"
+    tmp = atomic_directory(final)
+    save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))  # safetensors itself writes 0600
+    commit_directory(tmp, final)
+    assert _modes(final) == {("d", 0o755), ("f", 0o644)}

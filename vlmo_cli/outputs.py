@@ -135,9 +135,12 @@ def check_directory(target: str | Path, kind: DirKind, *, overwrite: bool = Fals
         return final
     if not final.is_dir():
         raise OutputError(f"{final}: exists and is not a directory; choose another output folder")
-    if not any(final.iterdir()):
-        return final
-    foreign, command = _foreign_entries(final, kind)
+    try:
+        if not any(final.iterdir()):
+            return final
+        foreign, command = _foreign_entries(final, kind)
+    except OSError as exc:
+        raise OutputError(f"{final}: cannot look into the output folder ({exc.strerror or exc})") from exc
     if command != kind.command or foreign:
         what = f"files {kind.command} did not write ({_few(foreign)})" if command == kind.command else (
             f"a result of {command}" if command else f"files {kind.command} did not write ({_few(foreign)})")
@@ -150,7 +153,7 @@ def check_directory(target: str | Path, kind: DirKind, *, overwrite: bool = Fals
 
 def check_file(target: str | Path, kind: FileKind, *, overwrite: bool = False,
                inputs: Iterable[str | Path] = ()) -> Path:
-    """The resolved target if ``kind.command`` may write this file (see the module docstring), else :class:`OutputError`."""
+    """The resolved target if ``kind.command`` may write this file (module docstring), else :class:`OutputError`."""
     final = _resolved(target)
     _check_placement(final, inputs)
     if not final.exists():
@@ -312,7 +315,7 @@ def _write_marker(tmp: Path, command: str) -> None:
     (tmp / MARKER).write_text(json.dumps({"command": command, "files": files}, indent=1) + "\n")
 
 
-def _replace_directory(tmp: Path, final: Path) -> None:
+def replace_directory(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; a previous ``final`` is moved aside first and deleted once the rename is done."""
     if not final.exists():
         os.rename(tmp, final)
@@ -383,7 +386,7 @@ class DirectoryOutput:
             _write_marker(self.tmp, self.kind.command)
             apply_umask(self.tmp)
             check_directory(self.final, self.kind, overwrite=self.overwrite, inputs=self.inputs)
-            _replace_directory(self.tmp, self.final)
+            replace_directory(self.tmp, self.final)
         except BaseException as exc:
             self.abort()
             raise_if_disk_full(exc, self.final)

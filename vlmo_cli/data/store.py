@@ -45,8 +45,8 @@ from ..outputs import DirectoryOutput, DirKind, check_directory
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 KINDS = ("pairs", "vqa", "nlvr2", "images", "text")
-PREPARED = DirKind("vlmo prepare", frozenset({MANIFEST, "data", "image_table", "answers.json", "labels.json", "tokenizer"}),
-                   MANIFEST)
+PREPARED = DirKind("vlmo prepare",
+                   frozenset({MANIFEST, "data", "image_table", "answers.json", "labels.json", "tokenizer"}), MANIFEST)
 
 
 def kind_features(kind: str, *, with_label: bool = False):

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
-from ..outputs import DirectoryOutput, DirKind, _replace_directory, make_temp_dir
+from ..outputs import DirectoryOutput, DirKind, apply_umask, make_temp_dir, replace_directory
 from .config import ModelConfig
 
 CONFIG_NAME = "config.json"
@@ -33,13 +33,14 @@ def model_dir_kind(command: str) -> DirKind:
 
 
 def atomic_directory(final: Path) -> Path:
-    """A fresh temporary sibling of ``final`` (umask permissions, named after this writer) for :func:`commit_directory`."""
+    """A new temporary sibling of ``final`` for :func:`commit_directory` (umask permissions, writer in its name)."""
     return make_temp_dir(final)
 
 
 def commit_directory(tmp: Path, final: Path) -> None:
-    """Move a fully written temporary directory into place (replacing ``final``)."""
-    _replace_directory(tmp, final)
+    """Move a fully written temporary directory into place (replacing ``final``), with the umask's permissions."""
+    apply_umask(tmp)
+    replace_directory(tmp, final)
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
