@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import DataError
+from ..outputs import DirectoryOutput, DirKind
 from .prepare import PrepareOptions, prepare
 from .sources.base import Record, SkipLog, Source
 from .sources.vqa_answers import build_vocab, soft_targets
-from ..outputs import DirectoryOutput, DirKind
 
 COLORS = {"red": (220, 50, 50), "green": (50, 190, 70), "blue": (60, 100, 235), "yellow": (235, 215, 50)}
 SHAPES = ("circle", "square", "triangle")
@@ -277,8 +276,7 @@ def make_demo(out: str | Path, *, seed: int = 0, overwrite: bool = False, progre
     """Write the demo data set to ``out`` (see the module docstring); returns the ``demo.json`` index."""
     from .tokenizer import train_tokenizer
 
-    output = DirectoryOutput(out, DEMO, overwrite=overwrite)
-    with output as staging:
+    with DirectoryOutput(out, DEMO, overwrite=overwrite) as staging:
         tokenizer = train_tokenizer(demo_texts(seed), vocab_size=vocab_size, method="words")
         tok_dir = tokenizer.save(staging / "tokenizer")
         options = PrepareOptions(seed=seed, progress=progress, tokenizer=tok_dir,
