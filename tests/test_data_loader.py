@@ -12,7 +12,7 @@ from vlmo_cli.data.loader import ResumableSampler, build_dataloader, build_retri
 from vlmo_cli.data.prepare import prepare
 from vlmo_cli.data.sources import FilePairsSource
 from vlmo_cli.data.store import open_prepared
-from vlmo_cli.errors import DataError
+from vlmo_cli.errors import DataError, OutputError
 
 from test_data_sources import make_shards, write_image
 
@@ -42,7 +42,7 @@ def test_demo_layout_and_determinism(demo, tmp_path):
     for name in ("pairs", "vqa"):
         a, b = open_prepared(demo / name), open_prepared(again / name)
         assert a.split("train")[:50] == b.split("train")[:50]
-    with pytest.raises(DataError, match="--overwrite"):
+    with pytest.raises(OutputError, match="--overwrite"):
         make_demo(again)
 
 

@@ -17,7 +17,7 @@ from vlmo_cli.data.sources import (
 )
 from vlmo_cli.data.sources.vqa_answers import build_vocab, normalize_answer, soft_targets
 from vlmo_cli.data.store import open_prepared
-from vlmo_cli.errors import DataError
+from vlmo_cli.errors import DataError, OutputError
 
 
 def png(color=(200, 30, 30), size=(24, 16), fmt="PNG") -> bytes:
@@ -342,7 +342,7 @@ def test_refuses_to_overwrite_and_is_deterministic(tmp_path):
     (tmp_path / "p.tsv").write_text("".join(f"{n}\tcap {i}\n" for i, n in enumerate(names)))
     source = lambda: FilePairsSource(tmp_path / "p.tsv", "tsv", val_fraction=0.5, seed=7)  # noqa: E731
     prepare(source(), tmp_path / "a")
-    with pytest.raises(DataError, match="--overwrite"):
+    with pytest.raises(OutputError, match="--overwrite"):
         prepare(source(), tmp_path / "a")
     prepare(source(), tmp_path / "a", PrepareOptions(overwrite=True, workers=2))
     prepare(source(), tmp_path / "b")
@@ -351,7 +351,7 @@ def test_refuses_to_overwrite_and_is_deterministic(tmp_path):
         assert a.split(split).to_dict() == b.split(split).to_dict()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("user file")
-    with pytest.raises(DataError, match="not empty"):
+    with pytest.raises(OutputError, match="not empty"):
         prepare(source(), tmp_path / "other", PrepareOptions(overwrite=True))
     with pytest.raises(DataError, match="manifest.json missing"):
         open_prepared(tmp_path / "other")

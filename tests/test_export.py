@@ -41,8 +41,8 @@ def run_dir(tmp_path):
 
 def test_safetensors_export_of_a_run(run_dir, tmp_path):
     out = export_safetensors(run_dir / "checkpoints", tmp_path / "export")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "recipe.toml",
-                                                    "vocab.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".vlmo-output.json", "README.md", "config.json",
+                                                     "model.safetensors", "recipe.toml", "vocab.txt"]
     source = load_file(str(run_dir / "checkpoints" / "step_5" / "model.safetensors"))
     exported = load_file(str(out / "model.safetensors"))
     assert source.keys() == exported.keys()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, DataError, VlmoError
+from .outputs import FileKind, check_file, writing_file
 
 if TYPE_CHECKING:
     import torch
@@ -277,17 +278,39 @@ def embed_texts(model: InferenceModel, lines: Sequence[tuple[int, str]] | Sequen
 
 
 # ---------------------------------------------------------------------------------------------------- files
-def save_embeddings(result: Embeddings, path: str | Path, *, model_path: str | Path | None = None) -> Path:
-    """Write ``result`` as a safetensors file (``embeddings`` tensor, ids and provenance in the metadata)."""
-    import os
-    import tempfile
+def _is_embeddings_file(path: Path) -> bool:
+    """Whether ``path`` is a file :func:`save_embeddings` wrote (a safetensors file with its ``kind`` and ``ids``)."""
+    from safetensors import safe_open
 
-    from safetensors.torch import save_file
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta, keys = handle.metadata() or {}, set(handle.keys())
+    except Exception:  # noqa: BLE001 - not readable as safetensors: not ours
+        return False
+    return "kind" in meta and "ids" in meta and keys == {"embeddings"}
 
+
+EMBEDDINGS = FileKind("vlmo embed", _is_embeddings_file)
+
+
+def check_embeddings_output(path: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+    """Refuse an output that is not a ``.safetensors`` path, or that :mod:`vlmo_cli.outputs` does not let us replace."""
     target = Path(path)
     if target.suffix != ".safetensors":
         raise DataError(f"{target}: the output must be a .safetensors file")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    return check_file(target, EMBEDDINGS, overwrite=overwrite, inputs=inputs)
+
+
+def save_embeddings(result: Embeddings, path: str | Path, *, model_path: str | Path | None = None,
+                    overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+    """Write ``result`` as a safetensors file (``embeddings`` tensor, ids and provenance in the metadata).
+
+    A previous embeddings file at ``path`` is replaced only with ``overwrite``, any other file never.
+    """
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    check_embeddings_output(target, overwrite=overwrite, inputs=inputs)
     meta = {"format": "pt", "kind": result.kind, "ids": json.dumps(result.ids, ensure_ascii=False),
             "dim": str(int(result.embeddings.shape[1])), "count": str(len(result.ids)),
             "skipped": json.dumps(result.skipped, ensure_ascii=False), **result.metadata}
@@ -295,14 +318,8 @@ def save_embeddings(result: Embeddings, path: str | Path, *, model_path: str | P
         meta["texts"] = json.dumps(result.texts, ensure_ascii=False)
     if model_path is not None:
         meta["model"] = str(model_path)
-    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        save_file({"embeddings": result.embeddings.float().contiguous()}, temp, metadata=meta)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with writing_file(target, EMBEDDINGS, overwrite=overwrite, inputs=inputs) as temp:
+        save_file({"embeddings": result.embeddings.float().contiguous()}, str(temp), metadata=meta)
     return target
 
 
@@ -335,10 +352,16 @@ def embed(
     max_text_len: int | None = None,
     device: str | None = None,
     image_size: int | None = None,
+    overwrite: bool = False,
 ) -> tuple[Embeddings, Path]:
-    """``vlmo embed``: embed image files/folders or the lines of a text file and save them to ``out``."""
+    """``vlmo embed``: embed image files/folders or the lines of a text file and save them to ``out``.
+
+    ``out`` follows :mod:`vlmo_cli.outputs`: a previous embeddings file is replaced only with ``overwrite``.
+    """
     if (images is None or len(images) == 0) == (texts is None):
         raise VlmoError("give either images (--images PATH...) or a text file (--texts FILE), not both")
+    inputs = [*(images or []), *([texts] if texts is not None else [])]
+    check_embeddings_output(out, overwrite=overwrite, inputs=inputs)
     loaded = as_inference_model(model, device=device, image_size=image_size)
     if texts is not None:
         lines = read_text_lines(texts)
@@ -352,4 +375,4 @@ def embed(
         result = embed_image_files(loaded, files, batch_size=batch_size)
         if not len(result):
             raise DataError(f"none of the {len(files)} images could be read (first: {result.skipped[0]['reason']})")
-    return result, save_embeddings(result, out, model_path=loaded.path)
+    return result, save_embeddings(result, out, model_path=loaded.path, overwrite=overwrite, inputs=inputs)

@@ -27,3 +27,7 @@ class DataError(VlmoError):
 
 class RunFolderError(VlmoError):
     """A run folder cannot be used as asked (foreign content, a changed recipe on resume)."""
+
+
+class OutputError(VlmoError):
+    """An output file or folder cannot be written: it holds something else, overlaps an input, or the disk is full."""

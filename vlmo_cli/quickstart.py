@@ -102,12 +102,14 @@ def run_quickstart(out: str | Path = "vlmo-quickstart", recipe: str | None = Non
             "nlvr2": "runs/tiny-finetune-nlvr2/eval/nlvr2.json",
         }
         run("eval retrieval", ["eval", "retrieval", "--model", "runs/tiny-finetune-retrieval_coco", recipe, *extra,
-                               "--split", "coco-test", "--examples", "4", "--out", reports["retrieval"]])
-        run("eval vqa", ["eval", "vqa", "--model", "runs/tiny-finetune-vqa", recipe, *extra, "--out", reports["vqa"]])
+                               "--split", "coco-test", "--examples", "4", "--out", reports["retrieval"],
+                               "--overwrite"])
+        run("eval vqa", ["eval", "vqa", "--model", "runs/tiny-finetune-vqa", recipe, *extra, "--out", reports["vqa"],
+                         "--overwrite"])
         run("eval nlvr2", ["eval", "nlvr2", "--model", "runs/tiny-finetune-nlvr2", recipe, *extra,
-                           "--out", reports["nlvr2"]])
+                           "--out", reports["nlvr2"], "--overwrite"])
         run("export", ["export", "runs/tiny-finetune-retrieval_coco", "exported/tiny-retrieval", "--format",
-                       "safetensors"])
+                       "safetensors", "--overwrite"])
         for evaluated in sorted({str(Path(v).parent.parent) for v in reports.values()}):
             # every run wrote its report.html when it ended; these again, now with their evaluations embedded
             run(f"report {Path(evaluated).name}", ["report", evaluated])

@@ -12,6 +12,8 @@ convert_app = typer.Typer(
     help="Convert official VLMo or BEiT checkpoints into model directories.", no_args_is_help=True
 )
 console = Console()
+OverwriteOpt = typer.Option(False, "--overwrite", help="replace a previous result of this command at OUT_DIR "
+                                                        "(a folder holding anything else is never replaced)")
 
 
 def _summary(out: Path) -> None:
@@ -39,11 +41,12 @@ def official(
     out_dir: Path = typer.Argument(..., help="model directory to write"),
     image_size: int = typer.Option(None, "--image-size", help="resize position information to this resolution"),
     vocab: Path = typer.Option(None, "--vocab", help="vocab.txt or tokenizer.json to copy into the directory"),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Convert a microsoft/unilm VLMo checkpoint (architecture inferred from the weights)."""
     from ..interop.official import convert_official
 
-    _summary(convert_official(checkpoint, out_dir, image_size=image_size, vocab=vocab))
+    _summary(convert_official(checkpoint, out_dir, image_size=image_size, vocab=vocab, overwrite=overwrite))
 
 
 @convert_app.command("beit")
@@ -60,6 +63,7 @@ def beit(
     ),
     vocab: Path = typer.Option(None, "--vocab", help="vocab.txt or tokenizer.json to copy into the directory"),
     seed: int = typer.Option(0, "--seed", help="seed of the parameters BEiT does not provide"),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Initialise VLMo's attention and vision experts from BEiT (stage-1 weights)."""
     from ..interop.beit import convert_beit_to_dir
@@ -73,7 +77,7 @@ def beit(
         cfg = cfg.replace(vlffn_start=cfg.depth, heads=[h for h in cfg.heads if h != "itc_vl"])
     out = convert_beit_to_dir(
         checkpoint, out_dir, cfg, vocab=vocab, init_text=init_text_from, init_vl=init_vl_from,
-        final_norm=final_norm, seed=seed,
+        final_norm=final_norm, seed=seed, overwrite=overwrite,
     )
     _summary(out)
 

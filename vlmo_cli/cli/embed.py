@@ -25,6 +25,8 @@ def embed(
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     image_size: int = typer.Option(None, "--image-size", help="resolution (default: the model's)"),
     device: str = DeviceOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a previous embeddings file at --out "
+                                                              "(any other file is never replaced)"),
 ) -> None:
     """Dual-encoder embeddings (L2-normalised) of images or lines of text, with their ids."""
     from ..embed import embed as run_embed
@@ -33,7 +35,7 @@ def embed(
     if image_list and texts is not None:
         raise VlmoError("give either images (--images PATH...) or --texts FILE, not both")
     result, path = run_embed(model, out, images=image_list or None, texts=texts, batch_size=batch_size,
-                             device=device, image_size=image_size)
+                             device=device, image_size=image_size, overwrite=overwrite)
     console.print(f"{len(result)} {result.kind} embeddings of dimension {result.embeddings.shape[1]} → {path}")
     if result.skipped:
         console.print(f"[yellow]skipped {len(result.skipped)} unreadable input(s)[/], e.g. "

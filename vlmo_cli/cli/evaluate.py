@@ -22,6 +22,8 @@ RecipeArg = typer.Argument(None, help="recipe file or shipped name whose [eval.*
                                        "run's own recipe.toml for a model in a run folder, else base)")
 OverridesArg = typer.Argument(None, help="recipe overrides, e.g. eval.retrieval.batch_size=128")
 OutOpt = typer.Option(None, "--out", help="report JSON (default: <run>/eval/<task>.json, or ./eval/<task>.json)")
+OverwriteOpt = typer.Option(False, "--overwrite", help="replace a previous report (and its side files) at the report "
+                                                       "path; a file eval did not write is never replaced")
 DeviceOpt = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)")
 ImageSizeOpt = typer.Option(None, "--image-size", help="run at this resolution (default: recipe, else the model's)")
 TokenizerOpt = typer.Option(None, "--tokenizer", help="tokenizer file/folder (default: the model's, else the data's)")
@@ -71,13 +73,14 @@ def retrieval(
     device: str = DeviceOpt,
     image_size: int = ImageSizeOpt,
     tokenizer: Path = TokenizerOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Image-text retrieval recall (TR/IR R@1/5/10, COCO/Flickr protocol), optionally ITM re-ranked."""
     from ..evaluate.run import run_retrieval
 
     target = _target("retrieval", recipe, overrides, split, image_size, model)
     report, path = run_retrieval(model, target, rerank_k=rerank_k, examples=examples, out=out, device=device,
-                                 tokenizer=tokenizer)
+                                 tokenizer=tokenizer, overwrite=overwrite)
     _show(report, path)
 
 
@@ -101,6 +104,7 @@ def vqa(
     device: str = DeviceOpt,
     image_size: int = ImageSizeOpt,
     tokenizer: Path = TokenizerOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Official VQA accuracy (overall, per answer type, per question type), or the submission file for a split
     without answers; with --predictions, score any official-format results file without a model."""
@@ -112,7 +116,7 @@ def vqa(
         if annotations is None:
             raise VlmoError("--predictions needs --annotations (and usually --questions): the official JSON files")
         report, path = score_vqa_predictions(predictions, questions, annotations, out=out, evaluator=evaluator,
-                                             dedupe=dedupe)
+                                             dedupe=dedupe, overwrite=overwrite)
     else:
         if not model:
             raise VlmoError("give --model MODEL, or --predictions RESULTS.json --annotations A.json [--questions Q.json]")
@@ -120,7 +124,7 @@ def vqa(
             raise VlmoError("--dedupe applies to --predictions files; a model's own predictions have one answer each")
         target = _target("vqa", recipe, overrides, split, image_size, model)
         report, path = run_vqa(model, target, out=out, submission=submission, evaluator=evaluator, device=device,
-                               tokenizer=tokenizer)
+                               tokenizer=tokenizer, overwrite=overwrite)
     _show(report, path)
 
 
@@ -134,12 +138,13 @@ def nlvr2(
     device: str = DeviceOpt,
     image_size: int = ImageSizeOpt,
     tokenizer: Path = TokenizerOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """NLVR2 accuracy and consistency."""
     from ..evaluate.run import run_nlvr2
 
     target = _target("nlvr2", recipe, overrides, split, image_size, model)
-    report, path = run_nlvr2(model, target, out=out, device=device, tokenizer=tokenizer)
+    report, path = run_nlvr2(model, target, out=out, device=device, tokenizer=tokenizer, overwrite=overwrite)
     _show(report, path)
 
 

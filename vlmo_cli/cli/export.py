@@ -21,15 +21,17 @@ def export(
     out: Path = typer.Argument(..., help="output directory"),
     format: ExportFormat = typer.Option(ExportFormat.safetensors, "--format", "-f", help="safetensors | onnx"),
     title: str = typer.Option(None, "--title", help="title of the README card (safetensors)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a previous export of the same format at OUT "
+                                                              "(a folder holding anything else is never replaced)"),
 ) -> None:
     """Export a model: a clean model directory with a README card, or ONNX image and text towers."""
     from ..interop.export import ONNX_TOLERANCE, export_onnx, export_safetensors
 
     if format is ExportFormat.safetensors:
-        path = export_safetensors(model_dir, out, title=title)
+        path = export_safetensors(model_dir, out, title=title, overwrite=overwrite)
         console.print(f"wrote {path} (config.json, model.safetensors, README.md)", highlight=False, soft_wrap=True)
         return
-    diffs = export_onnx(model_dir, out)
+    diffs = export_onnx(model_dir, out, overwrite=overwrite)
     for name, diff in diffs.items():
         console.print(f"{out / name}: max |onnxruntime - PyTorch| = {diff:.2e} (tolerance {ONNX_TOLERANCE:g})",
                       highlight=False, soft_wrap=True)

@@ -29,18 +29,21 @@ OutOpt = typer.Option(..., "--out", "-o", help="Output directory (the prepared d
 WorkersOpt = typer.Option(0, "--workers", "-j", help="Image decoding worker processes (0 = in-process).")
 SeedOpt = typer.Option(0, "--seed", help="Seed for every hold-out/shuffle; same seed, same output.")
 MaxSizeOpt = typer.Option(None, "--max-size", help="Limit the shorter image side (re-encode); default keeps images.")
-OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a finished prepared directory at --out.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a previous result of this command at --out (a folder "
+                                                        "holding anything else is never replaced).")
 BadOpt = typer.Option(0.5, "--max-bad-fraction", help="Fail when more than this fraction of samples is bad.")
 TokOpt = typer.Option(None, "--tokenizer", help="vocab.txt / tokenizer.json / folder to store with the data.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
 
 
 def _run(source: Any, out: Path, workers: int, seed: int, max_size: Optional[int], overwrite: bool,
-         max_bad_fraction: float, tokenizer: Optional[Path], progress: bool) -> None:
+         max_bad_fraction: float, tokenizer: Optional[Path], progress: bool, inputs: tuple = ()) -> None:
+    """Prepare ``source`` into ``out``; ``inputs`` (the source's files) may not be replaced by the output."""
     from ..data.prepare import PrepareOptions, prepare
 
     options = PrepareOptions(workers=workers, seed=seed, max_size=max_size, overwrite=overwrite,
-                             max_bad_fraction=max_bad_fraction, progress=progress, tokenizer=tokenizer)
+                             max_bad_fraction=max_bad_fraction, progress=progress, tokenizer=tokenizer,
+                             inputs=tuple(p for p in inputs if p is not None))
     manifest = prepare(source, out, options)
     _print_manifest(out, manifest)
 
@@ -67,7 +70,7 @@ def coco_karpathy(
     from ..data.sources import KarpathySource
 
     _run(KarpathySource(annotations, images, dataset="coco"), out, workers, seed, max_size, overwrite,
-         max_bad_fraction, tokenizer, progress)
+         max_bad_fraction, tokenizer, progress, inputs=(annotations, images))
 
 
 @prepare_app.command("flickr30k-karpathy")
@@ -82,7 +85,7 @@ def flickr30k_karpathy(
     from ..data.sources import KarpathySource
 
     _run(KarpathySource(annotations, images, dataset="flickr30k"), out, workers, seed, max_size, overwrite,
-         max_bad_fraction, tokenizer, progress)
+         max_bad_fraction, tokenizer, progress, inputs=(annotations, images))
 
 
 @prepare_app.command("vqav2")
@@ -102,7 +105,8 @@ def vqav2(
 
     source = Vqav2Source.from_root(root, images, min_count=min_answer_count, rest_val_images=rest_val_images,
                                    seed=seed, normalize_raw=normalize_raw_answers)
-    _run(source, out, workers, seed, max_size, overwrite, max_bad_fraction, tokenizer, progress)
+    _run(source, out, workers, seed, max_size, overwrite, max_bad_fraction, tokenizer, progress,
+         inputs=(root, images))
 
 
 @prepare_app.command("nlvr2")
@@ -117,7 +121,7 @@ def nlvr2(
     from ..data.sources import Nlvr2Source
 
     _run(Nlvr2Source.from_root(annotations, images), out, workers, seed, max_size, overwrite, max_bad_fraction,
-         tokenizer, progress)
+         tokenizer, progress, inputs=(annotations, images))
 
 
 @prepare_app.command("pairs")
@@ -153,7 +157,8 @@ def pairs(
         source = WebDatasetSource(str(path), split=split)
     else:
         raise DataError(f"--format {fmt!r} is not allowed; allowed: tsv, csv, json, jsonl, vg, hf, webdataset")
-    _run(source, out, workers, seed, max_size, overwrite, max_bad_fraction, tokenizer, progress)
+    _run(source, out, workers, seed, max_size, overwrite, max_bad_fraction, tokenizer, progress,
+         inputs=(path, images) if fmt != "webdataset" else (images,))
 
 
 @prepare_app.command("images")
@@ -165,7 +170,8 @@ def images_cmd(
     """Images only, for vision pre-training."""
     from ..data.sources import ImageFolderSource
 
-    _run(ImageFolderSource(root), out, workers, seed, max_size, overwrite, max_bad_fraction, None, progress)
+    _run(ImageFolderSource(root), out, workers, seed, max_size, overwrite, max_bad_fraction, None, progress,
+         inputs=(root,))
 
 
 @prepare_app.command("text")
@@ -180,7 +186,7 @@ def text_cmd(
     from ..data.sources import TextCorpusSource
 
     source = TextCorpusSource(list(paths), mode=mode, val_fraction=val_fraction, seed=seed)
-    _run(source, out, 0, seed, None, overwrite, max_bad_fraction, tokenizer, progress)
+    _run(source, out, 0, seed, None, overwrite, max_bad_fraction, tokenizer, progress, inputs=tuple(paths))
 
 
 @prepare_app.command("demo")
@@ -239,10 +245,16 @@ def tokenizer_cmd(
     min_frequency: int = typer.Option(1, "--min-frequency", help="Drop pieces/words seen fewer times"),
     method: str = typer.Option("wordpiece", "--method", help="wordpiece (sub-word trainer) or words (whole words + "
                                                              "characters, exactly reproducible)"),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train a WordPiece tokenizer on the texts of prepared datasets or text files."""
     from ..data.store import open_prepared
     from ..data.tokenizer import train_tokenizer
+    from ..outputs import DirectoryOutput, DirKind
+
+    kind = DirKind("vlmo prepare tokenizer", frozenset({"tokenizer.json", "vocab.txt", "tokenizer_config.json"}),
+                   "tokenizer.json")
+    output = DirectoryOutput(out, kind, overwrite=overwrite, inputs=sources)
 
     def texts():
         for src in sources:
@@ -255,7 +267,8 @@ def tokenizer_cmd(
                 raise DataError(f"{src}: neither a prepared dataset nor a text file")
 
     tok = train_tokenizer(texts(), vocab_size, lowercase=not cased, min_frequency=min_frequency, method=method)
-    tok.save(out)
+    with output as tmp:
+        tok.save(tmp)
     console.print(f"[bold green]tokenizer[/] {out}: {tok.vocab_size} tokens (lowercase={tok.lowercase})",
                   highlight=False)
 

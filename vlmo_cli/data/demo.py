@@ -25,17 +25,14 @@ from __future__ import annotations
 import io
 import json
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import DataError
+from ..outputs import DirectoryOutput, DirKind
 from .prepare import PrepareOptions, prepare
 from .sources.base import Record, SkipLog, Source
 from .sources.vqa_answers import build_vocab, soft_targets
-from .store import check_output
 
 COLORS = {"red": (220, 50, 50), "green": (50, 190, 70), "blue": (60, 100, 235), "yellow": (235, 215, 50)}
 SHAPES = ("circle", "square", "triangle")
@@ -270,19 +267,16 @@ def demo_texts(seed: int = 0) -> list[str]:
     return texts
 
 
+DEMO = DirKind("vlmo prepare demo", frozenset({"demo.json", "tokenizer", "pairs", "vqa", "nlvr2", "images", "text"}),
+               "demo.json")
+
+
 def make_demo(out: str | Path, *, seed: int = 0, overwrite: bool = False, progress: bool = False,
               vocab_size: int = 160) -> dict[str, Any]:
     """Write the demo data set to ``out`` (see the module docstring); returns the ``demo.json`` index."""
     from .tokenizer import train_tokenizer
 
-    out = Path(out)
-    if out.exists() and (out / "demo.json").exists():
-        if not overwrite:
-            raise DataError(f"{out}: demo data is already there; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    check_output(out, overwrite=False)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-demo-", dir=out.parent if out.parent.exists() else None))
-    try:
+    with DirectoryOutput(out, DEMO, overwrite=overwrite) as staging:
         tokenizer = train_tokenizer(demo_texts(seed), vocab_size=vocab_size, method="words")
         tok_dir = tokenizer.save(staging / "tokenizer")
         options = PrepareOptions(seed=seed, progress=progress, tokenizer=tok_dir,
@@ -304,10 +298,4 @@ def make_demo(out: str | Path, *, seed: int = 0, overwrite: bool = False, progre
             manifest = prepare(source, staging / name, options)
             index["subsets"][name] = {"kind": manifest["kind"], "splits": manifest["splits"]}
         (staging / "demo.json").write_text(json.dumps(index, indent=1) + "\n")
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return index

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from .. import __version__
 from ..errors import DataError
+from ..outputs import raise_if_disk_full
 from .images import load_image_bytes
 from .sources.base import Record, SkipLog, Source
 from .store import SCHEMA_VERSION, StoreWriter, check_output, kind_features
@@ -37,6 +38,7 @@ class PrepareOptions:
     progress: show a rich progress bar on stderr.
     tokenizer: a tokenizer (``vocab.txt``, ``tokenizer.json`` or a folder) to store with the data.
     tokenizer_name: how the manifest names the tokenizer's origin (default: its path).
+    inputs: paths the output may not replace (the source's files and folders).
     """
 
     workers: int = 0
@@ -47,6 +49,7 @@ class PrepareOptions:
     progress: bool = False
     tokenizer: str | Path | None = None
     tokenizer_name: str | None = None
+    inputs: tuple[str | Path, ...] = ()
 
 
 def _resolve(job: tuple[dict[str, Any], int | None]) -> dict[str, tuple[bytes | None, str | None]]:
@@ -113,7 +116,8 @@ def prepare(source: Source, out: str | Path, options: PrepareOptions | None = No
     """Write the prepared dataset of ``source`` to ``out``; returns its manifest."""
     options = options or PrepareOptions()
     out = Path(out)
-    check_output(out, options.overwrite)
+    inputs = (*options.inputs, *([options.tokenizer] if options.tokenizer is not None else []))
+    check_output(out, options.overwrite, inputs)
     if not 0.0 <= options.max_bad_fraction <= 1.0:
         raise DataError(f"max_bad_fraction must lie in [0, 1], got {options.max_bad_fraction}")
     tokenizer_info, tokenizer_obj = None, None
@@ -125,7 +129,8 @@ def prepare(source: Source, out: str | Path, options: PrepareOptions | None = No
                           **tokenizer_obj.describe()}
 
     features = kind_features(source.kind, with_label=source.with_label)
-    writer = StoreWriter(out, source.kind, features, image_table=source.image_table)
+    writer = StoreWriter(out, source.kind, features, image_table=source.image_table, overwrite=options.overwrite,
+                         inputs=inputs)
     log = SkipLog()
     counts = {"rows": 0, "images": 0}
     table_rows: dict[str, dict[str, int | str]] = {}  # split -> image_key -> table row or failure reason
@@ -164,9 +169,10 @@ def prepare(source: Source, out: str | Path, options: PrepareOptions | None = No
             "vlmo_cli_version": __version__,
             **source.manifest_extra(),
         }
-        writer.publish(manifest, extra, options.overwrite)
-    except BaseException:
+        writer.publish(manifest, extra)
+    except BaseException as exc:
         writer.abort()
+        raise_if_disk_full(exc, out)
         raise
     finally:
         pool.close()

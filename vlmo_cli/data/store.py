@@ -25,23 +25,28 @@ Row schemas per kind (image columns are ``datasets.Image()``: encoded bytes):
 - ``text``   : ``text``.
 
 A directory is written under a temporary name and renamed when complete, so a directory with a ``manifest.json`` is
-always finished; an interrupted run leaves only a ``.tmp-*`` folder behind.
+always finished; an interrupted run leaves only a ``.DIR.tmp-PID@HOST.*`` folder behind, removed by the next prepare
+of ``DIR``. What an existing ``DIR`` may be replaced with follows :mod:`vlmo_cli.outputs` (only a previous prepared
+dataset, only with ``--overwrite``).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..outputs import DirectoryOutput, DirKind, check_directory
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 KINDS = ("pairs", "vqa", "nlvr2", "images", "text")
+PREPARED = DirKind("vlmo prepare",
+                   frozenset({MANIFEST, "data", "image_table", "answers.json", "labels.json", "tokenizer"}), MANIFEST)
 
 
 def kind_features(kind: str, *, with_label: bool = False):
@@ -91,30 +96,23 @@ def image_table_features():
 
 
 # ---------------------------------------------------------------------------------------------------- writing
-def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber a finished prepared directory (unless ``overwrite``) or any other non-empty folder."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise DataError(f"{out}: output exists and is not a directory")
-    if (out / MANIFEST).exists():
-        if not overwrite:
-            raise DataError(f"{out}: a prepared dataset is already there; pass --overwrite to replace it")
-        return
-    if any(out.iterdir()):
-        raise DataError(f"{out}: output folder is not empty and is not a prepared dataset; choose another --out")
+def check_output(out: Path, overwrite: bool, inputs: Iterable[str | Path] = ()) -> Path:
+    """Refuse an output that is not a previous prepared dataset (or one without ``overwrite``); see
+    :func:`vlmo_cli.outputs.check_directory`."""
+    return check_directory(out, PREPARED, overwrite=overwrite, inputs=inputs)
 
 
 class StoreWriter:
     """Streams rows into per-split Arrow files under a temporary folder, then publishes the directory."""
 
-    def __init__(self, out: Path, kind: str, features, *, image_table: bool = False) -> None:
+    def __init__(self, out: Path, kind: str, features, *, image_table: bool = False, overwrite: bool = False,
+                 inputs: Iterable[str | Path] = ()) -> None:
         self.out = Path(out)
         self.kind = kind
         self.features = features
         self.table_features = image_table_features() if image_table else None
-        self.tmp = self.out.parent / f".tmp-{self.out.name}-{int(time.time() * 1000)}"
-        self.tmp.mkdir(parents=True)
+        self.output = DirectoryOutput(self.out, PREPARED, overwrite=overwrite, inputs=inputs)
+        self.tmp = self.output.open()
         (self.tmp / "_raw").mkdir()
         self._writers: dict[tuple[str, str], Any] = {}
         self.sizes: dict[str, int] = {}
@@ -147,9 +145,9 @@ class StoreWriter:
                 writer.finalize()
             except Exception:  # nothing to keep anyway
                 pass
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.output.abort()
 
-    def publish(self, manifest: dict[str, Any], extra_files: dict[str, Any], overwrite: bool) -> Path:
+    def publish(self, manifest: dict[str, Any], extra_files: dict[str, Any]) -> Path:
         """Finish the Arrow files, save them in ``datasets`` layout, write the manifest and rename into place."""
         import datasets
 
@@ -174,10 +172,7 @@ class StoreWriter:
             else:
                 target.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-        if self.out.exists():
-            check_output(self.out, overwrite)
-            shutil.rmtree(self.out)
-        self.tmp.rename(self.out)
+        self.output.commit()
         return self.out
 
     def _save_splits(self) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
+from vlmo_cli.outputs import atomic_file
+
 if TYPE_CHECKING:
     from PIL import Image, ImageDraw, ImageFont
 
@@ -179,6 +181,6 @@ def save_retrieval_grid(
             caption = f"#{rank + 1}: {float(scores[row][rank]):.3f}"
             _draw_cell(canvas, draw, result, caption, (x, y), tile_size, border, font)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(target, format="PNG")
+    with atomic_file(target) as temp:
+        canvas.save(temp, format="PNG")
     return target

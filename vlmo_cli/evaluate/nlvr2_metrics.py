@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmo_cli.errors import DataError
+from vlmo_cli.outputs import atomic_file
 
 EVALUATOR = "lil-lab/nlvr nlvr2/eval/metrics.py, re-implemented"
 
@@ -130,7 +131,6 @@ def write_nlvr2_predictions(predictions: Iterable[tuple[str, bool]], path: str |
     seen: dict[str, bool] = {}
     for identifier, prediction in predictions:
         seen.setdefault(str(identifier), parse_label(prediction, f"prediction {identifier}"))
-    temp = target.with_name(f".{target.name}.tmp")
-    temp.write_text("".join(f"{identifier},{value}\n" for identifier, value in seen.items()), encoding="utf-8")
-    temp.replace(target)
+    with atomic_file(target) as temp:
+        temp.write_text("".join(f"{identifier},{value}\n" for identifier, value in seen.items()), encoding="utf-8")
     return target

@@ -2,18 +2,22 @@
 
 Atomic because a report is what people (and scripts comparing runs) trust: a crash or Ctrl-C while writing must
 leave either the previous file or the new one, never half of one.
+
+Report paths and their side files (``-examples.png``, ``-submission.json``, ``-results.json``,
+``-predictions.csv``) follow :mod:`vlmo_cli.outputs`: :func:`check_report_outputs` refuses, before any work, a file
+the eval commands did not write, and a previous result without ``overwrite`` (``--overwrite``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..outputs import FileKind, atomic_file, check_file
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -37,29 +41,74 @@ def _to_json(value: Any) -> Any:
 def write_json(data: Any, path: str | Path, *, indent: int | None = 2) -> Path:
     """Write ``data`` as JSON to ``path`` atomically (temporary file in the same folder, fsync, rename).
 
-    Parent folders are created. Returns the path written.
+    Parent folders are created; the file gets the umask's permissions. Returns the path written.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     separators = (",", ": ") if indent is not None else (",", ":")
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=indent, separators=separators, default=_to_json, ensure_ascii=False)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        raise
+    with atomic_file(target) as temp, open(temp, "w", encoding="utf-8") as stream:
+        json.dump(data, stream, indent=indent, separators=separators, default=_to_json, ensure_ascii=False)
+        stream.write("\n")
+        stream.flush()
+        os.fsync(stream.fileno())
     return target
 
 
 def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
     """Write an evaluation report (a JSON object, indented) atomically; see :func:`write_json`."""
     return write_json(dict(report), path, indent=2)
+
+
+def sibling_path(report_path: str | Path, suffix: str) -> Path:
+    """A side file of a report: ``eval/retrieval.json`` + ``-examples.png`` -> ``eval/retrieval-examples.png``."""
+    report_path = Path(report_path)
+    return report_path.with_name(f"{report_path.stem}{suffix}")
+
+
+def _json_of(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _is_report(path: Path) -> bool:
+    data = _json_of(path)
+    return isinstance(data, dict) and "task" in data and "vlmo_cli_version" in data
+
+
+def _is_results_file(path: Path) -> bool:
+    data = _json_of(path)
+    return isinstance(data, list) and all(isinstance(e, dict) and set(e) == {"question_id", "answer"} for e in data)
+
+
+def _is_predictions_csv(path: Path) -> bool:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return all(line.rpartition(",")[2] in ("True", "False") for line in lines)
+
+
+def _is_png(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+REPORT = FileKind("vlmo eval", _is_report)
+SIDE_FILES: dict[str, Callable[[Path], bool]] = {
+    "-examples.png": _is_png, "-submission.json": _is_results_file, "-results.json": _is_results_file,
+    "-predictions.csv": _is_predictions_csv,
+}
+
+
+def check_report_outputs(report_path: str | Path, suffixes: Iterable[str] = (), *, overwrite: bool = False,
+                         inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse a report path (or one of its side files ``suffixes``) the eval commands may not replace."""
+    inputs = [p for p in inputs if p is not None]
+    check_file(report_path, REPORT, overwrite=overwrite, inputs=inputs)
+    for suffix in suffixes:
+        check_file(sibling_path(report_path, suffix), FileKind("vlmo eval", SIDE_FILES[suffix]), overwrite=overwrite,
+                   inputs=inputs)
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..embed import InferenceModel, as_inference_model, run_folder_of
 from ..errors import CheckpointError, DataError
-from .report import write_report
+from .report import check_report_outputs, sibling_path, write_report
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -161,7 +161,7 @@ def default_report_path(model_path: str | Path | None, task: str) -> Path:
 
 
 def _sibling(report_path: Path, suffix: str) -> Path:
-    return report_path.with_name(f"{report_path.stem}{suffix}")
+    return sibling_path(report_path, suffix)
 
 
 def _header(task: str, model: InferenceModel | None, target: EvalTarget | None) -> dict[str, Any]:
@@ -205,6 +205,7 @@ def run_retrieval(
     out: str | Path | None = None,
     device: str | None = None,
     tokenizer=None,
+    overwrite: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """Image-text retrieval recall of a dual encoder on ``target`` (and ITM re-ranked recall with ``rerank_k``).
 
@@ -228,6 +229,8 @@ def run_retrieval(
     if rerank_k:
         require_itm(loaded.model, loaded.path)
     report_path = Path(out) if out else default_report_path(loaded.path, "retrieval")
+    check_report_outputs(report_path, ["-examples.png"] if examples else [], overwrite=overwrite,
+                         inputs=[target.dataset, loaded.path])
     result = retrieval_recall(
         loaded.model, target.dataset, target.split, tokenizer=loaded.tokenizer, image_size=loaded.image_size,
         max_text_len=_text_len(loaded, target), batch_size=target.batch_size, device=loaded.device,
@@ -293,13 +296,14 @@ def vqa_files_report(results, questions, annotations, *, evaluator: str | None =
 
 def score_vqa_predictions(predictions: str | Path, questions: str | Path | None, annotations: str | Path,
                           *, out: str | Path | None = None, evaluator: str | None = None,
-                          dedupe: str | None = None) -> tuple[dict[str, Any], Path]:
+                          dedupe: str | None = None, overwrite: bool = False) -> tuple[dict[str, Any], Path]:
     """``vlmo eval vqa --predictions R --questions Q --annotations A``: score a results file without a model."""
+    path = Path(out) if out else Path.cwd() / "eval" / "vqa.json"
+    check_report_outputs(path, overwrite=overwrite, inputs=[predictions, questions, annotations])
     report = _header("vqa", None, None)
     report.update(predictions=str(predictions), questions=str(questions) if questions else None,
                   annotations=str(annotations))
     report["metrics"] = vqa_files_report(predictions, questions, annotations, evaluator=evaluator, dedupe=dedupe)
-    path = Path(out) if out else Path.cwd() / "eval" / "vqa.json"
     write_report(report, path)
     return report, path
 
@@ -355,6 +359,7 @@ def run_vqa(
     evaluator: str | None = None,
     device: str | None = None,
     tokenizer=None,
+    overwrite: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """VQA on a prepared split: official accuracy when it has answers, else the submission file.
 
@@ -382,6 +387,8 @@ def run_vqa(
                               f"{target.dataset}/answers.json has {len(answers)}; evaluate on the answer vocabulary "
                               "the model was fine-tuned with")
     report_path = Path(out) if out else default_report_path(loaded.path, "vqa")
+    check_report_outputs(report_path, ["-submission.json", "-results.json"], overwrite=overwrite,
+                         inputs=[target.dataset, loaded.path])
     t0 = time.perf_counter()
     pairs, soft_score = predict_vqa(loaded, target, answers)
     seconds = time.perf_counter() - t0
@@ -483,6 +490,7 @@ def run_nlvr2(
     out: str | Path | None = None,
     device: str | None = None,
     tokenizer=None,
+    overwrite: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """NLVR2 accuracy and consistency on a prepared split; predictions go to ``<report>-predictions.csv``."""
     from ..data.store import open_prepared
@@ -493,6 +501,7 @@ def run_nlvr2(
     loaded = _load(model, target, device, tokenizer)
     _need_head(loaded, "nlvr2", "fine-tune it with `vlmo finetune nlvr2`")
     report_path = Path(out) if out else default_report_path(loaded.path, "nlvr2")
+    check_report_outputs(report_path, ["-predictions.csv"], overwrite=overwrite, inputs=[target.dataset, loaded.path])
     t0 = time.perf_counter()
     predictions = predict_nlvr2(loaded, target)
     seconds = time.perf_counter() - t0

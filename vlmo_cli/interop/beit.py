@@ -36,7 +36,8 @@ import torch
 
 from ..errors import CheckpointError
 from ..model.config import ModelConfig
-from ..model.io import load_state_dict_checked, save_model, vocab_files
+from ..model.io import load_state_dict_checked, model_dir_kind, save_model, vocab_files
+from ..outputs import check_directory
 from ..model.position import num_image_buckets, num_table_rows, resize_image_relative_table
 from .official import read_checkpoint
 
@@ -278,13 +279,23 @@ def convert_beit(
     return model
 
 
+CONVERT_BEIT = "vlmo convert beit"
+
+
 def convert_beit_to_dir(
     checkpoint: str | Path,
     out_dir: str | Path,
     cfg: ModelConfig,
     vocab: str | Path | None = None,
+    overwrite: bool = False,
     **options,
 ) -> Path:
-    """:func:`convert_beit` written as a model directory (config.json, model.safetensors, vocabulary if given)."""
+    """:func:`convert_beit` written as a model directory (config.json, model.safetensors, vocabulary if given).
+
+    ``out_dir`` follows :mod:`vlmo_cli.outputs`: a previous conversion there is replaced only with ``overwrite``.
+    """
+    kind, inputs = model_dir_kind(CONVERT_BEIT), [checkpoint, vocab]
+    check_directory(out_dir, kind, overwrite=overwrite, inputs=inputs)
     model = convert_beit(checkpoint, cfg, **options)
-    return save_model(model, out_dir, extra_files=vocab_files(vocab), metadata={"source": f"beit:{Path(checkpoint).name}"})
+    return save_model(model, out_dir, extra_files=vocab_files(vocab), command=CONVERT_BEIT, overwrite=overwrite,
+                      inputs=inputs, metadata={"source": f"beit:{Path(checkpoint).name}"})

@@ -24,11 +24,16 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..model.io import CONFIG_NAME, load_model, save_model, tokenizer_files
+from ..model.io import CONFIG_NAME, TOKENIZER_FILES, load_model, model_dir_kind, save_model, tokenizer_files
+from ..outputs import DirectoryOutput, DirKind, check_directory
 
 #: largest |ONNX − PyTorch| accepted by :func:`export_onnx`
 ONNX_TOLERANCE = 1e-4
 ONNX_OPSET = 17
+EXPORT_SAFETENSORS = "vlmo export"
+ONNX_KIND = DirKind("vlmo export --format onnx",
+                    frozenset({"image_encoder.onnx", "text_encoder.onnx", "onnx_export.json", *TOKENIZER_FILES}),
+                    "onnx_export.json")
 
 
 # ---------------------------------------------------------------------- locating the run around a checkpoint
@@ -200,9 +205,15 @@ def model_card(model: nn.Module, provenance: Provenance, title: str) -> str:
     return "\n".join(lines)
 
 
-def export_safetensors(model_dir: str | Path, out_dir: str | Path, title: str | None = None) -> Path:
-    """Write a clean model directory (weights, config, tokenizer, recipe, README card) to ``out_dir``."""
+def export_safetensors(model_dir: str | Path, out_dir: str | Path, title: str | None = None,
+                       overwrite: bool = False) -> Path:
+    """Write a clean model directory (weights, config, tokenizer, recipe, README card) to ``out_dir``.
+
+    ``out_dir`` follows :mod:`vlmo_cli.outputs`: a previous export there is replaced only with ``overwrite``; it may
+    not be (or contain) ``model_dir``.
+    """
     src = Path(model_dir)
+    check_directory(out_dir, model_dir_kind(EXPORT_SAFETENSORS), overwrite=overwrite, inputs=[src])
     model = load_model(src)
     provenance = find_provenance(src)
     extra: dict[str, str] = {}
@@ -210,10 +221,9 @@ def export_safetensors(model_dir: str | Path, out_dir: str | Path, title: str | 
         extra.update(tokenizer_files(_checkpoint_dir(src)))
     if provenance.recipe is not None:
         extra["recipe.toml"] = str(provenance.recipe)
-    out = save_model(model, out_dir, extra_files=extra, metadata={"exported_from": src.name})
     card = model_card(model, provenance, title or f"VLMo {model.config.name} ({src.name})")
-    (out / "README.md").write_text(card + "\n")
-    return out
+    return save_model(model, out_dir, extra_files=extra, texts={"README.md": card + "\n"}, command=EXPORT_SAFETENSORS,
+                      overwrite=overwrite, inputs=[src], metadata={"exported_from": src.name})
 
 
 # ---------------------------------------------------------------------- ONNX towers
@@ -260,26 +270,33 @@ def _export(tower: nn.Module, args: tuple, path: Path, inputs: list[str]) -> Non
         )
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, verify: bool = True, seed: int = 0) -> dict[str, float]:
+def export_onnx(model_dir: str | Path, out_dir: str | Path, verify: bool = True, seed: int = 0,
+                overwrite: bool = False) -> dict[str, float]:
     """Write ``image_encoder.onnx`` and ``text_encoder.onnx`` to ``out_dir``; return the max |ONNX − PyTorch|.
 
     The TorchScript-based exporter (``dynamo=False``) is used: the dynamo exporter needs ``onnxscript``, which is
     not a dependency. Tracing runs on a text batch with padding, so the key-padding branch is part of the graph
     (it adds zeros for unpadded rows). Raises ``RuntimeError`` if a difference exceeds :data:`ONNX_TOLERANCE`.
+    ``out_dir`` follows :mod:`vlmo_cli.outputs` (a previous ONNX export is replaced only with ``overwrite``); the
+    graphs are verified before the folder is renamed into place.
     """
+    output = DirectoryOutput(out_dir, ONNX_KIND, overwrite=overwrite, inputs=[model_dir])
     model = load_model(model_dir).eval()
     cfg = model.config
     if "itc" not in cfg.heads:
         raise CheckpointError(f"{model_dir}: the model has no ITC projections ('itc' head): no retrieval embeddings")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with output as out:
+        return _write_onnx(model, Path(model_dir), out, verify, seed)
+
+
+def _write_onnx(model: nn.Module, src: Path, out: Path, verify: bool, seed: int) -> dict[str, float]:
+    cfg = model.config
     g = torch.Generator().manual_seed(seed)
     image_tower, text_tower = ImageTower(model).eval(), TextTower(model).eval()
     pixels = torch.randn(2, 3, cfg.image_size, cfg.image_size, generator=g)
     _export(image_tower, (pixels,), out / "image_encoder.onnx", ["pixel_values"])
     _export(text_tower, _text_inputs(2, cfg, g), out / "text_encoder.onnx", ["input_ids", "attention_mask"])
     model.eval()  # the exporter restores the wrappers' mode; keep the reference deterministic
-    src = Path(model_dir)
     if src.is_dir():
         for name, path in tokenizer_files(_checkpoint_dir(src)).items():
             shutil.copyfile(path, out / name)

@@ -18,7 +18,8 @@ import torch
 
 from ..errors import CheckpointError
 from ..model.config import ModelConfig
-from ..model.io import build_model, save_model, vocab_files
+from ..model.io import build_model, model_dir_kind, save_model, vocab_files
+from ..outputs import check_directory
 from ..safe_load import load_torch_file
 
 #: keys of official checkpoints that carry no weights (buffers of the old transformers, index tensors)
@@ -129,14 +130,22 @@ def load_official(path: str | Path, **config_overrides: Any):
     return build_model(state, infer_config(state, official, source=str(path)), str(path), **config_overrides)
 
 
+CONVERT_OFFICIAL = "vlmo convert official"
+
+
 def convert_official(
-    checkpoint: str | Path, out_dir: str | Path, image_size: int | None = None, vocab: str | Path | None = None
+    checkpoint: str | Path, out_dir: str | Path, image_size: int | None = None, vocab: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Convert an official checkpoint into a model directory (config.json, model.safetensors, tokenizer files)."""
+    """Convert an official checkpoint into a model directory (config.json, model.safetensors, tokenizer files).
+
+    ``out_dir`` follows :mod:`vlmo_cli.outputs`: a previous conversion there is replaced only with ``overwrite``.
+    """
+    kind, inputs = model_dir_kind(CONVERT_OFFICIAL), [checkpoint, vocab]
+    check_directory(out_dir, kind, overwrite=overwrite, inputs=inputs)
     overrides = {"image_size": image_size} if image_size else {}
     model = load_official(checkpoint, **overrides)
     _, official = read_checkpoint(checkpoint)
-    out = save_model(model, out_dir, extra_files=vocab_files(vocab), metadata={"source": f"official:{Path(checkpoint).name}"})
-    if official is not None:
-        (out / "official_config.json").write_text(json.dumps(official, indent=2, default=str) + "\n")
-    return out
+    texts = {} if official is None else {"official_config.json": json.dumps(official, indent=2, default=str) + "\n"}
+    return save_model(model, out_dir, extra_files=vocab_files(vocab), texts=texts, command=CONVERT_OFFICIAL,
+                      overwrite=overwrite, inputs=inputs, metadata={"source": f"official:{Path(checkpoint).name}"})

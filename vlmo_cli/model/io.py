@@ -1,10 +1,13 @@
-"""Model directories: ``config.json`` + ``model.safetensors`` (+ tokenizer files), written atomically."""
+"""Model directories: ``config.json`` + ``model.safetensors`` (+ tokenizer files), written atomically.
+
+Writing follows the output rule of :mod:`vlmo_cli.outputs`: a directory holding anything but a previous result of
+the same command is never replaced, a previous result only with ``overwrite=True``.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -12,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
+from ..outputs import DirectoryOutput, DirKind, apply_umask, make_temp_dir, replace_directory
 from .config import ModelConfig
 
 CONFIG_NAME = "config.json"
@@ -19,21 +23,24 @@ WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
+MODEL_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, *TOKENIZER_FILES, "tokenizer_config.json", "README.md",
+                         "recipe.toml", "official_config.json"})
+
+
+def model_dir_kind(command: str) -> DirKind:
+    """The :class:`~vlmo_cli.outputs.DirKind` of a model directory written by ``command``."""
+    return DirKind(command, MODEL_FILES, CONFIG_NAME)
+
+
 def atomic_directory(final: Path) -> Path:
-    """A fresh temporary sibling of ``final`` to write into before :func:`commit_directory`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    """A new temporary sibling of ``final`` for :func:`commit_directory` (umask permissions, writer in its name)."""
+    return make_temp_dir(final)
 
 
 def commit_directory(tmp: Path, final: Path) -> None:
-    """Move a fully written temporary directory into place (replacing ``final``)."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    """Move a fully written temporary directory into place (replacing ``final``), with the umask's permissions."""
+    apply_umask(tmp)
+    replace_directory(tmp, final)
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -45,20 +52,27 @@ def save_model(
     directory: str | Path,
     extra_files: dict[str, str] | None = None,
     metadata: dict[str, str] | None = None,
+    *,
+    texts: dict[str, str] | None = None,
+    command: str = "save_model",
+    overwrite: bool = False,
+    inputs: Iterable[str | Path] = (),
 ) -> Path:
-    """Write ``model`` as a model directory. ``extra_files`` maps file names to source paths (tokenizer, …)."""
-    final = Path(directory)
-    tmp = atomic_directory(final)
-    try:
+    """Write ``model`` as a model directory. ``extra_files`` maps file names to source paths (tokenizer, …),
+    ``texts`` file names to their content (a README card, …).
+
+    ``command`` names the writer in messages and in the directory's marker; a previous result of the same command is
+    replaced only with ``overwrite``, anything else never (see :mod:`vlmo_cli.outputs`); ``inputs`` may not be
+    replaced.
+    """
+    with DirectoryOutput(directory, model_dir_kind(command), overwrite=overwrite, inputs=inputs) as tmp:
         model.config.save(tmp / CONFIG_NAME)
         save_file(state_dict_for_saving(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt", **(metadata or {})})
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
-        commit_directory(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+        for name, text in (texts or {}).items():
+            (tmp / name).write_text(text)
+    return Path(directory)
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

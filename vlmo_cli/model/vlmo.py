@@ -402,7 +402,9 @@ class VLMo(nn.Module):
         return self.nlvr2_classifier(torch.cat([p0, p1], -1))
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None,
+                        overwrite: bool = False) -> Path:
+        """Write a model directory; a previous ``save_pretrained`` result there is replaced only with ``overwrite``."""
         from .io import save_model
 
-        return save_model(self, directory, extra_files=extra_files)
+        return save_model(self, directory, extra_files=extra_files, overwrite=overwrite)
