@@ -90,6 +90,14 @@ def test_cli_writes_the_page(run_dir, tmp_path, capsys):
     target = tmp_path / "elsewhere" / "r.html"
     code, out, _ = run(capsys, "report", str(run_dir), "--out", str(target))
     assert code == 0 and target.read_text().startswith("<!doctype html>")
+    code, _, err = run(capsys, "report", str(run_dir), "--out", str(target))
+    assert code == 2 and "--overwrite" in err
+    assert run(capsys, "report", str(run_dir), "--out", str(target), "--overwrite")[0] == 0
+    assert run(capsys, "report", str(run_dir))[0] == 0  # the run's own report.html is always brought up to date
+    mine = tmp_path / "notes.html"
+    mine.write_text("<html>my notes</html>")
+    code, _, err = run(capsys, "report", str(run_dir), "--out", str(mine), "--overwrite")
+    assert code == 2 and "was not written by vlmo report" in err and mine.read_text() == "<html>my notes</html>"
 
 
 def test_a_folder_that_is_not_a_run_is_one_line_exit_2(tmp_path, capsys):

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
+from .outputs import FileKind, writing_file
 
 REPORT_NAME = "report.html"
+GENERATOR = '<meta name="generator" content="vlmo report">'
 ENVIRONMENT_FILE = "environment.json"
 
 # Fields of a metrics.jsonl row that are bookkeeping, not measurements.
@@ -290,17 +292,29 @@ def render_run_report(run_dir: str | Path) -> str:
     title = f"vlmo run report: {run.resolve().name}"
     parts = [_summary_section(run, rows), _plots_section(rows), _eval_section(run), _checkpoints_section(run),
              _environment_section(run), _recipe_section(run)]
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'>{GENERATOR}<title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n")
 
 
-def write_run_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the report of ``run_dir`` to ``out`` (default ``RUN/report.html``) atomically; returns its path."""
+def _is_run_report(path: Path) -> bool:
+    with path.open("rb") as stream:
+        return GENERATOR.encode() in stream.read(512)
+
+
+RUN_REPORT = FileKind("vlmo report", _is_run_report)
+
+
+def write_run_report(run_dir: str | Path, out: str | Path | None = None, *, overwrite: bool = False) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default ``RUN/report.html``) atomically; returns its path.
+
+    ``RUN/report.html`` belongs to the run and is always brought up to date; another existing file is replaced only
+    when it is a previous run report and ``overwrite`` is set (any other file is refused).
+    """
     run = Path(run_dir)
-    target = Path(out) if out else run / REPORT_NAME
     page = render_run_report(run)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.tmp")
-    temp.write_text(page, encoding="utf-8")
-    temp.replace(target)
+    default = run / REPORT_NAME
+    target = Path(out) if out else default
+    own = target.resolve() == default.resolve()
+    with writing_file(target, RUN_REPORT, overwrite=overwrite or own) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return target
