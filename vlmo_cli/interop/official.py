@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import torch
 from ..errors import CheckpointError
 from ..model.config import ModelConfig
 from ..model.io import build_model, save_model, vocab_files
+from ..safe_load import load_torch_file
 
 #: keys of official checkpoints that carry no weights (buffers of the old transformers, index tensors)
 IGNORED_KEYS = (
@@ -36,23 +35,7 @@ _OFFICIAL_HEADS = {"vlmo_base_patch16": 12, "vlmo_base_plus_patch16": 16, "vlmo_
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Return ``(state_dict, official_config_or_None)``; never executes pickled code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        needs = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(exc))
-        if needs:
-            raise CheckpointError(
-                f"{path}: refused to load: unpickling it would run code ({needs.group(1)}); only tensors and plain "
-                "containers are accepted (torch.load with weights_only=True)"
-            ) from exc
-        raise CheckpointError(f"{path}: corrupt, truncated or not a PyTorch checkpoint (unreadable pickle)") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
-            AttributeError, UnicodeDecodeError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: corrupt, truncated or not a PyTorch checkpoint ({reason})") from exc
+    obj = load_torch_file(path, "checkpoint")
     config = None
     if isinstance(obj, dict) and isinstance(obj.get("hyper_parameters"), dict):
         config = obj["hyper_parameters"].get("config")
