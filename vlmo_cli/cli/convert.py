@@ -24,6 +24,7 @@ def _summary(out: Path) -> None:
     cfg = ModelConfig.load(out / CONFIG_NAME)
     with safe_open(str(out / WEIGHTS_NAME), framework="pt") as f:
         n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        inferred = (f.metadata() or {}).get("inferred")
     console.print(
         f"wrote {out}: {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, VL-FFN from block {cfg.vlffn_start}, "
         f"{'relative' if cfg.relative_position else 'absolute'} positions, {cfg.image_size}px, "
@@ -31,6 +32,8 @@ def _summary(out: Path) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if inferred:
+        console.print(f"architecture: {inferred}", highlight=False, soft_wrap=True)
 
 
 @convert_app.command("official")
@@ -39,11 +42,21 @@ def official(
     out_dir: Path = typer.Argument(..., help="model directory to write"),
     image_size: int = typer.Option(None, "--image-size", help="resize position information to this resolution"),
     vocab: Path = typer.Option(None, "--vocab", help="vocab.txt or tokenizer.json to copy into the directory"),
+    num_heads: int = typer.Option(
+        None, "--num-heads", min=1,
+        help="attention heads, for absolute-position checkpoints that name no official model_arch",
+    ),
+    text_table_len: int = typer.Option(
+        None, "--text-table-len", min=1,
+        help="max_text_len_of_initckpt of the relative-position table, when the checkpoint stores no config",
+    ),
 ) -> None:
-    """Convert a microsoft/unilm VLMo checkpoint (architecture inferred from the weights)."""
+    """Convert a microsoft/unilm VLMo checkpoint. The architecture comes from the weights; what they cannot tell
+    comes from the stored config (model_arch, max_text_len_of_initckpt) or the options, and is never guessed."""
     from ..interop.official import convert_official
 
-    _summary(convert_official(checkpoint, out_dir, image_size=image_size, vocab=vocab))
+    _summary(convert_official(checkpoint, out_dir, image_size=image_size, vocab=vocab, num_heads=num_heads,
+                              text_table_len=text_table_len))
 
 
 @convert_app.command("beit")

@@ -175,6 +175,9 @@ _SIZES: dict[str, dict[str, Any]] = {
     "large": dict(embed_dim=1024, depth=24, num_heads=16, vlffn_start=21),
 }
 
+#: official ``model_arch`` names (timm registrations of the official code) → the registered size with their shapes
+OFFICIAL_ARCHS = {"vlmo_base_patch16": "base", "vlmo_base_plus_patch16": "base_plus", "vlmo_large_patch16": "large"}
+
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 
 
