@@ -25,7 +25,7 @@ from .init import initialise
 from .monitor import Monitor, format_metrics
 from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
 from .padding import COMPILED_LENGTH_BUCKETS, trim_to_longest
-from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_model_config, vl_objective
+from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_config, vl_objective
 from .validate import validate
 
 
@@ -165,10 +165,6 @@ def train(
     # ---------------- data
     paths = _dataset_paths(task)
     prepared = open_prepared(paths[0])
-    num_answers = len(prepared.answers) if stage_def.data_task == "vqa" else None
-    if stage_def.data_task == "vqa" and getattr(task, "num_answers", 0):
-        num_answers = task.num_answers
-    num_classes = len(prepared.label_names) if stage_def.data_task == "classify" else None
     tokenizer_arg = dcfg.tokenizer or None
 
     def loader_for(epoch: int, skip: int):
@@ -184,11 +180,7 @@ def train(
         )
 
     # ---------------- model
-    base = stage.model.build_config(image_size=dcfg.image_size)
-    cfg = stage_model_config(stage_def, base, task, num_answers=num_answers, num_classes=num_classes,
-                             text_len=dcfg.max_text_len)
-    if not getattr(task, "itc_vl", True):
-        cfg = cfg.replace(heads=[h for h in cfg.heads if h != "itc_vl"])
+    cfg = stage_config(stage, lambda: prepared)
     model = VLMo(cfg)
     resume_from = find_resume(run_path, resume) if resume else None
     notes: list[str] = []
