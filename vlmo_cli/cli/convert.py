@@ -73,6 +73,9 @@ def beit(
     ),
     vocab: Path = typer.Option(None, "--vocab", help="vocab.txt or tokenizer.json to copy into the directory"),
     seed: int = typer.Option(0, "--seed", help="seed of the parameters BEiT does not provide"),
+    num_heads: int = typer.Option(
+        None, "--num-heads", min=1, help="attention heads, when they differ from --size (BEiT without relative tables)"
+    ),
 ) -> None:
     """Initialise VLMo's attention and vision experts from BEiT (stage-1 weights)."""
     from ..interop.beit import convert_beit_to_dir
@@ -81,12 +84,15 @@ def beit(
     overrides = {}
     if image_size:
         overrides["image_size"] = image_size
+    if num_heads:
+        overrides["num_heads"] = num_heads
     cfg = get_config(size, **overrides)
     if no_vl_ffn:
         cfg = cfg.replace(vlffn_start=cfg.depth, heads=[h for h in cfg.heads if h != "itc_vl"])
     out = convert_beit_to_dir(
         checkpoint, out_dir, cfg, vocab=vocab, init_text=init_text_from, init_vl=init_vl_from,
-        final_norm=final_norm, seed=seed,
+        final_norm=final_norm, seed=seed, config_by=f"option --size {size}",
+        heads_by="option --num-heads" if num_heads else None,
     )
     _summary(out)
 
