@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -112,7 +113,7 @@ def load_torch_file(path: str | Path, what: str) -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        calls = code_globals(path)
+        calls = re.findall(r"GLOBAL ([\w.]+)", str(exc)) or code_globals(path)  # torch names the one it refused
         if calls:
             raise UnsafeFileError(
                 f"{path}: refused: this file needs code execution to load (pickle); not loaded "
