@@ -2,8 +2,9 @@
 
 Our parameter names are the official ones, so conversion is: pick the state dict out of the container (Lightning
 ``state_dict``, DeepSpeed ``module``, ``model`` or bare), drop the keys that carry no weights, infer the
-:class:`ModelConfig` from the tensor shapes (and the stored ``hyper_parameters.config`` when present), optionally
-resize position information to another resolution, and load with every mismatch reported by name.
+:class:`ModelConfig` from the tensor shapes, optionally resize position information to another resolution, and load
+with every mismatch reported by name. What no shape fixes is read from the stored ``hyper_parameters.config``
+(``model_arch``, ``max_text_len_of_initckpt``) or given by the caller, never guessed (:func:`infer_architecture`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ IGNORED_KEYS = (
     "text_relative_position_index",
     "text_imag_relative_position_index",
 )
+
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Return ``(state_dict, official_config_or_None)``; never executes pickled code."""
@@ -130,7 +132,7 @@ def _table_layouts(rows: int, min_text_len: int) -> list[tuple[int, int]]:
     return out
 
 
-def _infer_table_layout(rows: int, patch: int, max_text_len: int, official: dict[str, Any], text_table_len: int | None,
+def _infer_table_layout(rows: int, max_text_len: int, official: dict[str, Any], text_table_len: int | None,
                         given_by: str, source: str) -> tuple[int, int, str]:
     """``(grid, max_text_len_of_initckpt, how)`` of a relative-position table: its rows are ``(2W-1)^2 + 3`` image
     buckets plus ``2T + 2`` text buckets, so the weights fix the pair only when one layout fits."""
@@ -139,8 +141,8 @@ def _infer_table_layout(rows: int, patch: int, max_text_len: int, official: dict
         raise CheckpointError(f"{source}: relative_position_bias_table has {rows} rows, not a VLMo layout")
     by_text = {t: g for g, t in layouts}
     stored = official.get("max_text_len_of_initckpt")
-    stored = stored if isinstance(stored, int) and stored in by_text else None
-    found, how = (stored, "checkpoint config") if stored is not None else (None, "")
+    fits = isinstance(stored, int) and stored in by_text
+    found, how = (stored, "checkpoint config") if fits else (None, "")
     if found is None and len(layouts) == 1:
         found, how = layouts[0][1], "weights"
     option = _label("max_text_len_of_initckpt", given_by)
@@ -155,9 +157,10 @@ def _infer_table_layout(rows: int, patch: int, max_text_len: int, official: dict
     if found is None:
         raise CheckpointError(
             f"{source}: cannot infer the text length the relative-position table was built for "
-            f"(max_text_len_of_initckpt): its {rows} rows fit {len(layouts)} image-grid/text-length layouts and the "
-            "checkpoint stores no config saying which; pass --text-table-len N to `vlmo convert official` (the official "
-            "configs use 196)"
+            f"(max_text_len_of_initckpt): its {rows} rows fit {len(layouts)} image-grid/text-length layouts and "
+            + ("the checkpoint stores no config saying which" if stored is None else
+               f"the stored max_text_len_of_initckpt {stored!r} fits none of them")
+            + "; pass --text-table-len N to `vlmo convert official` (the official configs use 196)"
         )
     return by_text[found], found, how
 
@@ -194,7 +197,7 @@ def infer_architecture(
     text_table = ModelConfig.max_text_len_of_initckpt  # sizes nothing without a relative-position table
     if table is not None:
         grid, text_table, sources["max_text_len_of_initckpt"] = _infer_table_layout(
-            table.shape[0], patch, max_text_len, official, text_table_len, given_by, source)
+            table.shape[0], max_text_len, official, text_table_len, given_by, source)
     else:
         grid = math.isqrt(state["transformer.pos_embed"].shape[1] - 1)
     drop_path = official.get("drop_path_rate")
