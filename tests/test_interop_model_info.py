@@ -27,24 +27,17 @@ def _info(capsys, *args: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def trained_run(demo_root, tmp_path_factory):
-    """One optimizer step of the tiny recipe's stage 3, as the CLI trains it (the model the training code builds)."""
-    runs = tmp_path_factory.mktemp("runs")
+    """The tiny recipe's stage 3 as the training loop builds and saves it (one optimizer step, then stopped)."""
+    from vlmo_cli.recipe import load_recipe
+    from vlmo_cli.train.loop import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny-pretrain-vl"
+    stage = load_recipe("tiny", ["pretrain.vl.init=", "pretrain.vl.max_steps=2", "pretrain.vl.warmup=0",
+                                 "data.batch_size=4"]).resolve("pretrain.vl")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(demo_root)
-        code = _train(["pretrain-vl", "tiny", f"train.output_dir={runs}", "pretrain.vl.init=",
-                       "pretrain.vl.max_steps=1", "pretrain.vl.warmup=0", "data.batch_size=4", "train.log_every=1"])
-    assert code == 0
-    return runs / "tiny-pretrain-vl"
-
-
-def _train(args: list[str]) -> int:
-    from vlmo_cli.cli.app import main
-
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
+        train(stage, run_dir=run_dir, stop_after=1)  # stopping before the last step skips the final validation
+    return run_dir
 
 
 @pytest.mark.slow
