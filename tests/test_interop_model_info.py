@@ -51,6 +51,8 @@ def test_recipe_and_run_describe_the_trained_model(trained_run, capsys):
     assert _info(capsys, str(trained_run))[0] == trained
     step = next((trained_run / "checkpoints").glob("step_*"))
     assert _info(capsys, str(step))[0] == trained
+    code, _, err = run(capsys, "model", "info", str(trained_run), "--stage", "finetune.vqa")
+    assert code == 2 and "overrides and --stage apply to recipes" in err
 
 
 def test_stage_option_uses_the_prepared_dataset_for_head_sizes(demo_root, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""``vlmo model info SIZE|RECIPE|MODEL_DIR``: parameters per component and forward FLOPs per path."""
+"""``vlmo model info RECIPE|MODEL_DIR|RUN_FOLDER|CHECKPOINT``: parameters per component and forward FLOPs per path."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ def _resolve_config(target: str, overrides: list[str], stage_name: str | None = 
     from ..model.io import CONFIG_NAME, resolve_model_dir
 
     path = Path(target)
+    saved = path.is_dir() or (path.is_file() and path.suffix != ".toml")
+    if saved and (overrides or stage_name):
+        from ..errors import RecipeError
+
+        raise RecipeError(f"{target}: overrides and --stage apply to recipes; a saved model is described as it is")
     if path.is_dir():
         directory = resolve_model_dir(path)
         return ModelConfig.load(directory / CONFIG_NAME), str(directory)
