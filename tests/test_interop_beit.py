@@ -202,3 +202,54 @@ def test_absolute_position_beit_into_base_plus_style_model():
     torch.testing.assert_close(_vlmo_features(vlmo, x), _timm_features(beit, x), atol=1e-5, rtol=0)
     with pytest.raises(CheckpointError, match="absolute position embeddings present"):
         convert_beit(beit.state_dict(), _cfg())
+
+
+def _summary_of(directory) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
+        return f.metadata()["inferred"]
+
+
+def test_absolute_position_beit_heads_come_from_what_the_caller_chose(tmp_path):
+    """Without a relative table no shape holds the head count: the conversion says it came from the caller."""
+    from vlmo_cli.interop.beit import convert_beit_to_dir
+    from vlmo_cli.model.io import load_model
+
+    beit = timm_beit.Beit(
+        img_size=32, patch_size=8, embed_dim=WIDTH, depth=DEPTH, num_heads=8, num_classes=0,
+        use_abs_pos_emb=True, use_rel_pos_bias=False, init_values=None, global_pool="token",
+    ).eval()
+    _randomise(beit)
+    path = tmp_path / "beit_abs.pth"
+    torch.save(beit.state_dict(), path)
+    cfg = get_config("tiny", embed_dim=WIDTH, depth=DEPTH, num_heads=8, vlffn_start=1, relative_position=False,
+                     layer_scale_init=None)
+    out = convert_beit_to_dir(path, tmp_path / "m", cfg, config_by="option --size tiny",
+                              heads_by="option --num-heads")
+    summary = _summary_of(out)
+    assert "num_heads 8 (option --num-heads; no relative-position table fixes it)" in summary
+    assert "vocab_size 30522, max_text_len 40, max_text_len_of_initckpt 196 (option --size tiny)" in summary
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(_vlmo_features(load_model(out), x), _timm_features(beit, x), atol=1e-5, rtol=0)
+    # the size's own head count (4) would import the same tensors and compute other features
+    other = convert_beit(beit.state_dict(), cfg.replace(num_heads=4))
+    assert (_vlmo_features(other, x) - _timm_features(beit, x)).abs().max() > 1e-2
+
+
+def test_cli_beit_summary_and_contradicting_heads(tmp_path, capsys):
+    from helpers import run
+
+    tiny = get_config("tiny")
+    beit = timm_beit.Beit(
+        img_size=32, patch_size=8, embed_dim=tiny.embed_dim, depth=tiny.depth, num_heads=tiny.num_heads,
+        num_classes=0, use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=0.1, global_pool="token",
+    )
+    path = tmp_path / "beit.pth"
+    torch.save(beit.state_dict(), path)
+    code, out, err = run(capsys, "convert", "beit", str(path), str(tmp_path / "m"), "--size", "tiny")
+    assert code == 0, err
+    assert "architecture: num_heads 4 (weights)" in " ".join(out.split())
+    code, _, err = run(capsys, "convert", "beit", str(path), str(tmp_path / "n"), "--size", "tiny", "--num-heads", "2")
+    assert code == 2 and "heads 4 (config: 2)" in " ".join(err.split())
+    assert not (tmp_path / "n").exists()

@@ -99,11 +99,12 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
 def _save_official(model: VLMo, path, arch: str) -> None:
     state = dict(model.state_dict())
     state["text_embeddings.position_ids"] = torch.arange(model.config.max_text_len)[None]
-    torch.save({"state_dict": state, "hyper_parameters": {"config": {"model_arch": arch, "drop_path_rate": 0.1}}}, path)
+    torch.save({"state_dict": state, "hyper_parameters": {"config": {"model_arch": arch, "drop_path_rate": 0.1,
+                                                                  "max_text_len_of_initckpt": 196}}}, path)
 
 
 def _abs_model(seed: int = 0) -> VLMo:
-    # head dim 64 → the architecture is inferable from the shapes, as for base_plus with its stored model_arch
+    # absolute positions: the head count (2) is not in any shape; loading states it (num_heads=2)
     cfg = get_config("tiny", relative_position=False, layer_scale_init=None, num_heads=2, vocab_size=VOCAB,
                      heads=HEADS)
     model = VLMo(cfg)
@@ -115,7 +116,7 @@ def test_absolute_position_checkpoint_loads_at_higher_resolution(tmp_path):
     model = _abs_model()
     path = tmp_path / "vlmo_base_plus_style.pt"
     _save_official(model, path, "vlmo_tiny_abs")
-    big = load_official(path, image_size=64).eval()
+    big = load_official(path, num_heads=2, image_size=64).eval()
     assert big.config.image_size == 64 and not big.config.relative_position
     pos = model.transformer.pos_embed.detach()
     grid = pos[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
@@ -236,7 +237,7 @@ def test_absolute_position_variant_matches_independent_reference(tmp_path):
     original = _abs_model(seed=7)
     path = tmp_path / "vlmo_base_plus_style.pt"
     _save_official(original, path, "vlmo_tiny_abs")
-    model = load_official(path).eval()
+    model = load_official(path, num_heads=2).eval()
     cfg = model.config
     assert not cfg.relative_position and cfg.layer_scale_init is None and cfg.num_heads == 2
     state = torch.load(path, weights_only=True)["state_dict"]

@@ -48,6 +48,13 @@ def test_code_executing_pickle_is_refused_and_never_runs(tmp_path, writer):
     assert not marker.exists()
 
 
+def test_pickled_module_is_refused_naming_its_class(tmp_path):
+    path = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), path)  # a whole module, not a state dict: its class would be imported
+    with pytest.raises(UnsafeFileError, match=rf"{REFUSED} \(it would call torch\.nn\.modules\.linear\.Linear\)"):
+        load_torch_file(path, "checkpoint")
+
+
 def test_truncated_file_is_corrupt(tmp_path):
     good = tmp_path / "good.pt"
     torch.save({"w": torch.arange(1000.0)}, good)

@@ -19,12 +19,9 @@ from vlmo_cli.objectives.classification import classification_loss, mlm_loss, vq
 from vlmo_cli.objectives.contrastive import contrastive_loss
 from vlmo_cli.objectives.matching import itm_loss, sample_hard_negatives
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-vlmo-tiny-relpos"
+#: the official golden data, kept in the repository (tests/fixtures/official-vlmo-tiny-relpos/README.md describes it)
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official-vlmo-tiny-relpos"
 TOL = dict(atol=1e-5, rtol=1e-5)
-
-pytestmark = pytest.mark.skipif(
-    not (FIXTURE / "checkpoint.pt").exists(), reason=f"official fixture not found at {FIXTURE} (../shared absent)"
-)
 
 
 @pytest.fixture(scope="module")

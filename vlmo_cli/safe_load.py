@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -32,12 +33,17 @@ class CorruptFileError(CheckpointError):
     """The file is truncated, damaged or not a ``torch.save`` file."""
 
 
-def _pickle_streams(raw: bytes) -> list[bytes]:
-    """The pickle bytes of a file: ``data.pkl`` of a zip-format ``torch.save`` file, else the raw bytes."""
-    if zipfile.is_zipfile(io.BytesIO(raw)):
-        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+#: bytes of a legacy (non-zip) file scanned for globals: its pickles come before the tensor data
+_SCAN_BYTES = 64 << 20
+
+
+def _pickle_streams(path: Path) -> list[bytes]:
+    """The pickle bytes of a file: the ``.pkl`` members of a zip-format ``torch.save`` file, else its first bytes."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
             return [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
-    return [raw]
+    with path.open("rb") as handle:
+        return [handle.read(_SCAN_BYTES)]
 
 
 def _globals_of(stream: bytes) -> list[str]:
@@ -66,7 +72,7 @@ def _globals_of(stream: bytes) -> list[str]:
 def code_globals(path: str | Path) -> list[str]:
     """The globals a pickled file would import that are not torch's own (what running it would call)."""
     try:
-        streams = _pickle_streams(Path(path).read_bytes())
+        streams = _pickle_streams(Path(path))
     except (OSError, zipfile.BadZipFile, KeyError):
         return []
     names = [name for stream in streams for name in _globals_of(stream)]
@@ -112,7 +118,7 @@ def load_torch_file(path: str | Path, what: str) -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        calls = code_globals(path)
+        calls = re.findall(r"GLOBAL ([\w.]+)", str(exc)) or code_globals(path)  # torch names the one it refused
         if calls:
             raise UnsafeFileError(
                 f"{path}: refused: this file needs code execution to load (pickle); not loaded "

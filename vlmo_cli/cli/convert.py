@@ -26,6 +26,7 @@ def _summary(out: Path) -> None:
     cfg = ModelConfig.load(out / CONFIG_NAME)
     with safe_open(str(out / WEIGHTS_NAME), framework="pt") as f:
         n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        inferred = (f.metadata() or {}).get("inferred")
     console.print(
         f"wrote {out}: {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, VL-FFN from block {cfg.vlffn_start}, "
         f"{'relative' if cfg.relative_position else 'absolute'} positions, {cfg.image_size}px, "
@@ -33,6 +34,8 @@ def _summary(out: Path) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if inferred:
+        console.print(f"architecture: {inferred}", highlight=False, soft_wrap=True)
 
 
 @convert_app.command("official")
@@ -41,12 +44,22 @@ def official(
     out_dir: Path = typer.Argument(..., help="model directory to write"),
     image_size: int = typer.Option(None, "--image-size", help="resize position information to this resolution"),
     vocab: Path = typer.Option(None, "--vocab", help="vocab.txt or tokenizer.json to copy into the directory"),
+    num_heads: int = typer.Option(
+        None, "--num-heads", min=1,
+        help="attention heads, for absolute-position checkpoints that name no official model_arch",
+    ),
+    text_table_len: int = typer.Option(
+        None, "--text-table-len", min=1,
+        help="max_text_len_of_initckpt of the relative-position table, when the checkpoint stores no config",
+    ),
     overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Convert a microsoft/unilm VLMo checkpoint (architecture inferred from the weights)."""
+    """Convert a microsoft/unilm VLMo checkpoint. The architecture comes from the weights; what they cannot tell
+    comes from the stored config (model_arch, max_text_len_of_initckpt) or the options, and is never guessed."""
     from ..interop.official import convert_official
 
-    _summary(convert_official(checkpoint, out_dir, image_size=image_size, vocab=vocab, overwrite=overwrite))
+    _summary(convert_official(checkpoint, out_dir, image_size=image_size, vocab=vocab, num_heads=num_heads,
+                              text_table_len=text_table_len, overwrite=overwrite))
 
 
 @convert_app.command("beit")
@@ -63,6 +76,9 @@ def beit(
     ),
     vocab: Path = typer.Option(None, "--vocab", help="vocab.txt or tokenizer.json to copy into the directory"),
     seed: int = typer.Option(0, "--seed", help="seed of the parameters BEiT does not provide"),
+    num_heads: int = typer.Option(
+        None, "--num-heads", min=1, help="attention heads, when they differ from --size (BEiT without relative tables)"
+    ),
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Initialise VLMo's attention and vision experts from BEiT (stage-1 weights)."""
@@ -72,12 +88,15 @@ def beit(
     overrides = {}
     if image_size:
         overrides["image_size"] = image_size
+    if num_heads:
+        overrides["num_heads"] = num_heads
     cfg = get_config(size, **overrides)
     if no_vl_ffn:
         cfg = cfg.replace(vlffn_start=cfg.depth, heads=[h for h in cfg.heads if h != "itc_vl"])
     out = convert_beit_to_dir(
         checkpoint, out_dir, cfg, vocab=vocab, init_text=init_text_from, init_vl=init_vl_from,
-        final_norm=final_norm, seed=seed, overwrite=overwrite,
+        final_norm=final_norm, seed=seed, overwrite=overwrite, config_by=f"option --size {size}",
+        heads_by="option --num-heads" if num_heads else None,
     )
     _summary(out)
 

@@ -230,6 +230,7 @@ def convert_beit(
     init_vl: ExpertInit = "random",
     final_norm: FinalNorm = "auto",
     seed: int | None = 0,
+    source: str | None = None,
 ):
     """A :class:`~vlmo_cli.model.vlmo.VLMo` of architecture ``cfg`` initialised from BEiT weights.
 
@@ -243,6 +244,7 @@ def convert_beit(
         final_norm: ``"auto"`` (``norm``, else ``fc_norm``) or ``"official"`` (``norm``, else left at init).
         seed: seed of the parameters not taken from BEiT (text embeddings, heads, random experts); ``None`` =
             the current RNG state.
+        source: the name of an in-memory ``checkpoint`` in messages (default ``<state dict>``).
     """
     from ..model.vlmo import VLMo
 
@@ -254,7 +256,7 @@ def convert_beit(
     if isinstance(checkpoint, (str, Path)):
         source, state = str(checkpoint), read_beit_checkpoint(checkpoint)
     else:
-        source, state = "<state dict>", checkpoint
+        source, state = source or "<state dict>", checkpoint
     mapped = beit_state_dict(state, cfg, source=source, final_norm=final_norm)
 
     with torch.random.fork_rng(devices=[]):
@@ -282,20 +284,38 @@ def convert_beit(
 CONVERT_BEIT = "vlmo convert beit"
 
 
+def describe_sources(state: dict[str, torch.Tensor], cfg: ModelConfig, config_by: str, heads_by: str | None = None) -> str:
+    """Where each field of a BEiT conversion came from: the weights fix the vision side (checked against ``cfg``),
+    the head count only through a relative-position table; the rest is the chosen config's."""
+    has_table = any(k.endswith("relative_position_bias_table") for k in _unwrap(state))
+    heads = "weights" if has_table else f"{heads_by or config_by}; no relative-position table fixes it"
+    return (
+        f"num_heads {cfg.num_heads} ({heads}); vocab_size {cfg.vocab_size}, max_text_len {cfg.max_text_len}, "
+        f"max_text_len_of_initckpt {cfg.max_text_len_of_initckpt} ({config_by}); "
+        "width, depth, patch size, MLP width and layer scale from the weights"
+    )
+
+
 def convert_beit_to_dir(
     checkpoint: str | Path,
     out_dir: str | Path,
     cfg: ModelConfig,
     vocab: str | Path | None = None,
     overwrite: bool = False,
+    config_by: str = "config",
+    heads_by: str | None = None,
     **options,
 ) -> Path:
     """:func:`convert_beit` written as a model directory (config.json, model.safetensors, vocabulary if given).
 
     ``out_dir`` follows :mod:`vlmo_cli.outputs`: a previous conversion there is replaced only with ``overwrite``.
+    ``config_by`` / ``heads_by`` say where ``cfg`` and its head count were chosen (e.g. ``"option --size base"``);
+    the weights' metadata record them under ``inferred`` (:func:`describe_sources`).
     """
     kind, inputs = model_dir_kind(CONVERT_BEIT), [checkpoint, vocab]
     check_directory(out_dir, kind, overwrite=overwrite, inputs=inputs)
-    model = convert_beit(checkpoint, cfg, **options)
+    state = read_beit_checkpoint(checkpoint)
+    model = convert_beit(state, cfg, source=str(checkpoint), **options)
+    metadata = {"source": f"beit:{Path(checkpoint).name}", "inferred": describe_sources(state, cfg, config_by, heads_by)}
     return save_model(model, out_dir, extra_files=vocab_files(vocab), command=CONVERT_BEIT, overwrite=overwrite,
-                      inputs=inputs, metadata={"source": f"beit:{Path(checkpoint).name}"})
+                      inputs=inputs, metadata=metadata)

@@ -2,8 +2,9 @@
 
 Our parameter names are the official ones, so conversion is: pick the state dict out of the container (Lightning
 ``state_dict``, DeepSpeed ``module``, ``model`` or bare), drop the keys that carry no weights, infer the
-:class:`ModelConfig` from the tensor shapes (and the stored ``hyper_parameters.config`` when present), optionally
-resize position information to another resolution, and load with every mismatch reported by name.
+:class:`ModelConfig` from the tensor shapes, optionally resize position information to another resolution, and load
+with every mismatch reported by name. What no shape fixes is read from the stored ``hyper_parameters.config``
+(``model_arch``, ``max_text_len_of_initckpt``) or given by the caller, never guessed (:func:`infer_architecture`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
-from ..model.config import ModelConfig
+from ..errors import CheckpointError, ConfigError
+from ..model.config import OFFICIAL_ARCHS, ModelConfig, get_config
 from ..model.io import build_model, model_dir_kind, save_model, vocab_files
+from ..model.position import num_table_rows
 from ..outputs import check_directory
 from ..safe_load import load_torch_file
 
@@ -29,9 +32,6 @@ IGNORED_KEYS = (
     "text_relative_position_index",
     "text_imag_relative_position_index",
 )
-
-#: heads of official size names when the weights cannot tell (base_plus has no relative-position table)
-_OFFICIAL_HEADS = {"vlmo_base_patch16": 12, "vlmo_base_plus_patch16": 16, "vlmo_large_patch16": 16}
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -51,9 +51,191 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return state, config if isinstance(config, dict) else None
 
 
-def infer_config(state: dict[str, torch.Tensor], official: dict[str, Any] | None = None, source: str = "") -> ModelConfig:
-    """Infer the architecture of an official state dict (shapes first, the stored config for what shapes cannot tell)."""
+#: how each inferred field was determined (shown in the conversion summary, stored with the converted weights)
+Sources = dict[str, str]
+
+
+@dataclass
+class Inferred:
+    """The architecture of a checkpoint and, for each field the weights alone do not fix, where its value came from."""
+
+    config: ModelConfig
+    sources: Sources
+
+    def describe(self) -> str:
+        """``num_heads 4 (option --num-heads), ...; the rest from the weights``."""
+        parts = [f"{name} {getattr(self.config, name)} ({how})" for name, how in self.sources.items()]
+        return "; ".join(parts + ["every other field from the weights"])
+
+
+def _official_arch(arch: str, dim: int, depth: int, relative: bool) -> ModelConfig | None:
+    """The registered config of an official ``model_arch`` name, if the weights have its width, depth and positions."""
+    size = OFFICIAL_ARCHS.get(arch)
+    if size is None:
+        return None
+    cfg = get_config(size)
+    return cfg if (cfg.embed_dim, cfg.depth, cfg.relative_position) == (dim, depth, relative) else None
+
+
+def _arch_note(arch: str) -> str:
+    if not arch:
+        return "the checkpoint names no model_arch"
+    if arch not in OFFICIAL_ARCHS:
+        return f"its model_arch {arch!r} is not an official architecture ({', '.join(OFFICIAL_ARCHS)})"
+    return f"its model_arch {arch!r} does not have the width and depth of these weights"
+
+
+#: the command-line options that state a field the checkpoint cannot tell
+OPTIONS = {"num_heads": "--num-heads", "max_text_len_of_initckpt": "--text-table-len"}
+
+
+def _label(name: str, given_by: str) -> str:
+    """Where a given value came from, as messages and sources say it: ``option --num-heads``, ``recipe num_heads``."""
+    return f"option {OPTIONS[name]}" if given_by == "option" else f"{given_by} {name}"
+
+
+def _given(name: str, value: int | None, given_by: str, found: int | None, found_how: str, source: str) -> int | None:
+    """A value passed by the caller, refused when it contradicts what the checkpoint says."""
+    if value is not None and found is not None and value != found:
+        raise CheckpointError(
+            f"{source}: {_label(name, given_by)} {value} contradicts the checkpoint ({name} {found} from {found_how})"
+        )
+    return value
+
+
+def _infer_heads(state, depth: int, dim: int, arch: str, num_heads: int | None, given_by: str, source: str):
+    """``(num_heads, how)``: the relative-position table's columns, else an official ``model_arch``, else the caller."""
+    table = state.get("relative_position_bias_table")
+    if table is not None:
+        found, how = table.shape[1] // depth, "weights"
+    else:
+        official = _official_arch(arch, dim, depth, relative=False)
+        found, how = (official.num_heads, f"model_arch {arch}") if official else (None, "")
+    if _given("num_heads", num_heads, given_by, found, how, source) is not None and found is None:
+        return num_heads, _label("num_heads", given_by)
+    if found is None:
+        raise CheckpointError(
+            f"{source}: cannot infer the number of attention heads: the weights use absolute positions (no "
+            f"relative-position table, so no shape holds the head count) and {_arch_note(arch)}; "
+            f"pass --num-heads N (a divisor of the width {dim}) to `vlmo convert official`"
+        )
+    return found, how
+
+
+def _table_layouts(rows: int, min_text_len: int) -> list[tuple[int, int]]:
+    """Every ``(image grid, max_text_len_of_initckpt)`` giving a shared table of ``rows`` rows."""
+    out, grid = [], 1
+    while num_table_rows(grid, min_text_len) <= rows:
+        rest = rows - num_table_rows(grid, 0)
+        if rest % 2 == 0:
+            out.append((grid, rest // 2))
+        grid += 1
+    return out
+
+
+def _infer_table_layout(rows: int, max_text_len: int, official: dict[str, Any], text_table_len: int | None,
+                        given_by: str, source: str) -> tuple[int, int, str]:
+    """``(grid, max_text_len_of_initckpt, how)`` of a relative-position table: its rows are ``(2W-1)^2 + 3`` image
+    buckets plus ``2T + 2`` text buckets, so the weights fix the pair only when one layout fits."""
+    layouts = _table_layouts(rows, max_text_len)
+    if not layouts:
+        raise CheckpointError(f"{source}: relative_position_bias_table has {rows} rows, not a VLMo layout")
+    by_text = {t: g for g, t in layouts}
+    stored = official.get("max_text_len_of_initckpt")
+    fits = isinstance(stored, int) and stored in by_text
+    found, how = (stored, "checkpoint config") if fits else (None, "")
+    if found is None and len(layouts) == 1:
+        found, how = layouts[0][1], "weights"
+    option = _label("max_text_len_of_initckpt", given_by)
+    value = _given("max_text_len_of_initckpt", text_table_len, given_by, found, how, source)
+    if value is not None and found is None:
+        if value not in by_text:
+            raise CheckpointError(
+                f"{source}: {option} {value} does not fit the relative_position_bias_table ({rows} rows); "
+                f"values that fit: {sorted(by_text)[:6]}{' ...' if len(by_text) > 6 else ''}"
+            )
+        found, how = value, option
+    if found is None:
+        raise CheckpointError(
+            f"{source}: cannot infer the text length the relative-position table was built for "
+            f"(max_text_len_of_initckpt): its {rows} rows fit {len(layouts)} image-grid/text-length layouts and "
+            + ("the checkpoint stores no config saying which" if stored is None else
+               f"the stored max_text_len_of_initckpt {stored!r} fits none of them")
+            + "; pass --text-table-len N to `vlmo convert official` (the official configs use 196)"
+        )
+    return by_text[found], found, how
+
+
+def infer_architecture(
+    state: dict[str, torch.Tensor],
+    official: dict[str, Any] | None = None,
+    source: str = "",
+    num_heads: int | None = None,
+    text_table_len: int | None = None,
+    given_by: str = "option",
+) -> Inferred:
+    """The :class:`ModelConfig` of an official state dict, never guessed.
+
+    Shapes fix everything except two fields: the head count of an absolute-position checkpoint (taken from an
+    official ``model_arch`` stored in the checkpoint, else ``num_heads``) and, for a relative-position table, the
+    split of its rows between the image grid and the text offsets (taken from the stored
+    ``max_text_len_of_initckpt``, else ``text_table_len``). A field that stays unknown is a :class:`CheckpointError`
+    naming the option to pass; a given value that contradicts the checkpoint is one too. ``given_by`` names where
+    given values come from in messages and sources (``"option"``: the ``--num-heads``/``--text-table-len`` options).
+    """
     official = official or {}
+    _check_keys(state, source)
+    dim = state["transformer.cls_token"].shape[-1]
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"transformer\.blocks\.(\d+)\.", k))}
+    depth = max(blocks) + 1 if blocks else 0
+    vl_blocks = [i for i in blocks if f"transformer.blocks.{i}.mlp_vl.fc1.weight" in state]
+    patch = state["transformer.patch_embed.proj.weight"].shape[-1]
+    max_text_len = state["text_embeddings.position_embeddings.weight"].shape[0]
+    arch = str(official.get("model_arch", "") or "")
+    table = state.get("relative_position_bias_table")
+    sources: Sources = {}
+    heads_value, sources["num_heads"] = _infer_heads(state, depth, dim, arch, num_heads, given_by, source)
+    text_table = ModelConfig.max_text_len_of_initckpt  # sizes nothing without a relative-position table
+    if table is not None:
+        grid, text_table, sources["max_text_len_of_initckpt"] = _infer_table_layout(
+            table.shape[0], max_text_len, official, text_table_len, given_by, source)
+    else:
+        grid = math.isqrt(state["transformer.pos_embed"].shape[1] - 1)
+    drop_path = official.get("drop_path_rate")
+    drop_path = drop_path if isinstance(drop_path, (int, float)) and not isinstance(drop_path, bool) else None
+    sources["drop_path_rate"] = "checkpoint config" if drop_path is not None else "default; training only"
+    try:
+        config = ModelConfig(
+            image_size=grid * patch,
+            patch_size=patch,
+            embed_dim=dim,
+            depth=depth,
+            num_heads=heads_value,
+            mlp_ratio=state["transformer.blocks.0.mlp_text.fc1.weight"].shape[0] / dim,
+            vlffn_start=min(vl_blocks) if vl_blocks else depth,
+            layer_scale_init=0.1 if "transformer.blocks.0.gamma_1" in state else None,
+            relative_position=table is not None,
+            max_text_len=max_text_len,
+            max_text_len_of_initckpt=text_table,
+            vocab_size=state["text_embeddings.word_embeddings.weight"].shape[0],
+            drop_path_rate=0.1 if drop_path is None else float(drop_path),
+            num_modality_types=state["token_type_embeddings.weight"].shape[0],
+            heads=_present_heads(state),
+            vqa_num_answers=state["vqa_classifier.3.weight"].shape[0] if "vqa_classifier.3.weight" in state else 3129,
+            name=arch or "official",
+        )
+    except ConfigError as exc:
+        raise CheckpointError(f"{source}: {exc}") from exc
+    return Inferred(config, sources)
+
+
+def infer_config(state: dict[str, torch.Tensor], official: dict[str, Any] | None = None, source: str = "",
+                 **given: Any) -> ModelConfig:
+    """:func:`infer_architecture` without the sources."""
+    return infer_architecture(state, official, source, **given).config
+
+
+def _check_keys(state: dict[str, torch.Tensor], source: str) -> None:
     if "transformer.cls_token" not in state or "transformer.patch_embed.proj.weight" not in state:
         raise CheckpointError(
             f"{source}: not a VLMo checkpoint (no transformer.cls_token / transformer.patch_embed.proj.weight); "
@@ -66,86 +248,59 @@ def infer_config(state: dict[str, torch.Tensor], official: dict[str, Any] | None
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"{source}: weights do not match the VLMo architecture: missing keys [{', '.join(missing)}]")
-    dim = state["transformer.cls_token"].shape[-1]
-    blocks = {int(m.group(1)) for k in state if (m := re.match(r"transformer\.blocks\.(\d+)\.", k))}
-    depth = max(blocks) + 1 if blocks else 0
-    vl_blocks = [i for i in blocks if f"transformer.blocks.{i}.mlp_vl.fc1.weight" in state]
-    vlffn_start = min(vl_blocks) if vl_blocks else depth
-    patch = state["transformer.patch_embed.proj.weight"].shape[-1]
-    mlp_hidden = state["transformer.blocks.0.mlp_text.fc1.weight"].shape[0]
-    table = state.get("relative_position_bias_table")
-    text_table_len = int(official.get("max_text_len_of_initckpt", 196))
-    arch = str(official.get("model_arch", ""))
-    if table is not None:
-        num_heads = table.shape[1] // depth
-        image_rows = table.shape[0] - 2 * text_table_len - 2 - 3
-        grid = (math.isqrt(image_rows) + 1) // 2
-        if (2 * grid - 1) ** 2 != image_rows:
-            raise CheckpointError(f"{source}: relative_position_bias_table has {table.shape[0]} rows, not a VLMo layout")
-    else:
-        num_heads = _OFFICIAL_HEADS.get(arch, 16 if dim == 544 else max(1, dim // 64))
-        grid = math.isqrt(state["transformer.pos_embed"].shape[1] - 1)
-    image_size = int(official.get("image_size", grid * patch))
-    if image_size != grid * patch:
-        image_size = grid * patch  # the weights decide; the stored config may describe another run
-    heads = []
-    if "pooler.dense.weight" in state:
-        heads.append("pooler")
-    if "itc_text_proj.fc.weight" in state:
-        heads.append("itc")
-    if "itc_vl_text_proj.fc.weight" in state:
-        heads.append("itc_vl")
-    for name, key in (("itm", "itm_score.fc.weight"), ("mlm", "mlm_score.decoder.weight"),
-                      ("vqa", "vqa_classifier.0.weight"), ("nlvr2", "nlvr2_classifier.0.weight")):
-        if key in state:
-            heads.append(name)
-    return ModelConfig(
-        image_size=image_size,
-        patch_size=patch,
-        embed_dim=dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_hidden / dim,
-        vlffn_start=vlffn_start,
-        layer_scale_init=0.1 if "transformer.blocks.0.gamma_1" in state else None,
-        relative_position=table is not None,
-        max_text_len=state["text_embeddings.position_embeddings.weight"].shape[0],
-        max_text_len_of_initckpt=text_table_len,
-        vocab_size=state["text_embeddings.word_embeddings.weight"].shape[0],
-        drop_path_rate=float(official.get("drop_path_rate", 0.1)),
-        num_modality_types=state["token_type_embeddings.weight"].shape[0],
-        heads=heads,
-        vqa_num_answers=state["vqa_classifier.3.weight"].shape[0] if "vqa" in heads else 3129,
-        name=arch or "official",
-    )
 
 
-def load_official(path: str | Path, **config_overrides: Any):
-    """Build a :class:`~vlmo_cli.model.vlmo.VLMo` from an official checkpoint file.
+def _present_heads(state: dict[str, torch.Tensor]) -> list[str]:
+    keys = (("pooler", "pooler.dense.weight"), ("itc", "itc_text_proj.fc.weight"),
+            ("itc_vl", "itc_vl_text_proj.fc.weight"), ("itm", "itm_score.fc.weight"),
+            ("mlm", "mlm_score.decoder.weight"), ("vqa", "vqa_classifier.0.weight"),
+            ("nlvr2", "nlvr2_classifier.0.weight"))
+    return [name for name, key in keys if key in state]
 
-    ``config_overrides`` (e.g. ``image_size=384``) resize position information as the official loader does.
-    """
+
+def read_official(path: str | Path, num_heads: int | None = None, text_table_len: int | None = None):
+    """``(state_dict without the weightless keys, stored config or None, Inferred)`` of an official checkpoint."""
     state, official = read_checkpoint(path)
     state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
-    return build_model(state, infer_config(state, official, source=str(path)), str(path), **config_overrides)
+    inferred = infer_architecture(state, official, str(path), num_heads=num_heads, text_table_len=text_table_len)
+    return state, official, inferred
+
+
+def load_official(path: str | Path, num_heads: int | None = None, text_table_len: int | None = None,
+                  **config_overrides: Any):
+    """Build a :class:`~vlmo_cli.model.vlmo.VLMo` from an official checkpoint file.
+
+    ``num_heads`` / ``text_table_len`` state what the checkpoint cannot tell (see :func:`infer_architecture`);
+    ``config_overrides`` (e.g. ``image_size=384``) resize position information as the official loader does.
+    """
+    state, _, inferred = read_official(path, num_heads, text_table_len)
+    return build_model(state, inferred.config, str(path), **config_overrides)
 
 
 CONVERT_OFFICIAL = "vlmo convert official"
 
 
 def convert_official(
-    checkpoint: str | Path, out_dir: str | Path, image_size: int | None = None, vocab: str | Path | None = None,
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    image_size: int | None = None,
+    vocab: str | Path | None = None,
+    num_heads: int | None = None,
+    text_table_len: int | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Convert an official checkpoint into a model directory (config.json, model.safetensors, tokenizer files).
 
     ``out_dir`` follows :mod:`vlmo_cli.outputs`: a previous conversion there is replaced only with ``overwrite``.
+    The weights' metadata record the source file and, under ``inferred``, where each field not fixed by the
+    weights came from (:meth:`Inferred.describe`).
     """
     kind, inputs = model_dir_kind(CONVERT_OFFICIAL), [checkpoint, vocab]
     check_directory(out_dir, kind, overwrite=overwrite, inputs=inputs)
+    state, official, inferred = read_official(checkpoint, num_heads, text_table_len)
     overrides = {"image_size": image_size} if image_size else {}
-    model = load_official(checkpoint, **overrides)
-    _, official = read_checkpoint(checkpoint)
+    model = build_model(state, inferred.config, str(checkpoint), **overrides)
     texts = {} if official is None else {"official_config.json": json.dumps(official, indent=2, default=str) + "\n"}
+    metadata = {"source": f"official:{Path(checkpoint).name}", "inferred": inferred.describe()}
     return save_model(model, out_dir, extra_files=vocab_files(vocab), texts=texts, command=CONVERT_OFFICIAL,
-                      overwrite=overwrite, inputs=inputs, metadata={"source": f"official:{Path(checkpoint).name}"})
+                      overwrite=overwrite, inputs=inputs, metadata=metadata)

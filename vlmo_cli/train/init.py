@@ -41,7 +41,9 @@ def read_source(source: str, target: ModelConfig) -> tuple[dict[str, torch.Tenso
 
         state, official = read_checkpoint(path)
         state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
-        return state, infer_config(state, official, source=path)
+        # what the weights cannot tell (heads without a relative table, the table's text rows) is the recipe's
+        return state, infer_config(state, official, source=path, num_heads=target.num_heads,
+                                   text_table_len=target.max_text_len_of_initckpt, given_by="recipe")
     model_dir = resolve_model_dir(path)
     return read_weights(model_dir / WEIGHTS_NAME), ModelConfig.load(model_dir / CONFIG_NAME)
 

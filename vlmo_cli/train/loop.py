@@ -31,7 +31,7 @@ from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
 from .padding import COMPILED_LENGTH_BUCKETS, trim_to_longest
 from .run_dir import RunFolder, check_resume_recipe, run_path_for, write_recipe
 from .signals import StopRequest, TrainingInterrupted
-from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_model_config, vl_objective
+from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_config, vl_objective
 from .trackers import resolve_trackers, tracker_init_kwargs, tracker_project
 from .validate import validate
 
@@ -185,10 +185,6 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
     # ---------------- data
     paths = _dataset_paths(task)
     prepared = open_prepared(paths[0])
-    num_answers = len(prepared.answers) if stage_def.data_task == "vqa" else None
-    if stage_def.data_task == "vqa" and getattr(task, "num_answers", 0):
-        num_answers = task.num_answers
-    num_classes = len(prepared.label_names) if stage_def.data_task == "classify" else None
     tokenizer_arg = dcfg.tokenizer or None
 
     def loader_for(epoch: int, skip: int):
@@ -204,11 +200,7 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
         )
 
     # ---------------- model
-    base = stage.model.build_config(image_size=dcfg.image_size)
-    cfg = stage_model_config(stage_def, base, task, num_answers=num_answers, num_classes=num_classes,
-                             text_len=dcfg.max_text_len)
-    if not getattr(task, "itc_vl", True):
-        cfg = cfg.replace(heads=[h for h in cfg.heads if h != "itc_vl"])
+    cfg = stage_config(stage, lambda: prepared)
     model = VLMo(cfg)
     resume_from = find_resume(run_path, resume) if resume else None
     notes: list[str] = []

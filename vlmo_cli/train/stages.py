@@ -241,3 +241,23 @@ def stage_model_config(stage_def: StageDef, base: ModelConfig, task, num_answers
     if text_len:
         changes["max_text_len"] = text_len
     return base.replace(**changes)
+
+
+def stage_config(stage, open_dataset: Callable[[], object] | None = None) -> ModelConfig:
+    """The :class:`ModelConfig` of the model the training loop builds for a resolved recipe ``stage``.
+
+    The VQA answer count (unless the task sets ``num_answers``) and the class count of ``classify`` come from the
+    stage's prepared dataset, which ``open_dataset()`` opens only when one of them is needed.
+    """
+    stage_def, task, data = STAGES[stage.name], stage.task, stage.data
+    num_answers = num_classes = None
+    if stage_def.data_task == "vqa":
+        num_answers = getattr(task, "num_answers", 0) or len(open_dataset().answers)
+    if stage_def.data_task == "classify":
+        num_classes = len(open_dataset().label_names)
+    base = stage.model.build_config(image_size=data.image_size)
+    cfg = stage_model_config(stage_def, base, task, num_answers=num_answers, num_classes=num_classes,
+                             text_len=data.max_text_len)
+    if not getattr(task, "itc_vl", True):
+        cfg = cfg.replace(heads=[h for h in cfg.heads if h != "itc_vl"])
+    return cfg
