@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,54 @@ def test_error_message_keeps_section_names_in_brackets(capsys, tmp_path):
     code, _, err = run(capsys, "recipes", "show", str(bad), "--resolved", "pretrain.vl")
     assert code == 2
     assert 'unknown key in [train] (did you mean "lr"?)' in err
+
+
+def _vlmo_script() -> str:
+    """The installed ``vlmo`` console script of the running interpreter's environment."""
+    script = Path(sys.executable).with_name("vlmo")
+    if not script.exists():
+        pytest.skip(f"no installed vlmo script next to {sys.executable}")
+    return str(script)
+
+
+@pytest.mark.parametrize(
+    "args, usage, message",
+    [
+        (["pretrian-vl"], "Usage: vlmo [OPTIONS] COMMAND", "No such command 'pretrian-vl'. Did you mean 'pretrain-vl'"),
+        (["pretrain-vl", "tiny", "--bogus"], "Usage: vlmo pretrain-vl [OPTIONS]", "No such option: --bogus"),
+        (["recipes", "lst"], "Usage: vlmo recipes [OPTIONS] COMMAND", "No such command 'lst'. Did you mean 'list'?"),
+        (["eval", "vqq"], "Usage: vlmo eval [OPTIONS] COMMAND", "No such command 'vqq'. Did you mean 'vqa'?"),
+        (["embed"], "Usage: vlmo embed [OPTIONS]", "Missing option '--model'"),
+    ],
+)
+def test_usage_mistakes_print_usage_and_exit_2(args, usage, message):
+    result = subprocess.run([_vlmo_script(), *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert usage in result.stderr and "--help' for help." in result.stderr
+    assert f"Error: {message}" in result.stderr
+
+
+def test_usage_mistake_in_process_exits_2(capsys):
+    code, _, err = run(capsys, "recipes", "show", "tiny", "--resolvd", "pretrain.vl")
+    assert code == 2
+    assert "Usage: vlmo recipes show" in err and "No such option: --resolvd" in err
+
+
+def test_version_names_package_torch_and_device(capsys):
+    import torch
+
+    from vlmo_cli import __version__
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0
+    assert f"vlmo-cli {__version__}" in out and f"torch {torch.__version__}" in out
+    assert ("GPU(s)" in out) if torch.cuda.is_available() else ("CPU only" in out)
+
+
+def test_shell_completion_is_offered(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "--install-completion" in out and "--show-completion" in out
+    code, out, _ = run(capsys, "--show-completion", "bash")
+    assert code == 0
+    assert "_vlmo_completion" in out and "complete " in out
