@@ -23,3 +23,7 @@ class CheckpointError(VlmoError):
 
 class DataError(VlmoError):
     """A data source or a prepared dataset is unusable."""
+
+
+class MissingExtraError(VlmoError):
+    """An optional dependency (a ``pip install "vlmo-cli[EXTRA]"``) that a command needs is not installed."""
