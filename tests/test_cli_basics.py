@@ -142,3 +142,49 @@ def test_shell_completion_is_offered(capsys):
     code, out, _ = run(capsys, "--show-completion", "bash")
     assert code == 0
     assert "_vlmo_completion" in out and "complete " in out
+
+
+def _leaf_commands(command, path: tuple[str, ...] = ()):
+    """``(path, click command)`` of every runnable command below ``command``."""
+    subcommands = getattr(command, "commands", None)
+    if not subcommands:
+        yield " ".join(path), command
+        return
+    for name, sub in subcommands.items():
+        yield from _leaf_commands(sub, (*path, name))
+
+
+def test_every_command_help_shows_its_own_example_and_plain_flags(capsys):
+    import shlex
+
+    import typer.main
+
+    from vlmo_cli.cli.app import app
+    from vlmo_cli.cli.examples import EXAMPLES
+
+    leaves = dict(_leaf_commands(typer.main.get_command(app)))
+    assert len(leaves) > 20
+    missing = sorted(set(leaves) - set(EXAMPLES))
+    assert not missing, f"commands without an example in vlmo_cli/cli/examples.py: {missing}"
+    for path, command in leaves.items():
+        code, out, _ = run(capsys, *path.split(), "--help")
+        assert code == 0, path
+        example = EXAMPLES[path]
+        assert f"Example:\n    {example}\n" in out, path
+        assert f"{example} ".startswith(f"vlmo {path} "), (path, example)
+        assert "<bool>" not in out, path  # flags are shown without a value type: `--overwrite`, not `--overwrite <bool>`
+        args = shlex.split(example)[1 + len(path.split()):]
+        command.make_context(f"vlmo {path}", args)  # the example's options are this command's own
+
+
+def test_help_keeps_bracketed_section_names(capsys):
+    code, out, _ = run(capsys, "eval", "vqa", "--help")
+    assert code == 0
+    assert "whose [eval.*] section" in out and "[eval.TASK] section" in out
+    assert "whose  section" not in out
+
+
+def test_flag_followed_by_a_value_is_explained(capsys):
+    code, _, err = run(capsys, "recipes", "show", "tiny", "true", "--resolved", "pretrain.vl")
+    assert code == 2
+    assert "flags such as --overwrite take no value" in err

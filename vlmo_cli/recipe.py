@@ -426,7 +426,10 @@ def _apply_override(raw: dict[str, Any], text: str, origin: _Origins) -> list[Pr
     keypath, sep, value_text = text.partition("=")
     keypath = keypath.strip()
     if not sep or not keypath:
-        return [Problem(label, keypath or text, "expected key.path=value (e.g. train.lr=1e-4)")]
+        hint = ""
+        if keypath.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            hint = "; flags such as --overwrite take no value (drop the word after the flag)"
+        return [Problem(label, keypath or text, f"expected key.path=value (e.g. train.lr=1e-4){hint}")]
     parts = keypath.split(".")
     target: list[str] | None = None
     spec: FieldSpec | None = None

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import VlmoError
+from .examples import add_examples
 
 COMMAND_MODULES = (
     "recipes",
@@ -98,6 +99,7 @@ def _plain_help(typer_app: typer.Typer) -> None:
 
 
 _plain_help(app)
+add_examples(app)
 err_console = Console(stderr=True)
 
 

@@ -18,7 +18,8 @@ eval_app = typer.Typer(name="eval", help="Evaluate a model: retrieval recall, VQ
 
 ModelOpt = typer.Option(..., "--model", help="model directory, run folder, checkpoints/step_N or official .pt")
 RecipeArg = typer.Argument("base", help="recipe file or shipped name whose [eval.*] section to use (default: base)")
-OverridesArg = typer.Argument(None, help="recipe overrides, e.g. eval.retrieval.batch_size=128")
+OverridesArg = typer.Argument(None, help="recipe overrides key.path=value of the shared sections or this task's "
+                              "[eval.TASK] section, e.g. data.batch_size=128")
 OutOpt = typer.Option(None, "--out", help="report JSON (default: <run>/eval/<task>.json, or ./eval/<task>.json)")
 DeviceOpt = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)")
 ImageSizeOpt = typer.Option(None, "--image-size", help="run at this resolution (default: recipe, else the model's)")

@@ -29,7 +29,7 @@ def finetune(
     run_name: str = RunNameOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Fine-tune a pre-trained model on a task with the recipe's preset (official §11 hyper-parameters)."""
+    """Fine-tune a pre-trained model on a task with the recipe's preset (the paper's fine-tuning hyper-parameters)."""
     extra: list[str] = []
     if task is Task.retrieval:
         if dataset in ("coco", "flickr"):
