@@ -124,6 +124,7 @@ def _readme_python_example() -> str:
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
+@pytest.mark.slow
 def test_export_of_a_run_folder_can_encode_text(run_dir, tmp_path, capsys):
     out = tmp_path / "exported"
     code, printed, err = run(capsys, "export", str(run_dir), str(out))
@@ -164,6 +165,7 @@ def test_preprocessing_file_reproduces_the_model_transform(run_dir, tmp_path):
     torch.testing.assert_close(mine, build_transform(cfg.image_size, train=False)(image), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_embed_and_search_take_a_tokenizer(run_dir, tmp_path, capsys):
     plain = save_model(_model(), tmp_path / "plain")  # no tokenizer stored
     texts = tmp_path / "texts.txt"
