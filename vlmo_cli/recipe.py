@@ -153,8 +153,10 @@ class Recipe:
     def resolve(self, stage: str) -> ResolvedStage:
         """The typed settings of ``stage`` (``"pretrain.vl"``, ``"finetune.vqa"``, ...): stage values over shared ones.
 
-        A stage without a section resolves from the shared sections alone (its required keys, e.g. ``dataset``,
-        must then come from overrides). Raises :class:`RecipeError` listing every problem.
+        A shared key set on the command line (``train.lr=1e-4``) wins over the stage's value in the file, unless the
+        command line sets the stage key too (:meth:`replaced_in` lists what it replaces). A stage without a section
+        resolves from the shared sections alone (its required keys, e.g. ``dataset``, must then come from
+        overrides). Raises :class:`RecipeError` listing every problem.
         """
         if stage not in STAGES:
             raise RecipeError(
