@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,100 @@ def test_error_message_keeps_section_names_in_brackets(capsys, tmp_path):
     code, _, err = run(capsys, "recipes", "show", str(bad), "--resolved", "pretrain.vl")
     assert code == 2
     assert 'unknown key in [train] (did you mean "lr"?)' in err
+
+
+def _vlmo_script() -> str:
+    """The installed ``vlmo`` console script of the running interpreter's environment."""
+    script = Path(sys.executable).with_name("vlmo")
+    if not script.exists():
+        pytest.skip(f"no installed vlmo script next to {sys.executable}")
+    return str(script)
+
+
+@pytest.mark.parametrize(
+    "args, usage, message",
+    [
+        (["pretrian-vl"], "Usage: vlmo [OPTIONS] COMMAND", "No such command 'pretrian-vl'. Did you mean 'pretrain-vl'"),
+        (["pretrain-vl", "tiny", "--bogus"], "Usage: vlmo pretrain-vl [OPTIONS]", "No such option: --bogus"),
+        (["recipes", "lst"], "Usage: vlmo recipes [OPTIONS] COMMAND", "No such command 'lst'. Did you mean 'list'?"),
+        (["eval", "vqq"], "Usage: vlmo eval [OPTIONS] COMMAND", "No such command 'vqq'. Did you mean 'vqa'?"),
+        (["embed"], "Usage: vlmo embed [OPTIONS]", "Missing option '--model'"),
+    ],
+)
+def test_usage_mistakes_print_usage_and_exit_2(args, usage, message):
+    result = subprocess.run([_vlmo_script(), *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert usage in result.stderr and "--help' for help." in result.stderr
+    assert f"Error: {message}" in result.stderr
+
+
+def test_usage_mistake_in_process_exits_2(capsys):
+    code, _, err = run(capsys, "recipes", "show", "tiny", "--resolvd", "pretrain.vl")
+    assert code == 2
+    assert "Usage: vlmo recipes show" in err and "No such option: --resolvd" in err
+
+
+def test_version_names_package_torch_and_device(capsys):
+    import torch
+
+    from vlmo_cli import __version__
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0
+    assert f"vlmo-cli {__version__}" in out and f"torch {torch.__version__}" in out
+    assert ("GPU(s)" in out) if torch.cuda.is_available() else ("CPU only" in out)
+
+
+def test_shell_completion_is_offered(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "--install-completion" in out and "--show-completion" in out
+    code, out, _ = run(capsys, "--show-completion", "bash")
+    assert code == 0
+    assert "_vlmo_completion" in out and "complete " in out
+
+
+def _leaf_commands(command, path: tuple[str, ...] = ()):
+    """``(path, click command)`` of every runnable command below ``command``."""
+    subcommands = getattr(command, "commands", None)
+    if not subcommands:
+        yield " ".join(path), command
+        return
+    for name, sub in subcommands.items():
+        yield from _leaf_commands(sub, (*path, name))
+
+
+def test_every_command_help_shows_its_own_example_and_plain_flags(capsys):
+    import shlex
+
+    import typer.main
+
+    from vlmo_cli.cli.app import app
+    from vlmo_cli.cli.examples import EXAMPLES
+
+    leaves = dict(_leaf_commands(typer.main.get_command(app)))
+    assert len(leaves) > 20
+    missing = sorted(set(leaves) - set(EXAMPLES))
+    assert not missing, f"commands without an example in vlmo_cli/cli/examples.py: {missing}"
+    for path, command in leaves.items():
+        code, out, _ = run(capsys, *path.split(), "--help")
+        assert code == 0, path
+        example = EXAMPLES[path]
+        assert f"Example:\n    {example}\n" in out, path
+        assert f"{example} ".startswith(f"vlmo {path} "), (path, example)
+        assert "<bool>" not in out, path  # flags are shown without a value type: `--overwrite`, not `--overwrite <bool>`
+        args = shlex.split(example)[1 + len(path.split()):]
+        command.make_context(f"vlmo {path}", args)  # the example's options are this command's own
+
+
+def test_help_keeps_bracketed_section_names(capsys):
+    code, out, _ = run(capsys, "eval", "vqa", "--help")
+    assert code == 0
+    assert "whose [eval.*] section" in out and "[eval.TASK] section" in out
+    assert "whose  section" not in out
+
+
+def test_flag_followed_by_a_value_is_explained(capsys):
+    code, _, err = run(capsys, "recipes", "show", "tiny", "true", "--resolved", "pretrain.vl")
+    assert code == 2
+    assert "flags such as --overwrite take no value" in err

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
+from helpers import run
 from vlmo_cli.cli.app import main
+from vlmo_cli.data.transforms import build_transform
+from vlmo_cli.embed import load_embeddings
 from vlmo_cli.interop.export import ONNX_TOLERANCE, export_onnx, export_safetensors, parameter_counts
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.io import load_model, save_model
@@ -42,7 +49,8 @@ def run_dir(tmp_path):
 def test_safetensors_export_of_a_run(run_dir, tmp_path):
     out = export_safetensors(run_dir / "checkpoints", tmp_path / "export")
     assert sorted(p.name for p in out.iterdir()) == [".vlmo-output.json", "README.md", "config.json",
-                                                     "model.safetensors", "recipe.toml", "vocab.txt"]
+                                                     "model.safetensors", "preprocessing.json", "recipe.toml",
+                                                     "vocab.txt"]
     source = load_file(str(run_dir / "checkpoints" / "step_5" / "model.safetensors"))
     exported = load_file(str(out / "model.safetensors"))
     assert source.keys() == exported.keys()
@@ -102,9 +110,85 @@ def test_cli_export(run_dir, tmp_path, capsys):
     main(["export", str(run_dir / "checkpoints" / "step_5"), str(tmp_path / "onnx"), "--format", "onnx"])
     printed = capsys.readouterr().out
     assert printed.count("max |onnxruntime - PyTorch|") == 2
-    assert (tmp_path / "onnx" / "vocab.txt").exists()
+    assert (tmp_path / "onnx" / "vocab.txt").exists() and (tmp_path / "onnx" / "preprocessing.json").exists()
     main(["export", str(run_dir / "checkpoints"), str(tmp_path / "st")])
     assert (tmp_path / "st" / "README.md").exists()
     with pytest.raises(SystemExit) as exc:
         main(["export", str(tmp_path / "missing"), str(tmp_path / "x")])
     assert exc.value.code == 2
+
+
+def _readme_python_example() -> str:
+    """The Python block of the README's "Using a model" section."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Using a model", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_export_of_a_run_folder_can_encode_text(run_dir, tmp_path, capsys):
+    out = tmp_path / "exported"
+    code, printed, err = run(capsys, "export", str(run_dir), str(out))
+    assert code == 0, err
+    assert {"vocab.txt", "preprocessing.json", "config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    assert "vocab.txt" in printed and "preprocessing.json" in printed
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a cat on a sofa\nhello hello\n")  # the first is the README example's text
+    code, _, err = run(capsys, "embed", "--model", str(out), "--texts", str(texts),
+                       "--out", str(tmp_path / "t.safetensors"))
+    assert code == 0, err
+    embedded = load_embeddings(tmp_path / "t.safetensors")
+    assert embedded.embeddings.shape == (2, 128)
+    # the README's Python example, pointed at the exported folder and a picture of ours
+    picture = tmp_path / "cat.jpg"
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(picture)
+    example = _readme_python_example().replace("runs/tiny-finetune-retrieval_coco", str(out))
+    example = example.replace('"cat.jpg"', repr(str(picture)))
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    capsys.readouterr()
+    torch.testing.assert_close(namespace["txt"], embedded.embeddings[:1], atol=1e-5, rtol=0)
+
+
+def test_preprocessing_file_reproduces_the_model_transform(run_dir, tmp_path):
+    out = export_safetensors(run_dir, tmp_path / "exported")
+    info = json.loads((out / "preprocessing.json").read_text())
+    cfg = load_model(out).config
+    assert info["image"]["size"] == [cfg.image_size, cfg.image_size] and info["image"]["interpolation"] == "bicubic"
+    assert info["text"]["max_length"] == cfg.max_text_len and info["text"]["tokenizer"] == "vocab.txt"
+    assert info["text"]["pad_id"] == 0 and info["text"]["cls_id"] == 2 and info["text"]["sep_id"] == 3
+    # what a user without this package computes from the file equals the eval transform
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8))
+    side = info["image"]["size"]
+    pixels = np.asarray(image.resize((side[1], side[0]), Image.BICUBIC), dtype=np.float32) / 255
+    pixels = (pixels - np.array(info["image"]["mean"])) / np.array(info["image"]["std"])
+    mine = torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32))
+    torch.testing.assert_close(mine, build_transform(cfg.image_size, train=False)(image), atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_embed_and_search_take_a_tokenizer(run_dir, tmp_path, capsys):
+    plain = save_model(_model(), tmp_path / "plain")  # no tokenizer stored
+    texts = tmp_path / "texts.txt"
+    texts.write_text("hello\n")
+    args = ["embed", "--model", str(plain), "--texts", str(texts), "--out", str(tmp_path / "a.safetensors")]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "pass --tokenizer" in err
+    vocab = run_dir / "checkpoints" / "step_5" / "vocab.txt"
+    code, _, err = run(capsys, *args, "--tokenizer", str(vocab))
+    assert code == 0, err
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(images / "blue.png")
+    code, out, err = run(capsys, "search", "hello", "--model", str(plain), "--index", str(images),
+                         "--tokenizer", str(vocab))
+    assert code == 0, err
+    assert "top 1 for 'hello'" in out and ": 1 images" in out
+
+
+def test_onnx_export_without_the_extra_names_the_install_command(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed: importing it raises ImportError
+    code, out, err = run(capsys, "export", str(run_dir), str(tmp_path / "onnx"), "--format", "onnx")
+    assert code == 2
+    assert "Traceback" not in out + err
+    assert err.strip() == 'error: ONNX export needs the onnx package: pip install "vlmo-cli[onnx]"'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import pytest
 
+from helpers import run
 from vlmo_cli.errors import RecipeError
 from vlmo_cli.recipe import dump_toml, load_recipe, parse_recipe, shipped_recipes, stage_names
 from vlmo_cli.recipe_schema import STAGES, PretrainVLTask, RecipeTrain
@@ -177,6 +178,20 @@ def test_missing_required_keys():
     ]
 
 
+def test_binary_file_is_a_toml_error_naming_the_file(tmp_path, capsys):
+    binary = tmp_path / "weights.toml"
+    binary.write_bytes(b"[model]\nsize = \"tiny\"\n\x80\x04\x95PK\x03\x04\xff\xfe")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(binary)
+    assert str(info.value).startswith(f"recipe {binary}: invalid TOML at line 3: not UTF-8 text (byte 0x80)")
+    for args in (["recipes", "show", str(binary)], ["recipes", "validate", str(binary)],
+                 ["pretrain-vl", str(binary)]):
+        code, out, err = run(capsys, *args)
+        assert code == 2, args
+        assert "Traceback" not in out + err and "UnicodeDecodeError" not in out + err
+        assert f"recipe {binary}: invalid TOML at line 3: not UTF-8 text" in err
+
+
 def test_toml_syntax_error_names_file_line_and_column():
     with pytest.raises(RecipeError) as info:
         parse_recipe(MINIMAL.replace("batch_size = 8", "batch_size = "), "bad.toml")
@@ -221,7 +236,7 @@ def test_overrides_are_typed_by_the_schema():
     )
     stage = recipe.resolve("pretrain.vl")
     assert stage.data.batch_size == 64
-    assert stage.train.lr == 5e-4  # the stage's own lr still wins over the shared one
+    assert stage.train.lr == 2e-4  # the command line's shared lr wins over the stage's own lr in the file
     assert recipe.resolve("pretrain.vision").train.lr == 2e-4
     assert stage.train.grad_clip == 1.0 and isinstance(stage.train.grad_clip, float)
     assert stage.train.compile is True and stage.train.betas == (0.9, 0.999) and stage.train.fused_adamw == "auto"
@@ -240,6 +255,61 @@ def test_bad_overrides_are_reported_like_file_errors():
     assert lines[3] == "  override 'pretrain.vl.mlm_weight=-1': pretrain.vl.mlm_weight: got -1.0; must be >= 0"
     assert "expected key.path=value" in lines[4]
     assert "model.size: got \"huge\"" in lines[5]
+
+
+def test_command_line_shared_key_beats_the_stage_section_of_the_file():
+    recipe = load_recipe("tiny", ["train.max_steps=5"])  # [pretrain.vl] max_steps = 300 in the file
+    assert recipe.resolve("pretrain.vl").train.max_steps == 5
+    assert recipe.resolve("pretrain.vision").train.max_steps == 5
+    assert [str(r) for r in recipe.replaced_in("pretrain.vl")] == [
+        "[pretrain.vl] max_steps = 300 replaced by the command line's train.max_steps=5"
+    ]
+    assert recipe.replaced_in("pretrain.vision") == []  # the file does not set it there: nothing replaced
+    # the README's example: train.lr=1e-4 on base runs stage 3 at 1e-4, not the file's [pretrain.vl] lr = 2e-4
+    assert load_recipe("base").resolve("pretrain.vl").train.lr == 2e-4
+    assert load_recipe("base", ["train.lr=1e-4"]).resolve("pretrain.vl").train.lr == 1e-4
+
+
+def test_command_line_stage_key_beats_the_command_line_shared_key_in_any_order():
+    for overrides in (["train.max_steps=5", "pretrain.vl.max_steps=7"], ["pretrain.vl.train.max_steps=7",
+                                                                          "train.max_steps=5"]):
+        recipe = load_recipe("tiny", overrides)
+        assert recipe.resolve("pretrain.vl").train.max_steps == 7
+        assert recipe.resolve("finetune.vqa").train.max_steps == 5
+        assert recipe.replaced_in("pretrain.vl") == []
+
+
+def test_command_line_shared_key_beats_nested_stage_tables_and_keeps_other_sections():
+    text = MINIMAL + "max_text_len = 24\n[pretrain.vl.data]\nbatch_size = 4\n"
+    recipe = parse_recipe(text, "r.toml", ["data.batch_size=2", "data.max_text_len=12"])
+    stage = recipe.resolve("pretrain.vl")
+    assert stage.data.batch_size == 2 and stage.data.max_text_len == 12
+    assert stage.model.build_config().max_text_len == 24  # the flat key also sets [model]: kept there
+    assert sorted(str(r) for r in recipe.replaced_in("pretrain.vl")) == [
+        "[pretrain.vl] batch_size = 4 replaced by the command line's data.batch_size=2",
+        "[pretrain.vl] max_text_len = 24 replaced by the command line's data.max_text_len=12",
+    ]
+    assert parse_recipe(text, "r.toml").resolve("pretrain.vl").data.batch_size == 4  # without it, the file
+
+
+def test_recipes_show_resolved_shows_the_command_line_value(capsys):
+    code, out, _ = run(capsys, "recipes", "show", "tiny", "train.max_steps=5", "--resolved", "pretrain.vl")
+    assert code == 0
+    assert parse_recipe(out).resolve("pretrain.vl").train.max_steps == 5
+
+
+@pytest.mark.slow
+def test_run_log_names_the_replaced_file_values(demo_root, monkeypatch, tmp_path, capsys):
+    recipe = tmp_path / "vision.toml"
+    recipe.write_text('[model]\nsize = "tiny"\nvocab_size = 160\n[data]\nbatch_size = 4\nnum_workers = 0\n'
+                      '[train]\nlr = 1e-3\nmax_steps = 100\n'
+                      '[pretrain.vision]\ndataset = "demo_data/images"\nmax_steps = 300\nrun_name = "v"\n')
+    monkeypatch.chdir(demo_root)
+    code, out, err = run(capsys, "pretrain-vision", str(recipe), "train.max_steps=1",
+                         f"train.output_dir={tmp_path / 'runs'}")
+    assert code == 0, err
+    assert f"{recipe}: [pretrain.vision] max_steps = 300 replaced by the command line's train.max_steps=1" in out
+    assert "done: 1 steps" in out
 
 
 def test_flat_override_beats_nested_file_value_and_sets_model_and_data():

@@ -31,3 +31,7 @@ class RunFolderError(VlmoError):
 
 class OutputError(VlmoError):
     """An output file or folder cannot be written: it holds something else, overlaps an input, or the disk is full."""
+
+
+class MissingExtraError(VlmoError):
+    """An optional dependency (a ``pip install "vlmo-cli[EXTRA]"``) that a command needs is not installed."""

@@ -11,6 +11,7 @@ path, the value given and what is allowed. The schema itself lives in :mod:`vlmo
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import re
 import tomllib
@@ -38,12 +39,14 @@ from .toml_writer import dump_toml
 __all__ = [
     "Problem",
     "Recipe",
+    "Replacement",
     "RecipeInfo",
     "ResolvedStage",
     "StageOverrides",
     "dump_toml",
     "load_recipe",
     "parse_recipe",
+    "read_recipe_text",
     "recipe_path",
     "shipped_recipes",
     "stage_names",
@@ -80,6 +83,19 @@ def _raise(problems: list[Problem], source: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- the recipe
 @dataclass(frozen=True)
+class Replacement:
+    """A file value of a stage section that a command-line override of the shared key replaced."""
+
+    stage: str
+    key: str
+    file_value: Any
+    override: str
+
+    def __str__(self) -> str:
+        return f"[{self.stage}] {self.key} = {_fmt(self.file_value)} replaced by the command line's {self.override}"
+
+
+@dataclass(frozen=True)
 class StageOverrides:
     """What one stage section sets: its own task keys and the shared keys it overrides."""
 
@@ -102,6 +118,10 @@ class Recipe:
     stages: Mapping[str, StageOverrides]
     source: str = field(default="<memory>", compare=False)
     description: str = field(default="", compare=False)
+    #: shared keys set on the command line, ``(section, key)`` → the override text: they apply to a stage even
+    #: where its section sets the key, unless the command line sets that stage key too (``command_line_stage_keys``)
+    command_line: Mapping[tuple[str, str], str] = field(default_factory=dict, compare=False)
+    command_line_stage_keys: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False)
 
     @property
     def model_size(self) -> str:
@@ -111,11 +131,32 @@ class Recipe:
         """The stage sections this recipe configures, in the canonical order."""
         return [name for name in STAGES if name in self.stages]
 
+    def replaced_in(self, stage: str) -> list[Replacement]:
+        """The file values of ``stage``'s section that command-line overrides of shared keys replace."""
+        ov = self.stages.get(stage, StageOverrides())
+        return [
+            Replacement(stage, key, getattr(ov, section)[key], text)
+            for (section, key), text in self._command_line_for(stage).items()
+            if key in getattr(ov, section)
+        ]
+
+    def _command_line_for(self, stage: str) -> dict[tuple[str, str], str]:
+        """The command-line shared keys that apply to ``stage`` over its own section's values."""
+        return {
+            (section, key): text
+            for (section, key), text in self.command_line.items()
+            if section in stage_sections(stage)
+            and (stage, key) not in self.command_line_stage_keys
+            and key in getattr(self, section)
+        }
+
     def resolve(self, stage: str) -> ResolvedStage:
         """The typed settings of ``stage`` (``"pretrain.vl"``, ``"finetune.vqa"``, ...): stage values over shared ones.
 
-        A stage without a section resolves from the shared sections alone (its required keys, e.g. ``dataset``,
-        must then come from overrides). Raises :class:`RecipeError` listing every problem.
+        A shared key set on the command line (``train.lr=1e-4``) wins over the stage's value in the file, unless the
+        command line sets the stage key too (:meth:`replaced_in` lists what it replaces). A stage without a section
+        resolves from the shared sections alone (its required keys, e.g. ``dataset``, must then come from
+        overrides). Raises :class:`RecipeError` listing every problem.
         """
         if stage not in STAGES:
             raise RecipeError(
@@ -150,7 +191,10 @@ class Recipe:
 
 
 def _resolve(recipe: Recipe, stage: str, skip_missing: set[str]) -> tuple[ResolvedStage | None, list[Problem]]:
-    """Merge shared and stage values and build the typed stage; problems instead of exceptions."""
+    """Merge shared and stage values and build the typed stage; problems instead of exceptions.
+
+    Stage values win over shared ones, except shared keys set on the command line (:attr:`Recipe.command_line`).
+    """
     spec = STAGES[stage]
     ov = recipe.stages.get(stage, StageOverrides())
     where = recipe.source
@@ -161,6 +205,8 @@ def _resolve(recipe: Recipe, stage: str, skip_missing: set[str]) -> tuple[Resolv
         "train": {**recipe.train, **ov.train},
         "task": dict(ov.task),
     }
+    for section, key in recipe._command_line_for(stage):
+        merged[section][key] = getattr(recipe, section)[key]
     sections = ("task", *stage_sections(stage))
     invalid = any(v is _INVALID for s in sections for v in merged[s].values())
     missing = False
@@ -382,7 +428,10 @@ def _apply_override(raw: dict[str, Any], text: str, origin: _Origins) -> list[Pr
     keypath, sep, value_text = text.partition("=")
     keypath = keypath.strip()
     if not sep or not keypath:
-        return [Problem(label, keypath or text, "expected key.path=value (e.g. train.lr=1e-4)")]
+        hint = ""
+        if keypath.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            hint = "; flags such as --overwrite take no value (drop the word after the flag)"
+        return [Problem(label, keypath or text, f"expected key.path=value (e.g. train.lr=1e-4){hint}")]
     parts = keypath.split(".")
     target: list[str] | None = None
     spec: FieldSpec | None = None
@@ -424,6 +473,23 @@ def _apply_override(raw: dict[str, Any], text: str, origin: _Origins) -> list[Pr
     return []
 
 
+def _override_targets(overrides: Iterable[str]) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]]:
+    """Which shared keys (``(section, key)`` → override text) and which stage keys (``(stage, key)``) the command
+    line sets; malformed items are left to :func:`_apply_override` to report."""
+    shared: dict[tuple[str, str], str] = {}
+    staged: set[tuple[str, str]] = set()
+    for text in overrides:
+        keypath, sep, _ = text.partition("=")
+        parts = keypath.strip().split(".")
+        if not sep:
+            continue
+        if len(parts) == 2 and parts[0] in SHARED_SECTIONS:
+            shared[(parts[0], parts[1])] = text.strip()
+        elif len(parts) in (3, 4) and ".".join(parts[:2]) in STAGES:
+            staged.add((".".join(parts[:2]), parts[-1]))
+    return shared, staged
+
+
 def _all_key_paths() -> list[str]:
     paths = [f"{s}.{k}" for s in SHARED_SECTIONS for k in shared_specs(s)]
     for stage in STAGES:
@@ -446,13 +512,15 @@ def parse_recipe(text: str, source: str = "<string>", overrides: Iterable[str] =
                 f"recipe {source}: invalid TOML at line {match[1]}, column {match[2]}: {message}"
             ) from None
         raise RecipeError(f"recipe {source}: invalid TOML: {message}") from None
+    overrides = list(overrides)
     origin = _Origins(source)
     problems: list[Problem] = []
     for item in overrides:
         problems += _apply_override(raw, item, origin)
     recipe, found = _validate(raw, source, origin, _description(text))
     _raise(problems + found, source)
-    return recipe
+    shared, staged = _override_targets(overrides)
+    return dataclasses.replace(recipe, command_line=shared, command_line_stage_keys=frozenset(staged))
 
 
 def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
@@ -461,12 +529,23 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Reci
     ``overrides`` are ``key.path=value`` strings: ``train.lr=1e-4``, ``pretrain.vl.batch_size=64``, ``model.size=tiny``.
     """
     path = recipe_path(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RecipeError(f"recipe {path}: cannot read ({exc.strerror})") from None
+    text = read_recipe_text(path)
     source = str(name_or_path) if Path(str(name_or_path)).exists() else str(path)
     return parse_recipe(text, source=source, overrides=overrides)
+
+
+def read_recipe_text(path: Path) -> str:
+    """The text of a recipe file; a file that cannot be read or is not UTF-8 text is a :class:`RecipeError`."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"recipe {path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise RecipeError(
+            f"recipe {path}: invalid TOML at line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+            "a recipe is a TOML text file"
+        ) from None
 
 
 def _shipped_dir() -> Path:

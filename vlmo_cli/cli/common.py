@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 console = Console()
@@ -43,11 +44,16 @@ def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: st
     overrides = list(overrides or []) + list(extra or [])
     if run_name:
         overrides.append(f"{section}.run_name={run_name}")
-    stage = load_recipe(recipe, overrides).resolve(section)
-    result = train(stage, init=init, resume=resume, overwrite=overwrite, console=console, take_over_lock=take_over_lock,
-                   resume_changed=resume_changed, allow_missing_init=allow_missing_init)
+    loaded = load_recipe(recipe, overrides)
+    stage = loaded.resolve(section)
     from accelerate import PartialState
 
-    if PartialState().is_main_process:  # once, also under torchrun / accelerate launch
+    main = PartialState().is_main_process  # print once, also under torchrun / accelerate launch
+    if main:
+        for replacement in loaded.replaced_in(section):
+            console.print(f"{escape(loaded.source)}: {escape(str(replacement))}", highlight=False, soft_wrap=True)
+    result = train(stage, init=init, resume=resume, overwrite=overwrite, console=console, take_over_lock=take_over_lock,
+                   resume_changed=resume_changed, allow_missing_init=allow_missing_init)
+    if main:
         console.print(f"[green]done[/]: {result.state.step} steps; model directory {result.checkpoint}")
     return result

@@ -14,6 +14,7 @@ console = Console()
 
 ModelOpt = typer.Option(..., "--model", help="model directory, run folder or checkpoints/step_N")
 DeviceOpt = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)")
+TokenizerOpt = typer.Option(None, "--tokenizer", help="tokenizer.json / vocab.txt / folder (default: the model's own)")
 
 
 def embed(
@@ -27,14 +28,18 @@ def embed(
     device: str = DeviceOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a previous embeddings file at --out "
                                                               "(any other file is never replaced)"),
+    tokenizer: Path = TokenizerOpt,
 ) -> None:
     """Dual-encoder embeddings (L2-normalised) of images or lines of text, with their ids."""
     from ..embed import embed as run_embed
+    from ..embed import load_inference_model
 
     image_list = [*(images or []), *(paths or [])]
     if image_list and texts is not None:
         raise VlmoError("give either images (--images PATH...) or --texts FILE, not both")
-    result, path = run_embed(model, out, images=image_list or None, texts=texts, batch_size=batch_size,
+    source = model if tokenizer is None else load_inference_model(model, image_size=image_size, device=device,
+                                                                    tokenizer=tokenizer)
+    result, path = run_embed(source, out, images=image_list or None, texts=texts, batch_size=batch_size,
                              device=device, image_size=image_size, overwrite=overwrite)
     console.print(f"{len(result)} {result.kind} embeddings of dimension {result.embeddings.shape[1]} → {path}")
     if result.skipped:
@@ -56,6 +61,7 @@ def search(
     cache_dir: Path = typer.Option(None, "--cache-dir", help="keep the index here instead of FOLDER/.vlmo_index/"),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     device: str = DeviceOpt,
+    tokenizer: Path = TokenizerOpt,
 ) -> None:
     """Find the images of a folder (or the captions of a file) that best match a text or an image."""
     from rich.table import Table
@@ -70,7 +76,7 @@ def search(
         raise VlmoError("give --index FOLDER (images) or --captions FILE (one caption a line), exactly one")
     if ann is not None:
         resolve_kind(ann, 0)  # a typo fails before the model loads
-    loaded = load_inference_model(model, device=device)
+    loaded = load_inference_model(model, device=device, tokenizer=tokenizer)
     result = search_folder(loaded, index, query, image=image, top_k=top_k, rerank_k=rerank_k,
                            cache_dir=cache_dir, batch_size=batch_size, ann=ann, captions=captions)
     s = result.stats

@@ -20,7 +20,8 @@ eval_app = typer.Typer(name="eval", no_args_is_help=True,
 ModelOpt = typer.Option(..., "--model", help="model directory, run folder, checkpoints/step_N or official .pt")
 RecipeArg = typer.Argument(None, help="recipe file or shipped name whose [eval.*] section to use (default: the "
                                        "run's own recipe.toml for a model in a run folder, else base)")
-OverridesArg = typer.Argument(None, help="recipe overrides, e.g. eval.retrieval.batch_size=128")
+OverridesArg = typer.Argument(None, help="recipe overrides key.path=value of the shared sections or this task's "
+                              "[eval.TASK] section, e.g. data.batch_size=128")
 OutOpt = typer.Option(None, "--out", help="report JSON (default: <run>/eval/<task>.json, or ./eval/<task>.json)")
 OverwriteOpt = typer.Option(False, "--overwrite", help="replace a previous report (and its side files) at the report "
                                                        "path; a file eval did not write is never replaced")

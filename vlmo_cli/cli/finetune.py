@@ -33,7 +33,7 @@ def finetune(
     resume_changed: bool = ResumeChangedOpt,
     allow_missing_init: bool = AllowMissingInitOpt,
 ) -> None:
-    """Fine-tune a pre-trained model on a task with the recipe's preset (official §11 hyper-parameters)."""
+    """Fine-tune a pre-trained model on a task with the recipe's preset (the paper's fine-tuning hyper-parameters)."""
     extra: list[str] = []
     if task is Task.retrieval:
         if dataset in ("coco", "flickr"):

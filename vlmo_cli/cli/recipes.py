@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import RecipeError
-from ..recipe import load_recipe, recipe_path, shipped_recipes, stage_names
+from ..recipe import load_recipe, read_recipe_text, recipe_path, shipped_recipes, stage_names
 
 recipes_app = typer.Typer(
     help="List, show and validate recipes (TOML files with the settings of every stage).",
@@ -46,7 +46,7 @@ def show_recipe(
 ) -> None:
     """Print a recipe's TOML, or with --resolved STAGE the complete settings that stage will run with."""
     if resolved is None and not overrides:
-        typer.echo(recipe_path(name).read_text(encoding="utf-8"), nl=False)
+        typer.echo(read_recipe_text(recipe_path(name)), nl=False)
         return
     recipe = load_recipe(name, overrides or [])
     typer.echo(recipe.resolve(resolved).to_toml() if resolved else recipe.to_toml(), nl=False)

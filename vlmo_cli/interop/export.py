@@ -1,11 +1,17 @@
 """Export a trained model: a clean safetensors model directory with a README card, or two ONNX retrieval towers.
 
-* :func:`export_safetensors` — ``config.json``, ``model.safetensors`` (weights only, no optimizer state), tokenizer
-  files, the run's ``recipe.toml`` when found, and ``README.md``: architecture table, parameter counts, training
-  provenance (``trainer_state.json`` / ``recipe.toml``) and evaluation results (``eval/*.json`` of the run).
+* :func:`export_safetensors` — ``config.json``, ``model.safetensors`` (weights only, no optimizer state), the
+  tokenizer saved with the model (``tokenizer.json``, ``vocab.txt``, ``tokenizer_config.json``),
+  ``preprocessing.json``, the run's ``recipe.toml`` when found, and ``README.md``: architecture table, parameter
+  counts, training provenance (``trainer_state.json`` / ``recipe.toml``) and evaluation results (``eval/*.json``).
 * :func:`export_onnx` — ``image_encoder.onnx`` (``pixel_values`` → ``embedding``) and ``text_encoder.onnx``
   (``input_ids``, ``attention_mask`` → ``embedding``), the L2-normalised dual-encoder embeddings, batch dimension
-  dynamic, text length fixed to ``max_text_len``; both graphs are checked against PyTorch with onnxruntime.
+  dynamic, text length fixed to ``max_text_len``; both graphs are checked against PyTorch with onnxruntime. The
+  tokenizer and ``preprocessing.json`` are written next to them.
+
+``preprocessing.json`` states how inputs are prepared (see :func:`preprocessing`): image size, resize rule, channel
+order, scaling, mean/std, and the text format and length, for users who feed the model or the ONNX graphs without
+this package.
 
 ``MODEL_DIR`` may be a model directory, a run checkpoint (``runs/x/checkpoints/step_N``), a checkpoints folder with a
 ``latest`` pointer, or an official ``.pt`` file — whatever :func:`~vlmo_cli.model.io.load_model` accepts.
@@ -23,25 +29,76 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..data.transforms import MEAN, STD
+from ..errors import CheckpointError, MissingExtraError
 from ..model.io import CONFIG_NAME, TOKENIZER_FILES, load_model, model_dir_kind, save_model, tokenizer_files
 from ..outputs import DirectoryOutput, DirKind, check_directory
 
 #: largest |ONNX − PyTorch| accepted by :func:`export_onnx`
 ONNX_TOLERANCE = 1e-4
 ONNX_OPSET = 17
+PREPROCESSING_NAME = "preprocessing.json"
+#: written by the tokenizer next to its vocabulary (lower-casing, special tokens); carried along when present
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 EXPORT_SAFETENSORS = "vlmo export"
 ONNX_KIND = DirKind("vlmo export --format onnx",
-                    frozenset({"image_encoder.onnx", "text_encoder.onnx", "onnx_export.json", *TOKENIZER_FILES}),
+                    frozenset({"image_encoder.onnx", "text_encoder.onnx", "onnx_export.json", *TOKENIZER_FILES,
+                               TOKENIZER_CONFIG_NAME, PREPROCESSING_NAME}),
                     "onnx_export.json")
 
 
 # ---------------------------------------------------------------------- locating the run around a checkpoint
 def _checkpoint_dir(path: Path) -> Path:
-    """The directory actually holding ``config.json`` (follows a ``latest`` pointer)."""
-    if path.is_dir() and not (path / CONFIG_NAME).exists() and (path / "latest").exists():
-        return path / (path / "latest").read_text().strip()
+    """The model directory of a model dir, run folder (its newest checkpoint), ``checkpoints`` folder or ``latest``
+    pointer; any other path as given (``load_model`` reports what is wrong with it)."""
+    if path.is_dir() and not (path / CONFIG_NAME).exists():
+        return resolve_model_dir(path)
     return path
+
+
+def model_tokenizer_files(model_dir: Path) -> dict[str, str]:
+    """The tokenizer files saved in a model directory (``extra_files`` of :func:`save_model`), none for a file."""
+    if not model_dir.is_dir():
+        return {}
+    files = tokenizer_files(model_dir)
+    if files and (model_dir / TOKENIZER_CONFIG_NAME).exists():
+        files[TOKENIZER_CONFIG_NAME] = str(model_dir / TOKENIZER_CONFIG_NAME)
+    return files
+
+
+def preprocessing(cfg, model_dir: Path) -> dict[str, Any]:
+    """How inputs are prepared for the model (the eval transform and the tokenizer's text format)."""
+    text: dict[str, Any] = {
+        "max_length": cfg.max_text_len,
+        "format": "[CLS] tokens [SEP], truncated to max_length, padded with [PAD] to max_length",
+        "attention_mask": "1 for tokens (special tokens included), 0 for padding",
+        "tokenizer": None,
+    }
+    if model_dir.is_dir() and tokenizer_files(model_dir):
+        from ..data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(model_dir)
+        text.update(tokenizer="tokenizer.json" if (model_dir / "tokenizer.json").exists() else "vocab.txt",
+                    lowercase=tok.lowercase, vocab_size=tok.vocab_size, pad_id=tok.pad_id, cls_id=tok.cls_id,
+                    sep_id=tok.sep_id)
+    return {
+        "image": {
+            "size": [cfg.image_size, cfg.image_size],
+            "resize": "whole image to size x size (aspect ratio not kept, no crop)",
+            "interpolation": "bicubic",
+            "channels": "RGB",
+            "layout": "NCHW",
+            "scale": "pixel / 255 (to [0, 1]), then (x - mean) / std",
+            "mean": list(MEAN),
+            "std": list(STD),
+        },
+        "text": text,
+    }
+
+
+def preprocessing_text(cfg, model_dir: Path) -> str:
+    """:func:`preprocessing` as the text of ``preprocessing.json``."""
+    return json.dumps(preprocessing(cfg, model_dir), indent=2) + "\n"
 
 
 def _find_up(start: Path, name: str, levels: int = 3) -> Path | None:
@@ -216,11 +273,14 @@ def export_safetensors(model_dir: str | Path, out_dir: str | Path, title: str | 
     check_directory(out_dir, model_dir_kind(EXPORT_SAFETENSORS), overwrite=overwrite, inputs=[src])
     model = load_model(src)
     provenance = find_provenance(src)
-    extra: dict[str, str] = {}
-    if src.is_dir():
-        extra.update(tokenizer_files(_checkpoint_dir(src)))
+    ckpt = _checkpoint_dir(src)
+    extra = model_tokenizer_files(ckpt)
     if provenance.recipe is not None:
         extra["recipe.toml"] = str(provenance.recipe)
+    card = model_card(model, provenance, title or f"VLMo {model.config.name} ({src.name})")
+    texts = {"README.md": card + "\n", PREPROCESSING_NAME: preprocessing_text(model.config, ckpt)}
+    return save_model(model, out_dir, extra_files=extra, texts=texts, command=EXPORT_SAFETENSORS,
+                      overwrite=overwrite, inputs=[src], metadata={"exported_from": src.name})
     card = model_card(model, provenance, title or f"VLMo {model.config.name} ({src.name})")
     return save_model(model, out_dir, extra_files=extra, texts={"README.md": card + "\n"}, command=EXPORT_SAFETENSORS,
                       overwrite=overwrite, inputs=[src], metadata={"exported_from": src.name})
@@ -270,6 +330,23 @@ def _export(tower: nn.Module, args: tuple, path: Path, inputs: list[str]) -> Non
         )
 
 
+def require_onnx(runtime: bool = True) -> None:
+    """ONNX export needs the ``onnx`` package and, to check the graphs, ``onnxruntime`` (the ``onnx`` extra)."""
+    import importlib
+
+    missing = []
+    for name in ("onnx", "onnxruntime") if runtime else ("onnx",):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MissingExtraError(
+            f"ONNX export needs the {' and '.join(missing)} package{'s' if len(missing) > 1 else ''}: "
+            'pip install "vlmo-cli[onnx]"'
+        )
+
+
 def export_onnx(model_dir: str | Path, out_dir: str | Path, verify: bool = True, seed: int = 0,
                 overwrite: bool = False) -> dict[str, float]:
     """Write ``image_encoder.onnx`` and ``text_encoder.onnx`` to ``out_dir``; return the max |ONNX − PyTorch|.
@@ -280,6 +357,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, verify: bool = True,
     ``out_dir`` follows :mod:`vlmo_cli.outputs` (a previous ONNX export is replaced only with ``overwrite``); the
     graphs are verified before the folder is renamed into place.
     """
+    require_onnx(runtime=verify)
     output = DirectoryOutput(out_dir, ONNX_KIND, overwrite=overwrite, inputs=[model_dir])
     model = load_model(model_dir).eval()
     cfg = model.config
@@ -297,9 +375,10 @@ def _write_onnx(model: nn.Module, src: Path, out: Path, verify: bool, seed: int)
     _export(image_tower, (pixels,), out / "image_encoder.onnx", ["pixel_values"])
     _export(text_tower, _text_inputs(2, cfg, g), out / "text_encoder.onnx", ["input_ids", "attention_mask"])
     model.eval()  # the exporter restores the wrappers' mode; keep the reference deterministic
-    if src.is_dir():
-        for name, path in tokenizer_files(_checkpoint_dir(src)).items():
-            shutil.copyfile(path, out / name)
+    ckpt = _checkpoint_dir(src)
+    for name, path in model_tokenizer_files(ckpt).items():
+        shutil.copyfile(path, out / name)
+    (out / PREPROCESSING_NAME).write_text(preprocessing_text(cfg, ckpt))
     info = {
         "image_encoder.onnx": {"inputs": {"pixel_values": ["batch", 3, cfg.image_size, cfg.image_size]}},
         "text_encoder.onnx": {"inputs": {"input_ids": ["batch", cfg.max_text_len],

@@ -24,7 +24,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
 MODEL_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, *TOKENIZER_FILES, "tokenizer_config.json", "README.md",
-                         "recipe.toml", "official_config.json"})
+                         "recipe.toml", "official_config.json", "preprocessing.json"})
 
 
 def model_dir_kind(command: str) -> DirKind:
