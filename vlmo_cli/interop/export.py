@@ -281,9 +281,6 @@ def export_safetensors(model_dir: str | Path, out_dir: str | Path, title: str | 
     texts = {"README.md": card + "\n", PREPROCESSING_NAME: preprocessing_text(model.config, ckpt)}
     return save_model(model, out_dir, extra_files=extra, texts=texts, command=EXPORT_SAFETENSORS,
                       overwrite=overwrite, inputs=[src], metadata={"exported_from": src.name})
-    card = model_card(model, provenance, title or f"VLMo {model.config.name} ({src.name})")
-    return save_model(model, out_dir, extra_files=extra, texts={"README.md": card + "\n"}, command=EXPORT_SAFETENSORS,
-                      overwrite=overwrite, inputs=[src], metadata={"exported_from": src.name})
 
 
 # ---------------------------------------------------------------------- ONNX towers
