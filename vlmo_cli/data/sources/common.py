@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any, Iterable
 
 from ...errors import DataError
@@ -36,13 +37,30 @@ def as_captions(value: Any) -> list[str]:
 
 
 def holdout(keys: list[str], fraction: float, seed: int) -> set[str]:
-    """A seeded subset of ``keys`` of size round(fraction * len) (at least 1 when fraction > 0)."""
+    """A seeded set of distinct keys whose entries in ``keys`` (one per row; a key repeats for every row of the same
+    image) add up to ``fraction`` of the rows as closely as the grouping allows; at least one key when fraction > 0.
+
+    The distinct keys are visited in a seeded order and each is held out while it fits under the target; then the
+    one remaining key that brings the held-out row count closest to the target is added when it improves it.
+    """
     if fraction <= 0 or not keys:
         return set()
     if fraction >= 1:
         raise DataError(f"val fraction must lie in [0, 1), got {fraction}")
-    n = max(1, round(fraction * len(keys)))
-    return set(random.Random(seed).sample(sorted(keys), n))
+    counts = Counter(keys)
+    target = fraction * len(keys)
+    order = random.Random(seed).sample(sorted(counts), len(counts))
+    held, taken = set(), 0
+    for key in order:
+        if taken + counts[key] <= target:
+            held.add(key)
+            taken += counts[key]
+    rest = [key for key in order if key not in held]
+    if rest:
+        best = min(rest, key=lambda key: abs(taken + counts[key] - target))
+        if not held or abs(taken + counts[best] - target) < abs(taken - target):
+            held.add(best)
+    return held
 
 
 class LabelMap:

@@ -16,7 +16,7 @@ Rows naming the same image (or the same ``--id-col`` value) are grouped into one
 ``--label-col`` is given: then every row is a labelled (image, caption, label) example for classification and the
 class names go to ``labels.json``. Relative image paths are resolved against ``--images`` (default: the file's
 folder). ``--split-col`` takes splits from a column, otherwise everything goes to ``split`` with an optional seeded
-``val_fraction`` hold-out (by image).
+``val_fraction`` hold-out: whole images, as close to that fraction of the rows as the grouping allows.
 """
 
 from __future__ import annotations
