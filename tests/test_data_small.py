@@ -55,9 +55,26 @@ def test_one_pair_is_too_few_for_contrastive_pretraining(demo_root, tmp_path, ca
     assert f"{data} (train) has 1 samples, fewer than the batch of 32; lower data.batch_size" in err
 
 
-def test_small_labelled_set_finetunes_classify(demo_root, tmp_path, capsys):
+def test_small_labelled_set_finetunes_classify_and_data_without_tokenizer_uses_the_init_models(
+        demo_root, tmp_path, capsys):
     data = prepare_pairs(capsys, demo_root, tmp_path, 5, "--label-col", "label")
     code, _, err = run(capsys, "finetune", "classify", "tiny", f"finetune.classify.dataset={data}",
                        "finetune.classify.init=", "finetune.classify.max_steps=2", "train.log_every=1",
                        f"train.output_dir={tmp_path / 'runs'}")
     assert code == 0, err
+    # the same rows prepared without --tokenizer (as the recipe's comment shows): the init model's tokenizer is used
+    code, _, err = run(capsys, "prepare", "pairs", str(tmp_path / "data.jsonl"), "--format", "jsonl", "--label-col",
+                       "label", "--out", str(tmp_path / "plain"), "--no-progress")
+    assert code == 0, err
+    assert open_prepared(tmp_path / "plain").tokenizer_path is None
+    code, _, err = run(capsys, "finetune", "classify", "tiny", f"finetune.classify.dataset={tmp_path / 'plain'}",
+                       f"finetune.classify.init={tmp_path / 'runs' / 'tiny-finetune-classify'}",
+                       "finetune.classify.max_steps=1", f"train.output_dir={tmp_path / 'runs2'}")
+    assert code == 0, err
+    saved = tmp_path / "runs2" / "tiny-finetune-classify" / "checkpoints" / "step_1"
+    assert (saved / "vocab.txt").read_text() == (demo_root / "demo_data" / "tokenizer" / "vocab.txt").read_text()
+    # nothing to take it from: one line saying where a tokenizer can come from
+    code, _, err = run(capsys, "finetune", "classify", "tiny", f"finetune.classify.dataset={tmp_path / 'plain'}",
+                       "finetune.classify.init=", "finetune.classify.max_steps=1",
+                       f"train.output_dir={tmp_path / 'runs3'}")
+    assert code == 2 and "needs a tokenizer" in err and "--tokenizer" in err

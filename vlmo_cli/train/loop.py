@@ -25,7 +25,7 @@ from .init import initialise
 from .monitor import Monitor, format_metrics
 from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
 from .padding import COMPILED_LENGTH_BUCKETS, trim_to_longest
-from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_model_config, vl_objective
+from .stages import STAGES, StageDef, StepOutput, init_tokenizer, retrieval_objective, stage_model_config, vl_objective
 from .validate import validate
 
 
@@ -169,7 +169,7 @@ def train(
     if stage_def.data_task == "vqa" and getattr(task, "num_answers", 0):
         num_answers = task.num_answers
     num_classes = len(prepared.label_names) if stage_def.data_task == "classify" else None
-    tokenizer_arg = dcfg.tokenizer or None
+    tokenizer_arg = dcfg.tokenizer or init_tokenizer(prepared, init if init is not None else stage.model.init)
 
     def loader_for(epoch: int, skip: int):
         return build_dataloader(

@@ -7,6 +7,7 @@ Every ``pretrain-*`` and ``finetune *`` command resolves to one :class:`StageDef
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -234,6 +235,21 @@ STAGES: dict[str, StageDef] = {
         StageDef("finetune.classify", "classify", ("pooler", "classify"), classify_objective, fusion_trainable),
     )
 }
+
+
+def init_tokenizer(prepared, init: str) -> str | None:
+    """The model directory of ``init`` when the prepared data has no tokenizer of its own and that model was saved
+    with one (the tokenizer it was trained with); ``None`` otherwise (an official ``.pt`` file, no init)."""
+    from ..errors import CheckpointError
+    from ..model.io import resolve_model_dir, tokenizer_files
+
+    if prepared.tokenizer_path is not None or not init or not Path(init).is_dir():
+        return None
+    try:
+        model_dir = resolve_model_dir(init)
+    except CheckpointError:
+        return None  # the init step reports what is wrong with it
+    return str(model_dir) if tokenizer_files(model_dir) else None
 
 
 def stage_model_config(stage_def: StageDef, base: ModelConfig, task, num_answers: int | None = None,
