@@ -61,3 +61,21 @@ def test_cli_images_and_text(tmp_path, command):
     (tmp_path / "src" / "a.txt").write_text("one\ntwo\n")
     assert run(["prepare", command, str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     assert open_prepared(tmp_path / "out").kind == command
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_cli_val_fraction_of_labelled_rows_with_repeated_images(tmp_path, capsys, seed):
+    """20 labelled rows over 8 images (6, 4, 3, 2, 2, 1, 1, 1 rows each): --val-fraction 0.2 holds out whole images
+    and about 4 rows, never the 12-16 rows a draw of 20 % of the row keys gave."""
+    lines = []
+    for image, repeats in enumerate((6, 4, 3, 2, 2, 1, 1, 1)):
+        write_image(tmp_path / "imgs" / f"{image}.png", (image * 30, 80, 0))
+        lines += [json.dumps({"image": f"imgs/{image}.png", "caption": f"photo {image} take {k}", "label": k % 2})
+                  for k in range(repeats)]
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    assert run(["prepare", "pairs", str(tmp_path / "data.jsonl"), "--format", "jsonl", "--label-col", "label",
+                "--val-fraction", "0.2", "--seed", str(seed), "--out", str(tmp_path / "cls"), "--no-progress"]) == 0
+    data = open_prepared(tmp_path / "cls")
+    assert data.manifest["splits"]["val"] == 4 and sum(data.manifest["splits"].values()) == 20
+    train, val = (set(data.split(s)["image_id"]) for s in ("train", "val"))
+    assert not train & val  # split by image

@@ -104,13 +104,42 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         fetched = fetch_pool_rows([local["pixel_values"], local["input_ids"]], index, local_first)
         expected = [gather(local["pixel_values"])[index], gather(local["input_ids"])[index]]
         results[f"fetch_local_first={local_first}_rank{rank}"] = all(torch.equal(a, b) for a, b in zip(fetched, expected))
+    results.update(_same_text_exclusion(rank))
     flags = [None] * WORLD
-    dist.all_gather_object(flags, {k: v for k, v in results.items() if k.startswith("fetch")})
+    dist.all_gather_object(flags, {k: v for k, v in results.items() if k.startswith(("fetch", "same_text"))})
     if rank == 0:
         for f in flags:
             results.update(f)
         torch.save(results, os.path.join(out_dir, "ddp.pt"))
     dist.destroy_process_group()
+
+
+#: caption groups of the global batch of 8 (4 per process): process 0's rows 0 and 1 are process 1's rows 0 and 2
+CAPTION_GROUPS = torch.tensor([0, 1, 2, 3, 0, 4, 1, 5])
+
+
+def _same_text_exclusion(rank: int) -> dict[str, bool]:
+    """Inside a worker: with ``itm_exclude_same_text`` the caption keys gathered from both processes keep every
+    same-caption pair (also the other process's) out of the draws; without them such pairs dominate."""
+    from vlmo_cli.objectives.distributed import gather_local_first
+    from vlmo_cli.objectives.matching import sample_hard_negatives
+
+    groups = CAPTION_GROUPS.chunk(WORLD)[rank]
+    ids = torch.randint(20, 60, (len(groups), 8), generator=torch.Generator().manual_seed(rank))  # junk padding
+    ids[:, :4] = torch.stack([torch.full_like(groups, 2), 10 + groups, 11 + groups, torch.full_like(groups, 3)], 1)
+    mask = torch.zeros_like(ids)
+    mask[:, :4] = 1
+    pool_groups = gather_local_first(groups)
+    logits = 30.0 * (groups[:, None] == pool_groups[None, :]).float()
+    keys = stages.negative_exclusions({"input_ids": ids, "attention_mask": mask}, gather_local_first, False, True)
+    g = torch.Generator().manual_seed(0)
+    hits = {}
+    for name, exclusions in (("on", keys), ("off", {})):
+        picked = [sample_hard_negatives(logits, logits, len(groups), generator=g, **exclusions) for _ in range(30)]
+        same = [(pool_groups[p.text_index] == groups) | (pool_groups[p.image_index] == groups) for p in picked]
+        repeated = (groups[:, None] == CAPTION_GROUPS[None, :]).sum(1) > 1
+        hits[name] = torch.stack(same)[:, repeated].float().mean().item()
+    return {f"same_text_excluded_rank{rank}": hits["on"] == 0.0, f"same_text_dominates_without_rank{rank}": hits["off"] > 0.9}
 
 
 def _free_port() -> int:
@@ -141,6 +170,11 @@ def assert_grads(a: dict, b: dict, scale: float = 1.0, unscaled: tuple[str, ...]
 def test_hard_negatives_fetch_only_the_chosen_rows_exactly(ddp_results):
     fetch = {k: v for k, v in ddp_results.items() if k.startswith("fetch")}
     assert len(fetch) == 4 and all(fetch.values()), fetch
+
+
+def test_same_caption_pairs_of_every_process_are_excluded_from_the_negatives(ddp_results):
+    flags = {k: v for k, v in ddp_results.items() if k.startswith("same_text")}
+    assert len(flags) == 2 * WORLD and all(flags.values()), flags
 
 
 def test_with_gradient_gather_ddp_equals_one_process(ddp_results, monkeypatch):

@@ -343,6 +343,10 @@ class PretrainVLTask(TrainTask):
     itm_exclude_same_image: bool = setting(
         False, help="never sample another caption of the same image as an ITM hard negative (official: false)"
     )
+    itm_exclude_same_text: bool = setting(
+        False, help="never sample a pair whose caption equals the positive's (same tokens) as an ITM hard negative, "
+                    "text for an image or image for a text (official: false)"
+    )
     gather_with_grad: bool = setting(
         False, help="let gradients flow through the features gathered from other processes for ITC"
     )

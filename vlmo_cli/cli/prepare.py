@@ -136,7 +136,7 @@ def pairs(
     label_col: Optional[str] = typer.Option(None, "--label-col", help="Class label column: labelled pairs for classification"),
     split_col: Optional[str] = typer.Option(None, "--split-col", help="Take the split of each row from this column"),
     split: str = typer.Option("train", "--split", help="Split name for all rows"),
-    val_fraction: float = typer.Option(0.0, "--val-fraction", help="Seeded fraction of images held out as 'val'"),
+    val_fraction: float = typer.Option(0.0, "--val-fraction", help="Seeded fraction of rows held out as 'val', whole images at a time"),
     out: Path = OutOpt, workers: int = WorkersOpt, seed: int = SeedOpt, max_size: Optional[int] = MaxSizeOpt,
     overwrite: bool = OverwriteOpt, max_bad_fraction: float = BadOpt, tokenizer: Optional[Path] = TokOpt,
     progress: bool = ProgressOpt,

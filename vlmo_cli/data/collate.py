@@ -82,7 +82,8 @@ class Collator:
         self.config = config or CollateConfig()
         self.has_image, self.has_text = TASKS[task]
         if self.has_text and tokenizer is None:
-            raise DataError(f"task {task!r} needs a tokenizer")
+            raise DataError(f"task {task!r} needs a tokenizer: prepare the data with --tokenizer, set data.tokenizer, "
+                            "or initialise from a model saved with one")
         if self.config.mlm and not self.has_text:
             raise DataError(f"mlm masking needs text; task {task!r} has none")
         if self.config.mim and not self.has_image:

@@ -432,10 +432,29 @@ def build_dataloader(path: str | Path | list, split: str, task: str, *, tokenize
         offsets = np.cumsum([0] + [_num_images(d) for d in datasets[:-1]])
         datasets = [_OffsetImages(d, int(o)) for d, o in zip(datasets, offsets)]
     dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+    if drop_last and _too_small(len(dataset), batch_size, world_size, task, f"{path} ({split})"):
+        drop_last = False  # one smaller batch per epoch rather than none at all
     sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                                batch_size=batch_size, drop_last=drop_last)
     sampler.set_epoch(epoch, skip_batches)
     return DataLoader(dataset, sampler=sampler, **common)
+
+
+#: the fewest rows a batch of a task can train on: ITC/ITM need another pair to contrast with
+MIN_BATCH = {"pairs": 2}
+
+
+def _too_small(size: int, batch_size: int, world_size: int, task: str, name: str) -> bool:
+    """Whether each process holds fewer rows than one batch (then training keeps the smaller batch); a
+    :class:`DataError` when that batch is too small for the task's objective."""
+    per_rank = -(-size // world_size)
+    if per_rank >= batch_size:
+        return False
+    if per_rank < MIN_BATCH.get(task, 1):
+        where = f" over {world_size} processes" if world_size > 1 else ""
+        raise DataError(f"{name} has {size} samples{where}, fewer than the batch of {batch_size}; lower "
+                        f"data.batch_size (a {task!r} batch needs at least {MIN_BATCH.get(task, 1)} per process)")
+    return True
 
 
 @dataclass

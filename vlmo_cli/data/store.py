@@ -219,12 +219,23 @@ class PreparedDataset:
             path = self.root / group / split
             if not path.is_dir():
                 raise DataError(f"{self.root}: no split {split!r}; available: {self.splits}")
-            ds = load_from_disk(str(path))
+            try:
+                ds = load_from_disk(str(path))
+            except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                raise self._damaged(path, exc) from exc
             for name, feat in ds.features.items():
                 if isinstance(feat, Image):
                     ds = ds.cast_column(name, Image(decode=False))
             self._cache[key] = ds
         return self._cache[key]
+
+    def _damaged(self, folder: Path, exc: Exception) -> DataError:
+        """The error for a split folder whose Arrow data cannot be read: which file, and how to re-create it."""
+        bad = next((f for f in sorted(folder.glob("*.arrow")) if not _arrow_readable(f)), None)
+        what = bad.relative_to(self.root) if bad is not None else folder.relative_to(self.root)
+        source = self.manifest.get("source", {}).get("format", "?")
+        return DataError(f"{self.root}: {what} is damaged ({type(exc).__name__}: {exc}); re-create the directory by "
+                         f"running the `vlmo prepare` command that made it (source {source!r}) again with --overwrite")
 
     def split(self, name: str):
         """Rows of split ``name``; ``"train+restval"`` concatenates splits."""
@@ -283,6 +294,18 @@ class PreparedDataset:
                 raise DataError(f"{self.root}: {name} missing ({what}); is this a {self.kind!r} dataset?")
             self._cache[key] = json.loads(path.read_text())
         return self._cache[key]
+
+
+def _arrow_readable(path: Path) -> bool:
+    """Whether an Arrow stream file (the format ``datasets`` saves) reads to its end."""
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as source:
+            pa.ipc.open_stream(source).read_all()
+    except (OSError, pa.ArrowException):
+        return False
+    return True
 
 
 def open_prepared(path: str | Path, kind: str | tuple[str, ...] | None = None) -> PreparedDataset:

@@ -2,7 +2,8 @@
 
 For every local text one negative image, and for every local image one negative text, are drawn from the softmax of
 the plain ITC similarities over the batch gathered from all processes; the exact positive is excluded (optionally
-every caption of the same image as well, which the official code does not do).
+every caption of the same image, and every pair whose caption is token-for-token the positive's, which the official
+code does not do).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def sample_hard_negatives(
     image_ids: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     positives: torch.Tensor | None = None,
+    text_keys: torch.Tensor | None = None,
 ) -> HardNegatives:
     """Draw one negative per local row from ``softmax(ITC logits)`` with the positive (diagonal) excluded.
 
@@ -35,6 +37,8 @@ def sample_hard_negatives(
         local_batch: number of local rows B.
         positives: column of each local row's own pair (default ``arange(B)``: the official local-first pool).
         image_ids: gathered image ids; when given, every pair showing the same image is excluded too.
+        text_keys: gathered :func:`text_keys` of the pool's captions; when given, every pair whose caption equals the
+            positive's is excluded too (as the text of an image, and through its image for a text).
         generator: RNG for the draws.
     """
     with torch.no_grad():
@@ -46,6 +50,8 @@ def sample_hard_negatives(
         exclude[rows, cols] = True
         if image_ids is not None:
             exclude |= image_ids[:local_batch, None] == image_ids[None, :]
+        if text_keys is not None:
+            exclude |= same_rows(text_keys[:local_batch], text_keys)
         # a non-finite logit turns its row into NaN: draw that row uniformly instead of failing inside multinomial,
         # so that the step's loss (non-finite from the same logits) stops the run with its own message
         w_i2t = torch.nan_to_num(w_i2t, nan=0.0).masked_fill(exclude, 0)
@@ -58,6 +64,16 @@ def sample_hard_negatives(
         image_index = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
         text_index = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
     return HardNegatives(image_index=image_index, text_index=text_index)
+
+
+def text_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Token ids with every padding position set to -1: two rows are equal exactly when their trimmed texts are."""
+    return input_ids.masked_fill(attention_mask == 0, -1)
+
+
+def same_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[len(a), len(b)]`` bool: row i of ``a`` equals row j of ``b`` in every column."""
+    return (a[:, None, :] == b[None, :, :]).all(-1)
 
 
 def itm_loss(logits: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,7 @@ from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
 from .padding import COMPILED_LENGTH_BUCKETS, trim_to_longest
 from .run_dir import RunFolder, check_resume_recipe, run_path_for, write_recipe
 from .signals import StopRequest, TrainingInterrupted
-from .stages import STAGES, StageDef, StepOutput, retrieval_objective, stage_config, vl_objective
+from .stages import STAGES, StageDef, StepOutput, init_tokenizer, retrieval_objective, stage_config, vl_objective
 from .trackers import resolve_trackers, tracker_init_kwargs, tracker_project
 from .validate import validate
 
@@ -185,7 +185,7 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
     # ---------------- data
     paths = _dataset_paths(task)
     prepared = open_prepared(paths[0])
-    tokenizer_arg = dcfg.tokenizer or None
+    tokenizer_arg = dcfg.tokenizer or init_tokenizer(prepared, init if init is not None else stage.model.init)
 
     def loader_for(epoch: int, skip: int):
         return build_dataloader(

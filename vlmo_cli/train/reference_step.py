@@ -27,7 +27,7 @@ from ..objectives.classification import mlm_loss
 from ..objectives.contrastive import contrastive_loss
 from ..objectives.distributed import gather_local_first, gather_rank_order
 from ..objectives.matching import HardNegatives, itm_loss, sample_hard_negatives
-from .stages import Batch, StageDef, StepOutput
+from .stages import Batch, StageDef, StepOutput, negative_exclusions
 
 NegativeSampler = Callable[..., HardNegatives]
 
@@ -184,10 +184,9 @@ def reference_vl_step(
     gather = gather_local_first if plain.local_first else gather_rank_order  # the logits' column order
     with torch.no_grad():
         pool_ids, pool_mask, pool_pixels = (gather(t) for t in (ids, mask, pixels))
-        image_ids = None
-        if task.itm_exclude_same_image and "image_ids" in batch:
-            image_ids = gather(batch["image_ids"])
-    neg = sampler(plain.logits_i2t, plain.logits_t2i, b, image_ids=image_ids, positives=plain.labels)
+    exclusions = negative_exclusions(batch, gather, task.itm_exclude_same_image,
+                                     getattr(task, "itm_exclude_same_text", False))
+    neg = sampler(plain.logits_i2t, plain.logits_t2i, b, positives=plain.labels, **exclusions)
     if batched_itm:
         pooled, _ = reference_pair(model, torch.cat([ids, ids, pool_ids[neg.text_index]]),
                                    torch.cat([mask, mask, pool_mask[neg.text_index]]),

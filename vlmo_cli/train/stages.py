@@ -7,6 +7,7 @@ Every ``pretrain-*`` and ``finetune *`` command resolves to one :class:`StageDef
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -16,7 +17,7 @@ from ..model.vlmo import VLMo
 from ..objectives.classification import classification_loss, mim_loss, mlm_loss, vqa_loss, vqa_score
 from ..objectives.contrastive import ContrastiveResult, contrastive_loss
 from ..objectives.distributed import fetch_pool_rows, gather_local_first, gather_rank_order
-from ..objectives.matching import itm_loss, sample_hard_negatives
+from ..objectives.matching import itm_loss, sample_hard_negatives, text_keys
 
 Batch = dict[str, torch.Tensor]
 
@@ -54,15 +55,27 @@ def text_mlm_objective(model: VLMo, batch: Batch, task) -> StepOutput:
     return StepOutput(loss, {"mlm_loss": loss.detach(), "mlm_acc": acc})
 
 
-def _itm_rows(batch: Batch, itc: ContrastiveResult, exclude_same_image: bool) -> tuple[torch.Tensor, ...]:
+def negative_exclusions(batch: Batch, gather, same_image: bool, same_text: bool = False) -> dict[str, torch.Tensor]:
+    """The hard-negative sampler's optional exclusion keys, gathered in the pool's order: ``image_ids`` (pairs of the
+    same image) and ``text_keys`` (pairs with the same caption); only the enabled ones are passed."""
+    keys: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        if same_image and "image_ids" in batch:
+            keys["image_ids"] = gather(batch["image_ids"])
+        if same_text:
+            keys["text_keys"] = gather(text_keys(batch["input_ids"], batch["attention_mask"]))
+    return keys
+
+
+def _itm_rows(batch: Batch, itc: ContrastiveResult, exclude_same_image: bool,
+              exclude_same_text: bool = False) -> tuple[torch.Tensor, ...]:
     """Fusion inputs ``(ids, mask, pixels)`` of ITM: B positives, B (text, hard-negative image), B (hard-negative
     text, image), drawn from the gathered pool (official ``compute_itm_hardneg``)."""
     ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
     b = ids.shape[0]
     gather = gather_local_first if itc.local_first else gather_rank_order  # the pool in the logits' column order
-    with torch.no_grad():
-        image_ids = gather(batch["image_ids"]) if exclude_same_image and "image_ids" in batch else None
-    neg = sample_hard_negatives(itc.logits_i2t, itc.logits_t2i, b, image_ids=image_ids, positives=itc.labels)
+    exclusions = negative_exclusions(batch, gather, exclude_same_image, exclude_same_text)
+    neg = sample_hard_negatives(itc.logits_i2t, itc.logits_t2i, b, positives=itc.labels, **exclusions)
     # only the chosen negatives travel between processes (the official code all-gathers every raw image)
     (neg_pixels,) = fetch_pool_rows([pixels], neg.image_index, itc.local_first)
     neg_ids, neg_mask = fetch_pool_rows([ids, mask], neg.text_index, itc.local_first)
@@ -91,7 +104,8 @@ def vl_objective(model: VLMo, batch: Batch, task) -> StepOutput:
     # one fusion pass for the 3B ITM rows and the B MLM rows (rows are independent: exact, and one big batch
     # runs faster than two; measured in benchmarks/bench_train.py)
     b = ids.shape[0]
-    itm_ids, itm_mask, itm_pixels = _itm_rows(batch, plain, task.itm_exclude_same_image)
+    itm_ids, itm_mask, itm_pixels = _itm_rows(batch, plain, task.itm_exclude_same_image,
+                                                 getattr(task, "itm_exclude_same_text", False))
     fused = model.forward_pair(torch.cat([itm_ids, batch["mlm_input_ids"]]), torch.cat([itm_mask, mask]),
                                torch.cat([itm_pixels, pixels]))
     itm, itm_acc = itm_loss(model.itm_logits(fused.pooled[: 3 * b]), b)
@@ -221,6 +235,21 @@ STAGES: dict[str, StageDef] = {
         StageDef("finetune.classify", "classify", ("pooler", "classify"), classify_objective, fusion_trainable),
     )
 }
+
+
+def init_tokenizer(prepared, init: str) -> str | None:
+    """The model directory of ``init`` when the prepared data has no tokenizer of its own and that model was saved
+    with one (the tokenizer it was trained with); ``None`` otherwise (an official ``.pt`` file, no init)."""
+    from ..errors import CheckpointError
+    from ..model.io import resolve_model_dir, tokenizer_files
+
+    if prepared.tokenizer_path is not None or not init or not Path(init).is_dir():
+        return None
+    try:
+        model_dir = resolve_model_dir(init)
+    except CheckpointError:
+        return None  # the init step reports what is wrong with it
+    return str(model_dir) if tokenizer_files(model_dir) else None
 
 
 def stage_model_config(stage_def: StageDef, base: ModelConfig, task, num_answers: int | None = None,

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from ...errors import DataError
 from .base import Record, SkipLog, Source, load_json
+from .common import Malformed, as_captions, as_text, json_type
 
 
 class KarpathySource(Source):
@@ -42,10 +43,18 @@ class KarpathySource(Source):
     def _path(self, entry: dict[str, Any]) -> Path:
         filename = entry["filename"]
         if entry.get("filepath"):
-            nested = self.images / entry["filepath"] / filename
+            nested = self.images / str(entry["filepath"]) / filename
             if nested.exists() or not (self.images / filename).exists():
                 return nested
         return self.images / filename
+
+    @staticmethod
+    def _captions(sentences: Any) -> list[str]:
+        """The stripped non-empty ``raw`` texts of an entry's ``sentences`` list (:class:`Malformed` otherwise)."""
+        if not isinstance(sentences, list):
+            raise Malformed(f"malformed entry: sentences is {json_type(sentences)}, not a list")
+        raws = [s.get("raw") for s in sentences if isinstance(s, dict)]
+        return as_captions([r for r in raws if r is not None])
 
     def records(self, log: SkipLog) -> Iterator[Record]:
         for index, entry in enumerate(self.entries):
@@ -56,10 +65,18 @@ class KarpathySource(Source):
             split = str(entry["split"])
             if self.splits and split not in self.splits:
                 continue
-            captions = [s["raw"].strip() for s in entry.get("sentences", []) if isinstance(s, dict) and str(s.get("raw", "")).strip()]
-            where = f"{self.annotations.name}:{entry['filename']}"
+            try:
+                filename = as_text(entry["filename"], "filename")
+                captions = self._captions(entry.get("sentences", []))
+            except Malformed as exc:
+                log.add(split, where, str(exc))
+                continue
+            where = f"{self.annotations.name}:{filename}"
+            if not filename.strip():
+                log.add(split, where, "malformed entry: empty filename")
+                continue
             if not captions:
                 log.add(split, where, "no captions")
                 continue
-            yield Record(split, {"image_id": str(entry["filename"]), "captions": captions, "split": split},
+            yield Record(split, {"image_id": filename, "captions": captions, "split": split},
                          {"image": self._path(entry)}, where)

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from ...errors import DataError
 from .base import Record, SkipLog, Source, iter_json_lines
+from .common import Malformed, as_text
 
 SPLIT_FILES = {"train": "train.json", "dev": "dev.json", "test1": "test1.json"}
 
@@ -59,6 +60,11 @@ class Nlvr2Source(Source):
                 identifier, sentence, label = obj.get("identifier"), obj.get("sentence"), obj.get("label")
                 if not identifier or not sentence or str(label) not in ("True", "False", "true", "false"):
                     log.add(split, where, "malformed NLVR2 line: needs identifier, sentence and label True/False")
+                    continue
+                try:
+                    identifier, sentence = as_text(identifier, "identifier"), as_text(sentence, "sentence")
+                except Malformed as exc:
+                    log.add(split, where, str(exc))
                     continue
                 prefix = str(identifier).rsplit("-", 1)[0]
                 folder = self._folder(split, obj.get("directory"))

@@ -16,7 +16,7 @@ Rows naming the same image (or the same ``--id-col`` value) are grouped into one
 ``--label-col`` is given: then every row is a labelled (image, caption, label) example for classification and the
 class names go to ``labels.json``. Relative image paths are resolved against ``--images`` (default: the file's
 folder). ``--split-col`` takes splits from a column, otherwise everything goes to ``split`` with an optional seeded
-``val_fraction`` hold-out (by image).
+``val_fraction`` hold-out: whole images, as close to that fraction of the rows as the grouping allows.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from typing import Any, Iterator
 
 from ...errors import DataError
 from .base import Record, SkipLog, Source, iter_json_lines, load_json
-from .common import CAPTION_COLUMNS, IMAGE_COLUMNS, IMAGE_EXTS, LabelMap, as_captions, holdout, pick_column
+from .common import (
+    CAPTION_COLUMNS, IMAGE_COLUMNS, IMAGE_EXTS, LabelMap, Malformed, as_captions, as_label, holdout, json_type,
+    pick_column,
+)
 
 PAIR_FORMATS = ("tsv", "csv", "json", "jsonl", "vg", "hf", "webdataset")
 
@@ -113,14 +116,23 @@ class FilePairsSource(GroupedPairsSource):
         try:
             image = get(self.image_col)
             captions = as_captions(get(self.caption_col))
-            label = get(self.label_col) if self.label_col is not None else None
+            label = as_label(get(self.label_col)) if self.label_col is not None else None
             split = str(get(self.split_col)) if self.split_col is not None else self.split
             key = str(get(self.id_col)) if self.id_col is not None else str(image)
         except (KeyError, IndexError):
             log.add(self.split, where, "malformed row: missing column")
             return None
+        except TypeError:  # a [image, caption] list among objects, or the other way round
+            log.add(self.split, where, "malformed row: not shaped like the first row (a list vs an object)")
+            return None
+        except Malformed as exc:
+            log.add(self.split, where, str(exc))
+            return None
         if image in (None, ""):
             log.add(split, where, "malformed row: no image")
+            return None
+        if not isinstance(image, str):
+            log.add(split, where, f"malformed image: {json_type(image)}, not a file path")
             return None
         if not captions and not self.with_label:
             log.add(split, where, "empty caption")
@@ -247,7 +259,11 @@ class VisualGenomeSource(GroupedPairsSource):
             image_id = item.get("id", item.get("image_id"))
             if image_id is None and regions:
                 image_id = regions[0].get("image_id")
-            captions = as_captions([r.get("phrase") for r in regions if isinstance(r, dict)])
+            try:
+                captions = as_captions([r.get("phrase") for r in regions if isinstance(r, dict)])
+            except Malformed as exc:
+                log.add(self.split, where, str(exc))
+                continue
             if image_id is None or not captions:
                 log.add(self.split, where, "empty caption" if image_id is not None else "malformed entry: no image id")
                 continue
@@ -304,7 +320,11 @@ class HfPairsSource(GroupedPairsSource):
                     image = value if isinstance(value, bytes) else str(self.images / value)
                 else:
                     image = None
-                captions = as_captions(item[self.caption_col])
+                try:
+                    captions = as_captions(item[self.caption_col])
+                except Malformed as exc:
+                    log.add(split, where, str(exc))
+                    continue
                 if image is None:
                     log.add(split, where, "malformed row: no image")
                     continue

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from ...errors import DataError
 from .base import Record, SkipLog, Source, load_json
+from .common import json_type
 from .vqa_answers import build_vocab, soft_targets
 
 SUBTYPES = {"train": "train2014", "val": "val2014", "test": "test2015", "test-dev": "test-dev2015"}
@@ -51,7 +52,8 @@ class Vqav2Source(Source):
         self._questions = {split: self._load_questions(split, path) for split, path in self.questions.items()}
         self._annotations = {split: self._load_annotations(split, path) for split, path in self.annotations.items()}
         mc = [a.get("multiple_choice_answer", "") for split in ("train", "val")
-              for a in self._annotations.get(split, {}).values() if isinstance(a, dict)]
+              for a in self._annotations.get(split, {}).values()]
+        mc = [answer for answer in mc if isinstance(answer, str)]  # a malformed one is reported with its question
         self.vocab = build_vocab(mc, min_count)
         if self._annotations and not self.vocab:
             raise DataError(f"vqav2: no answer is seen {min_count} times in train+val; lower --min-answer-count")
@@ -84,7 +86,7 @@ class Vqav2Source(Source):
         data = load_json(path, "a VQAv2 annotations file")
         if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
             raise DataError(f"{path}: expected an object with an 'annotations' list")
-        return {a["question_id"]: a for a in data["annotations"] if isinstance(a, dict) and "question_id" in a}
+        return {a["question_id"]: a for a in data["annotations"] if isinstance(a, dict) and _whole(a.get("question_id"))}
 
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "questions": {k: str(v) for k, v in self.questions.items()},
@@ -108,7 +110,7 @@ class Vqav2Source(Source):
     def _rest_val_ids(self) -> set[int]:
         if "val" not in self._questions or self.rest_val_images <= 0:
             return set()
-        ids = sorted({q["image_id"] for q in self._questions["val"] if isinstance(q, dict) and "image_id" in q})
+        ids = sorted({q["image_id"] for q in self._questions["val"] if isinstance(q, dict) and _whole(q.get("image_id"))})
         return set(random.Random(self.seed).sample(ids, min(self.rest_val_images, len(ids))))
 
     def records(self, log: SkipLog) -> Iterator[Record]:
@@ -123,6 +125,10 @@ class Vqav2Source(Source):
                 if not isinstance(q, dict) or not {"question", "question_id", "image_id"} <= set(q):
                     log.add(split, f"{name}:questions[{index}]", "malformed question: needs question, question_id, image_id")
                     continue
+                problem = _question_problem(q)
+                if problem:
+                    log.add(split, f"{name}:questions[{index}]", problem)
+                    continue
                 out_split = split
                 if split == "val" and self.rest_val_images > 0:
                     out_split = "rest_val" if q["image_id"] in rest_val else "trainable_val"
@@ -132,9 +138,13 @@ class Vqav2Source(Source):
                           "answer_type": "", "question_type": ""}
                 if annotated:
                     ann = self._annotations[split].get(q["question_id"])
-                    raw = [a.get("answer", "") for a in ann.get("answers", []) if isinstance(a, dict)] if ann else []
                     if ann is None:
                         log.add(out_split, where, "answer-less question: no annotation")
+                        continue
+                    answers = ann.get("answers", [])
+                    raw = [a.get("answer", "") for a in answers if isinstance(a, dict)] if isinstance(answers, list) else None
+                    if raw is None or not all(isinstance(a, str) for a in raw):
+                        log.add(out_split, where, "malformed annotation: 'answers' must be a list of {\"answer\": text}")
                         continue
                     if not raw:
                         log.add(out_split, where, "answer-less question: empty 'answers'")
@@ -148,3 +158,18 @@ class Vqav2Source(Source):
                                   question_type=str(ann.get("question_type", "")))
                 yield Record(out_split, fields, {"image": self._image_path(split, q["image_id"])}, where,
                              image_key=str(q["image_id"]))
+
+
+def _whole(value: Any) -> bool:
+    """An integer id (JSON booleans are not ids)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _question_problem(q: dict[str, Any]) -> str | None:
+    """Why a question entry is malformed (question text, integer question and image ids), or ``None``."""
+    if not isinstance(q["question"], str):
+        return f"malformed question: question is {json_type(q['question'])}, not text"
+    for key in ("question_id", "image_id"):
+        if not _whole(q[key]):
+            return f"malformed question: {key} is {json_type(q[key])} {q[key]!r}, not an integer"
+    return None
