@@ -130,3 +130,21 @@ def test_relative_table_without_stored_config_needs_the_text_table_length(tmp_pa
     torch.testing.assert_close(got, o["infer_image_ft.cls_feats"], atol=1e-5, rtol=1e-5)
     with pytest.raises(CheckpointError, match=r"--text-table-len 195 does not fit the relative_position_bias_table"):
         load_official(bare, text_table_len=195)
+
+
+def test_a_saved_relative_position_index_fixes_the_image_grid(tmp_path, capsys):
+    """Without a stored config the table's rows fit several layouts; the official model also saves its
+    ``relative_position_index`` buffer ([W*W + 1]^2), whose shape picks the one with image grid W."""
+    blob = torch.load(FIXTURE / "checkpoint.pt", weights_only=True)
+    grid = 32 // 16  # the fixture model: 32 px images, patch 16
+    state = {**blob["state_dict"], "relative_position_index": torch.zeros(grid * grid + 1, grid * grid + 1,
+                                                                          dtype=torch.long)}
+    bare = tmp_path / "bare-with-index.pt"
+    torch.save(state, bare)
+    code, out, err = run(capsys, "convert", "official", str(bare), str(tmp_path / "m"))
+    assert code == 0, err
+    assert "max_text_len_of_initckpt 196 (weights (relative_position_index gives the image grid))" in _one_line(out)
+    i, o = load_file(FIXTURE / "inputs.safetensors"), load_file(FIXTURE / "outputs.safetensors")
+    with torch.no_grad():
+        got = load_model(tmp_path / "m").eval().encode_image(i["image"])
+    torch.testing.assert_close(got, o["infer_image_ft.cls_feats"], atol=1e-5, rtol=1e-5)

@@ -133,10 +133,20 @@ def _table_layouts(rows: int, min_text_len: int) -> list[tuple[int, int]]:
     return out
 
 
+def index_grid(state: dict[str, torch.Tensor]) -> int | None:
+    """The image grid ``W`` of the stored ``relative_position_index`` buffer (``[W*W + 1, W*W + 1]``), if saved."""
+    index = state.get("relative_position_index")
+    if index is None or index.dim() != 2:
+        return None
+    grid = math.isqrt(index.shape[0] - 1)
+    return grid if grid * grid + 1 == index.shape[0] else None
+
+
 def _infer_table_layout(rows: int, max_text_len: int, official: dict[str, Any], text_table_len: int | None,
-                        given_by: str, source: str) -> tuple[int, int, str]:
+                        given_by: str, source: str, grid_of_index: int | None = None) -> tuple[int, int, str]:
     """``(grid, max_text_len_of_initckpt, how)`` of a relative-position table: its rows are ``(2W-1)^2 + 3`` image
-    buckets plus ``2T + 2`` text buckets, so the weights fix the pair only when one layout fits."""
+    buckets plus ``2T + 2`` text buckets, so the weights fix the pair only when one layout fits, or when the saved
+    ``relative_position_index`` buffer gives the image grid ``W``."""
     layouts = _table_layouts(rows, max_text_len)
     if not layouts:
         raise CheckpointError(f"{source}: relative_position_bias_table has {rows} rows, not a VLMo layout")
@@ -144,8 +154,11 @@ def _infer_table_layout(rows: int, max_text_len: int, official: dict[str, Any], 
     stored = official.get("max_text_len_of_initckpt")
     fits = isinstance(stored, int) and stored in by_text
     found, how = (stored, "checkpoint config") if fits else (None, "")
+    by_index = [t for g, t in layouts if g == grid_of_index]
     if found is None and len(layouts) == 1:
         found, how = layouts[0][1], "weights"
+    elif found is None and len(by_index) == 1:
+        found, how = by_index[0], "weights (relative_position_index gives the image grid)"
     option = _label("max_text_len_of_initckpt", given_by)
     value = _given("max_text_len_of_initckpt", text_table_len, given_by, found, how, source)
     if value is not None and found is None:
@@ -173,6 +186,7 @@ def infer_architecture(
     num_heads: int | None = None,
     text_table_len: int | None = None,
     given_by: str = "option",
+    grid_of_index: int | None = None,
 ) -> Inferred:
     """The :class:`ModelConfig` of an official state dict, never guessed.
 
@@ -198,7 +212,8 @@ def infer_architecture(
     text_table = ModelConfig.max_text_len_of_initckpt  # sizes nothing without a relative-position table
     if table is not None:
         grid, text_table, sources["max_text_len_of_initckpt"] = _infer_table_layout(
-            table.shape[0], max_text_len, official, text_table_len, given_by, source)
+            table.shape[0], max_text_len, official, text_table_len, given_by, source,
+            grid_of_index if grid_of_index is not None else index_grid(state))
     else:
         grid = math.isqrt(state["transformer.pos_embed"].shape[1] - 1)
     drop_path = official.get("drop_path_rate")
@@ -261,8 +276,10 @@ def _present_heads(state: dict[str, torch.Tensor]) -> list[str]:
 def read_official(path: str | Path, num_heads: int | None = None, text_table_len: int | None = None):
     """``(state_dict without the weightless keys, stored config or None, Inferred)`` of an official checkpoint."""
     state, official = read_checkpoint(path)
+    grid = index_grid(state)  # the index buffers carry no weights, but their shape fixes the image grid
     state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
-    inferred = infer_architecture(state, official, str(path), num_heads=num_heads, text_table_len=text_table_len)
+    inferred = infer_architecture(state, official, str(path), num_heads=num_heads, text_table_len=text_table_len,
+                                  grid_of_index=grid)
     return state, official, inferred
 
 
