@@ -71,6 +71,10 @@ def test_eval_classify_end_to_end(demo_root, tmp_path, capsys, monkeypatch):
         expected = sum(len(c) for c, label in zip(val["captions"], val["label"]) if label == index)
         assert metrics["per_class"][name]["support"] == expected == sum(matrix[index])
     assert "confusion matrix" in out and "precision" in out and "triangle" in out
+    # the report follows the output rule like the other eval commands
+    code, _, err = run(capsys, "eval", "classify", "--model", str(run_dir))
+    assert code == 2 and "--overwrite" in err
+    assert run(capsys, "eval", "classify", "--model", str(run_dir), "--overwrite")[0] == 0
     # DIR:SPLIT works without any [eval.classify] section; a model without the classify head is one clear line
     other = make_model(tmp_path / "itc", demo_root / "demo_data", ["pooler", "itc"], image_size=40)
     code, _, err = run(capsys, "eval", "classify", "--model", str(other), "tiny", "--split", "cls:val")

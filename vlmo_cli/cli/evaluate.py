@@ -160,12 +160,13 @@ def classify(
     device: str = DeviceOpt,
     image_size: int = ImageSizeOpt,
     tokenizer: Path = TokenizerOpt,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Accuracy, per-class precision/recall and confusion matrix of a model fine-tuned with `finetune classify`."""
     from ..evaluate.run import run_classify
 
     target = _target("classify", recipe, overrides, split, image_size, model)
-    report, path = run_classify(model, target, out=out, device=device, tokenizer=tokenizer)
+    report, path = run_classify(model, target, out=out, device=device, tokenizer=tokenizer, overwrite=overwrite)
     _show(report, path)
 
 

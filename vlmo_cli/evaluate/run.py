@@ -548,6 +548,7 @@ def run_classify(
     out: str | Path | None = None,
     device: str | None = None,
     tokenizer=None,
+    overwrite: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """Accuracy, per-class precision/recall and the confusion matrix of a ``finetune classify`` model on a labelled
     ``pairs`` split (one example per image-caption pair, classes named by the prepared dataset)."""
@@ -566,6 +567,7 @@ def run_classify(
                               f"{target.dataset} has {len(class_names)} ({', '.join(class_names)}); evaluate on data "
                               "with the classes the model was fine-tuned with")
     report_path = Path(out) if out else default_report_path(loaded.path, "classify")
+    check_report_outputs(report_path, overwrite=overwrite, inputs=[target.dataset, loaded.path])
     t0 = time.perf_counter()
     predictions, labels = predict_classify(loaded, target)
     seconds = time.perf_counter() - t0
