@@ -173,3 +173,13 @@ def test_search_with_cache_dir_and_empty_folder(model_dirs, tmp_path):
     assert len(result.hits) == 2 and result.index.file.parent == tmp_path / "cache"
     assert not (folder / INDEX_NAME).exists()
     assert [h.rank for h in result.hits] == [1, 2]
+
+
+def test_embedding_with_a_model_without_itc_heads_is_one_line(demo_root, tmp_path, capsys):
+    from test_eval_cli import make_model
+
+    model = make_model(tmp_path / "mim-only", demo_root / "demo_data", ["pooler", "mlm"])
+    (tmp_path / "captions.txt").write_text("a red circle\n")
+    code, _, err = run(capsys, "embed", "--model", str(model), "--texts", str(tmp_path / "captions.txt"),
+                       "--out", str(tmp_path / "e.safetensors"))
+    assert code == 2 and "has none" in err and "Traceback" not in err

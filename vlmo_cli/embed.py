@@ -363,6 +363,10 @@ def embed(
     inputs = [*(images or []), *([texts] if texts is not None else [])]
     check_embeddings_output(out, overwrite=overwrite, inputs=inputs)
     loaded = as_inference_model(model, device=device, image_size=image_size)
+    if "itc" not in loaded.model.config.heads:
+        raise CheckpointError(f"{loaded.path}: embeddings come from the ITC projections, and this model has none "
+                              f"(heads: {', '.join(loaded.model.config.heads) or 'none'}); use a stage-3 pre-trained "
+                              "or retrieval fine-tuned model")
     if texts is not None:
         lines = read_text_lines(texts)
         if not lines:

@@ -38,6 +38,9 @@ EXAMPLES: dict[str, str] = {
     "eval retrieval": "vlmo eval retrieval tiny --model runs/tiny-finetune-retrieval_coco --split coco-test",
     "eval vqa": "vlmo eval vqa tiny --model runs/tiny-finetune-vqa --split val",
     "eval nlvr2": "vlmo eval nlvr2 tiny --model runs/tiny-finetune-nlvr2 --split dev",
+    "eval classify": "vlmo eval classify --model runs/tiny-finetune-classify --split val",
+    "report": "vlmo report runs/tiny-pretrain-vl --out tiny-vl.html",
+    "serve": "vlmo serve --model exported/tiny --index photos/ --port 8000",
 }
 
 

@@ -18,8 +18,6 @@ def report(
 ) -> None:
     """Write an HTML report of a run: loss, accuracy, lr, samples/s and validation curves, the resolved recipe, the
     environment, checkpoints and the run's evaluation reports with their example pictures.
-
-    Example: vlmo report runs/tiny-pretrain-vl --out tiny-vl.html
     """
     from ..run_report import write_run_report
 
