@@ -36,7 +36,7 @@ def vqa_files(tmp_path, monkeypatch):
 
 def score(capsys, *extra: str) -> tuple[int, str, str, dict | None]:
     code, out, err = run(capsys, "eval", "vqa", "--predictions", "r.json", "--annotations", "a.json",
-                         "--out", "o.json", *extra)
+                         "--out", "o.json", "--overwrite", *extra)  # each call replaces the previous report
     report = json.loads(Path("o.json").read_text()) if code == 0 else None
     return code, out, err, report
 
@@ -141,7 +141,7 @@ def test_eval_of_a_run_folder_uses_the_runs_recipe(demo_root, one_image, tmp_pat
                                  "finetune.retrieval_coco.image_size=32", "data.max_text_len=12"]
                         ).resolve("finetune.retrieval_coco")
     (run_dir / "recipe.toml").write_text(stage.to_toml())
-    code, out, err = run(capsys, "eval", "retrieval", "--model", str(run_dir), "--out", "r.json")
+    code, out, err = run(capsys, "eval", "retrieval", "--model", str(run_dir), "--out", "r.json", "--overwrite")
     assert code == 0, err
     report = json.loads(Path("r.json").read_text())
     # the run's settings and data, not base's [eval.retrieval] (data/coco_karpathy, test, 384 px)

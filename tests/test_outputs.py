@@ -40,7 +40,9 @@ def official_ckpt(tmp_path) -> Path:
     torch.manual_seed(0)
     cfg = get_config("tiny", vocab_size=120, heads=["pooler", "itc", "itm", "mlm"])
     path = tmp_path / "vlmo_tiny.pt"
-    torch.save({"state_dict": dict(VLMo(cfg).state_dict())}, path)
+    # the stored config states what the weights cannot (the text length the relative-position table was built for)
+    torch.save({"state_dict": dict(VLMo(cfg).state_dict()),
+                "hyper_parameters": {"config": {"max_text_len_of_initckpt": cfg.max_text_len_of_initckpt}}}, path)
     return path
 
 

@@ -46,9 +46,12 @@ def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: st
         overrides.append(f"{section}.run_name={run_name}")
     loaded = load_recipe(recipe, overrides)
     stage = loaded.resolve(section)
+    import torch
     from accelerate import PartialState
 
-    main = PartialState().is_main_process  # print once, also under torchrun / accelerate launch
+    # print once, also under torchrun / accelerate launch; the state must be made as train() makes it (cpu without
+    # CUDA), else the processes would not form one group
+    main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
     if main:
         for replacement in loaded.replaced_in(section):
             console.print(f"{escape(loaded.source)}: {escape(str(replacement))}", highlight=False, soft_wrap=True)

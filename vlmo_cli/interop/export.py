@@ -31,7 +31,8 @@ from torch import nn
 
 from ..data.transforms import MEAN, STD
 from ..errors import CheckpointError, MissingExtraError
-from ..model.io import CONFIG_NAME, TOKENIZER_FILES, load_model, model_dir_kind, save_model, tokenizer_files
+from ..model.io import (CONFIG_NAME, TOKENIZER_FILES, load_model, model_dir_kind, resolve_model_dir, save_model,
+                        tokenizer_files)
 from ..outputs import DirectoryOutput, DirKind, check_directory
 
 #: largest |ONNX − PyTorch| accepted by :func:`export_onnx`
