@@ -21,6 +21,9 @@ REDUCED = [
     "train.log_every=10",
 ]
 
+# about 80 s: CI runs the full quickstart itself (README's main command, its margins checked) after the suite
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
