@@ -262,6 +262,31 @@ def test_save_retrieval_grid_writes_png_of_expected_size(tmp_path):
     assert width == 4 * (64 + 4) + 4 and height > 2 * 64
 
 
+def test_grid_shows_a_missed_ground_truth_in_its_own_column_with_a_legend(tmp_path):
+    red, blue = Image.new("RGB", (40, 40), (255, 0, 0)), Image.new("RGB", (40, 40), (0, 0, 255))
+    path = save_retrieval_grid(
+        queries=["found", "missed"], results=[[red, blue], [blue, blue]], scores=[[0.9, 0.1], [0.5, 0.4]],
+        path=tmp_path / "g.png", hits=[[True, False], [False, False]], tile_size=64, truths=[None, red],
+    )
+    line = grid_size(1, 2, tile_size=64, truth_column=True)[1] - grid_size(1, 2, tile_size=64)[1] - 4
+    with Image.open(path) as image:
+        assert image.size == grid_size(2, 2, tile_size=64, truth_column=True)
+        assert image.width == grid_size(2, 2, tile_size=64)[0] + 64 + 4
+        image.load()
+        top = 4 + line + 4  # below the legend line
+        row_height = (grid_size(2, 2, tile_size=64)[1] - 4) // 2
+        truth_x = 4 + 3 * (64 + 4)
+        # row 1 missed: its ground truth (red) sits in the last column inside a green frame
+        assert image.getpixel((truth_x + 32, top + row_height + 32)) == (255, 0, 0)
+        assert image.getpixel((truth_x + 1, top + row_height + 10)) == (40, 160, 60)
+        # row 0 found it: the last column holds text on a light panel, no image
+        assert image.getpixel((truth_x + 60, top + 60)) == (240, 240, 240)
+        # the legend line is drawn (dark pixels above the first row)
+        assert any(image.getpixel((x, 4 + line // 2)) != (255, 255, 255) for x in range(4, 300))
+    with pytest.raises(ValueError, match="truths has 1 entries for 2 queries"):
+        save_retrieval_grid(["a", "b"], [[red], [red]], [[1.0], [1.0]], tmp_path / "x.png", truths=[None])
+
+
 def test_grid_with_image_queries_and_caption_results(tmp_path):
     path = save_retrieval_grid(
         queries=[Image.new("RGB", (8, 8))], results=[["a cat", "a dog"]], scores=[[1.0, 0.5]], path=tmp_path / "g.png"

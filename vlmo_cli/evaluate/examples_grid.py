@@ -44,16 +44,21 @@ def _line_height(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
     return int(bottom - min(top, 0)) + 2
 
 
-def grid_size(num_queries: int, k: int, *, tile_size: int = 160) -> tuple[int, int]:
+def grid_size(num_queries: int, k: int, *, tile_size: int = 160, truth_column: bool = False) -> tuple[int, int]:
     """The (width, height) in pixels of the grid :func:`save_retrieval_grid` draws for these arguments.
 
     Each cell is a ``tile_size`` square above ``CAPTION_LINES`` lines of text; cells are separated and surrounded
-    by ``PAD`` pixels.
+    by ``PAD`` pixels. With ``truth_column`` the grid has one more column (the ground truth) and a legend line on top.
     """
-    cell_height = tile_size + CAPTION_LINES * _line_height(_font())
-    width = (k + 1) * (tile_size + PAD) + PAD
-    height = num_queries * (cell_height + PAD) + PAD
+    line_height = _line_height(_font())
+    cell_height = tile_size + CAPTION_LINES * line_height
+    width = (k + 1 + int(truth_column)) * (tile_size + PAD) + PAD
+    height = num_queries * (cell_height + PAD) + PAD + (line_height + PAD if truth_column else 0)
     return width, height
+
+
+LEGEND = ("blue: the query   green frame: a ground-truth match   red frame: not a match   "
+          "last column: the ground truth when it is not in the top K")
 
 
 def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int, max_lines: int) -> list[str]:
@@ -135,6 +140,7 @@ def save_retrieval_grid(
     hits: Sequence[Sequence[bool]] | None = None,
     query_labels: Sequence[str] | None = None,
     tile_size: int = 160,
+    truths: Sequence[Cell | None] | None = None,
 ) -> Path:
     """Draw the top results of ``len(queries)`` queries into one PNG and write it to ``path``.
 
@@ -146,6 +152,8 @@ def save_retrieval_grid(
         hits: per query and result, whether it is a ground-truth match (green frame) or not (red frame).
         query_labels: text under each query cell (default ``"query i"``).
         tile_size: side of each square tile in pixels.
+        truths: per query, its ground truth when the top K missed it (drawn in a last column, green frame), or
+            ``None`` when it is among the results; giving it also draws a legend line above the grid.
 
     Returns:
         The path written; the image is ``grid_size(len(queries), K, tile_size=tile_size)`` pixels.
@@ -159,16 +167,22 @@ def save_retrieval_grid(
         )
     if hits is not None and len(hits) != len(queries):
         raise ValueError(f"hits has {len(hits)} rows for {len(queries)} queries")
+    if truths is not None and len(truths) != len(queries):
+        raise ValueError(f"truths has {len(truths)} entries for {len(queries)} queries")
     if tile_size < 16:
         raise ValueError(f"tile_size must be >= 16 pixels, got {tile_size}")
     k = max((len(row) for row in results), default=0)
     font = _font()
-    width, height = grid_size(len(queries), k, tile_size=tile_size)
+    width, height = grid_size(len(queries), k, tile_size=tile_size, truth_column=truths is not None)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     cell_height = tile_size + CAPTION_LINES * _line_height(font)
+    top = PAD
+    if truths is not None:
+        draw.text((PAD, PAD), LEGEND, fill=(0, 0, 0), font=font)
+        top += _line_height(font) + PAD
     for row, query in enumerate(queries):
-        y = PAD + row * (cell_height + PAD)
+        y = top + row * (cell_height + PAD)
         label = query_labels[row] if query_labels is not None else f"query {row}"
         _draw_cell(canvas, draw, query, label, (PAD, y), tile_size, QUERY_COLOUR, font)
         if len(scores[row]) < len(results[row]):
@@ -180,6 +194,13 @@ def save_retrieval_grid(
             x = PAD + (rank + 1) * (tile_size + PAD)
             caption = f"#{rank + 1}: {float(scores[row][rank]):.3f}"
             _draw_cell(canvas, draw, result, caption, (x, y), tile_size, border, font)
+        if truths is not None:
+            x = PAD + (k + 1) * (tile_size + PAD)
+            if truths[row] is None:
+                _draw_cell(canvas, draw, "found in the top K", "ground truth", (x, y), tile_size, None, font)
+            else:
+                _draw_cell(canvas, draw, truths[row], f"ground truth: not in the top {k}", (x, y), tile_size,
+                           HIT_COLOUR, font)
     target = Path(path)
     with atomic_file(target) as temp:
         canvas.save(temp, format="PNG")

@@ -261,7 +261,8 @@ def run_retrieval(
 
 
 def save_examples(prepared, split: str, result, num_queries: int, k: int, path: Path) -> Path:
-    """A PNG grid of the top ``k`` images for ``num_queries`` caption queries spread evenly over the split."""
+    """A PNG grid of the top ``k`` images for ``num_queries`` caption queries spread evenly over the split, with each
+    query's ground-truth image in a last column when the top ``k`` missed it."""
     from .examples_grid import save_retrieval_grid
 
     rows = prepared.split(split)
@@ -271,14 +272,15 @@ def save_examples(prepared, split: str, result, num_queries: int, k: int, path: 
     k = min(k, result.t2i.k)
     images = rows.select_columns(["image"])
     truth = result.text_to_image
-    results, scores, hits = [], [], []
+    results, scores, hits, truths = [], [], [], []
     for t in picks:
         found = result.t2i.indices[t, :k].tolist()
         results.append([images[int(j)]["image"]["bytes"] for j in found])
         scores.append(result.t2i.scores[t, :k].tolist())
         hits.append([j == int(truth[t]) for j in found])
+        truths.append(None if any(hits[-1]) else images[int(truth[t])]["image"]["bytes"])
     return save_retrieval_grid([captions[t] for t in picks], results, scores, path, hits=hits,
-                               query_labels=[f"caption {t}" for t in picks])
+                               query_labels=[f"caption {t}" for t in picks], truths=truths)
 
 
 # ---------------------------------------------------------------------------------------------------- VQA
