@@ -142,8 +142,8 @@ def check_directory(target: str | Path, kind: DirKind, *, overwrite: bool = Fals
     except OSError as exc:
         raise OutputError(f"{final}: cannot look into the output folder ({exc.strerror or exc})") from exc
     if command != kind.command or foreign:
-        what = f"files {kind.command} did not write ({_few(foreign)})" if command == kind.command else (
-            f"a result of {command}" if command else f"files {kind.command} did not write ({_few(foreign)})")
+        what = (f"a result of {command}" if command and command != kind.command
+                else f"files {kind.command} did not write ({_few(foreign)})")
         raise OutputError(f"{final}: not empty, it holds {what}; refusing to replace it (also with --overwrite); "
                           "choose another output folder")
     if not overwrite:
