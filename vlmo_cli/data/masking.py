@@ -1,7 +1,7 @@
 """Masking for the two masked-modelling objectives.
 
 :func:`whole_word_mask` reproduces the official MLM masking (HF ``DataCollatorForWholeWordMask`` with
-``mlm_probability=0.15``, reference §8.1): words (a token and its ``##`` continuations; here: tokens sharing a word
+``mlm_probability=0.15``): words (a token and its ``##`` continuations; here: tokens sharing a word
 index) are visited in random order and masked whole while they fit in a budget of ``round(0.15 * L)``; masked tokens
 become ``[MASK]`` (80 %), a random token (10 %) or stay (10 %); labels are -100 elsewhere.
 

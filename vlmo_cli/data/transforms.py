@@ -1,4 +1,4 @@
-"""Image transforms of the official recipes (ALBEF-derived, reference §13.3).
+"""Image transforms of the official recipes (ALBEF-derived).
 
 - train (``square_transform_randaug``): ``RandomResizedCrop(size, scale=(0.5, 1), bicubic)`` -> optional horizontal
   flip -> :class:`RandomAugment` (N=2, M=7) -> ``ToTensor`` -> ``Normalize(0.5, 0.5)``.

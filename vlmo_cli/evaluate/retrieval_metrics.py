@@ -1,6 +1,6 @@
 """Image-text retrieval recall (COCO 5k / Flickr30k 1k protocol), computed in fp32 and in blocks.
 
-Protocol (``reference/ecosystem.md`` §5.1, VLMo ``compute_irtr_recall``, ALBEF ``itm_eval``):
+Protocol (VLMo ``compute_irtr_recall``, ALBEF ``itm_eval``):
 
 - every image is a query over all texts ("text retrieval", TR, image -> text): a hit at K when **any** of the
   image's captions is among the K best texts;

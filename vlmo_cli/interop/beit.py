@@ -3,7 +3,7 @@
 Accepts the unilm BEiT format (``model``/``module`` containers, per-layer
 ``blocks.{i}.attn.relative_position_bias_table``
 of fine-tuned checkpoints or the shared ``rel_pos_bias.relative_position_bias_table`` of MIM checkpoints) and timm's
-``beit_*`` state dicts (same names; timm's index buffers are non-persistent). Mapping (reference §9, §15.22, §16 b):
+``beit_*`` state dicts (same names; timm's index buffers are non-persistent). Mapping:
 
 * ``blocks.{i}.norm1`` / ``attn.{qkv,q_bias,v_bias,proj}`` / ``gamma_{1,2}`` → ``transformer.blocks.{i}.*``
 * ``blocks.{i}.norm2`` → ``norm2_imag``, ``blocks.{i}.mlp`` → ``mlp_imag`` (the vision expert)
@@ -12,7 +12,8 @@ of fine-tuned checkpoints or the shared ``rel_pos_bias.relative_position_bias_ta
   ``l*H:(l+1)*H`` (per-layer tables concatenated layer-major as the official converter does; a shared table is
   broadcast to every layer; both present = summed, which is what BEiT's attention adds). The text and cross-modal
   rows stay zero. BEiT and VLMo use the same image bucket layout (2-D offset ``query - key``, row-major, then the
-  three CLS buckets), so rows copy one to one; another resolution is resized like §16 e.
+  three CLS buckets), so rows copy one to one; another resolution is resized with BEiT's geometric resampling
+  (:mod:`vlmo_cli.model.position`).
 * final norm: ``norm`` when the checkpoint has one (MIM checkpoints, timm with token pooling); otherwise, by default,
   ``fc_norm`` (fine-tuned BEiT with mean pooling, whose ``norm`` is Identity). ``fc_norm`` normalises the pooled
   patch tokens instead of every token, but it is the only final LayerNorm such a checkpoint trained, and it keeps

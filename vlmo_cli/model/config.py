@@ -1,7 +1,7 @@
 """Model configuration and the registry of named sizes (tiny, base, base_plus, large).
 
 A :class:`ModelConfig` fully describes the architecture and which heads exist; it is what ``config.json`` in a model
-directory holds. The named sizes reproduce the official ``vlmo_*_patch16`` entries (reference §2).
+directory holds. The named sizes reproduce the official ``vlmo_*_patch16`` entries.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Position information: the shared relative-position-bias table of base/large, and resizing of position tables.
 
 The official model holds ONE table ``relative_position_bias_table`` of shape ``[rows, heads * layers]`` (columns are
-layer-major: layer ``l`` owns columns ``l*H:(l+1)*H``). Its rows are buckets (reference §5)::
+layer-major: layer ``l`` owns columns ``l*H:(l+1)*H``). Its rows are buckets::
 
     0 .. (2W-1)^2-1            image patch↔patch 2-D offsets (BEiT)
     R-3, R-2, R-1              image CLS→patch, patch→image CLS, image CLS↔CLS      (R = (2W-1)^2 + 3)
@@ -119,7 +119,7 @@ def _not_a_knot_matrix(x: np.ndarray, x_new: np.ndarray) -> np.ndarray:
 def resize_image_relative_table(table: torch.Tensor, src_grid: int, dst_grid: int) -> torch.Tensor:
     """Resize the image 2-D rows of a relative-position table from ``src_grid`` to ``dst_grid``.
 
-    BEiT's geometric-progression resampling (reference §16 e): the source offsets are spread on a geometric grid that
+    BEiT's geometric-progression resampling: the source offsets are spread on a geometric grid that
     spans the target's integer offsets, then a bicubic spline is evaluated at the integer offsets. The trailing rows
     (image-CLS, cross-modal and text buckets) are kept unchanged.
     """

@@ -1,4 +1,4 @@
-"""Adapting a state dict to another configuration of the same backbone (reference §16).
+"""Adapting a state dict to another configuration of the same backbone.
 
 * resolution change: relative-position image rows resized with BEiT's geometric-progression bicubic spline, or the
   absolute image position embeddings resized bicubically (CLS kept);

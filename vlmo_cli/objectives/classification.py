@@ -1,4 +1,4 @@
-"""Losses of the masked-token and task heads (reference §8.1, §8.2, §8.6)."""
+"""Losses of the masked-token and task heads, as the official ``compute_mlm``/``compute_vqa``/``compute_nlvr2``."""
 
 from __future__ import annotations
 

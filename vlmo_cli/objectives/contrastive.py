@@ -1,4 +1,4 @@
-"""Image-text contrastive loss (ITC) as in the official ``compute_itc`` / ``compute_irtr`` (reference §8.3).
+"""Image-text contrastive loss (ITC) as in the official ``compute_itc`` / ``compute_irtr``.
 
 Default (``gather_with_grad=False``): features of every process are gathered without gradient, the local ones
 first, and every process computes the full global N×N loss. ``gather_with_grad=True`` is open_clip's scheme for

@@ -1,4 +1,4 @@
-"""Image-text matching with global hard negatives (official ``compute_itm_hardneg``, reference §8.4).
+"""Image-text matching with global hard negatives (official ``compute_itm_hardneg``).
 
 For every local text one negative image, and for every local image one negative text, are drawn from the softmax of
 the plain ITC similarities over the batch gathered from all processes; the exact positive is excluded (optionally

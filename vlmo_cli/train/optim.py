@@ -1,9 +1,9 @@
-"""AdamW parameter groups, head learning-rate multiplier and the learning-rate schedule (reference §10).
+"""AdamW parameter groups, head learning-rate multiplier and the learning-rate schedule.
 
 ``no_decay="fixed"`` (default) excludes from weight decay every 1-D parameter (biases, LayerNorm weights, γ, logit
 scales), the embeddings, the position tables and the CLS/mask tokens. ``no_decay="compat"`` reproduces the official
 substring matching, under which ``norm2_*`` weights, γ, ``cls_token``, ``token_type_embeddings`` and the logit
-scales *are* decayed (reference §15.1).
+scales *are* decayed.
 """
 
 from __future__ import annotations

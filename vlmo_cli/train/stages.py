@@ -1,7 +1,7 @@
 """Stages and tasks as data: which heads the model carries, which parameters train, which batches and objective.
 
 Every ``pretrain-*`` and ``finetune *`` command resolves to one :class:`StageDef` and runs the same loop
-(:mod:`vlmo_cli.train.loop`). The objectives follow the official ``compute_*`` functions (reference §8).
+(:mod:`vlmo_cli.train.loop`). The objectives follow the official ``compute_*`` functions.
 """
 
 from __future__ import annotations
