@@ -3,28 +3,9 @@
 
 from __future__ import annotations
 
-import json
-
-from helpers import run
+from helpers import export_pairs, run
 
 from vlmo_cli.data.store import open_prepared
-
-
-def export_pairs(demo_root, tmp_path, n: int, label: bool = False):
-    """The first ``n`` demo pairs as image files and a JSONL list (with the shape as label when ``label``)."""
-    rows = open_prepared(demo_root / "demo_data" / "pairs").split("train").select(range(n))
-    lines = []
-    for i, row in enumerate(rows):
-        path = tmp_path / "images" / f"{i}.png"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(row["image"]["bytes"])
-        caption = row["captions"][0]
-        item = {"image": str(path), "caption": caption}
-        if label:
-            item["label"] = next(s for s in ("circle", "square", "triangle") if s in caption)
-        lines.append(json.dumps(item))
-    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
-    return tmp_path / "data.jsonl"
 
 
 def prepare_pairs(capsys, demo_root, tmp_path, n, *extra):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from helpers import run
+from helpers import export_pairs, run
 from test_eval_cli import make_model
 from vlmo_cli.data.store import open_prepared
 from vlmo_cli.errors import DataError
@@ -34,16 +34,7 @@ def test_classification_metrics_by_hand():
 
 @pytest.mark.slow
 def test_eval_classify_end_to_end(demo_root, tmp_path, capsys, monkeypatch):
-    rows = open_prepared(demo_root / "demo_data" / "pairs").split("train").select(range(60))
-    lines = []
-    for i, row in enumerate(rows):
-        path = tmp_path / "images" / f"{i}.png"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(row["image"]["bytes"])
-        caption = row["captions"][0]
-        shape = next(s for s in ("circle", "square", "triangle") if s in caption)
-        lines.append(json.dumps({"image": str(path), "caption": caption, "label": shape}))
-    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    export_pairs(demo_root, tmp_path, 60, label=True)
     code, _, err = run(capsys, "prepare", "pairs", str(tmp_path / "data.jsonl"), "--format", "jsonl",
                        "--image-col", "image", "--caption-col", "caption", "--label-col", "label",
                        "--val-fraction", "0.25", "--tokenizer", str(demo_root / "demo_data" / "tokenizer"),

@@ -3,9 +3,7 @@ classify`` (fusion encoder + a fresh classification head sized by the prepared c
 
 from __future__ import annotations
 
-import json
-
-from helpers import run
+from helpers import export_pairs, run
 from safetensors.torch import load_file
 
 from vlmo_cli.data.store import open_prepared
@@ -13,16 +11,7 @@ from vlmo_cli.train.monitor import read_metrics
 
 
 def test_prepare_labelled_pairs_then_finetune_classify(demo_root, tmp_path, capsys):
-    rows = open_prepared(demo_root / "demo_data" / "pairs").split("train").select(range(120))
-    lines = []
-    for i, row in enumerate(rows):
-        path = tmp_path / "images" / f"{i}.png"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(row["image"]["bytes"])
-        caption = row["captions"][0]
-        shape = next(s for s in ("circle", "square", "triangle") if s in caption)  # the class to learn
-        lines.append(json.dumps({"image": str(path), "caption": caption, "label": shape}))
-    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    export_pairs(demo_root, tmp_path, 120, label=True)
     code, out, err = run(capsys, "prepare", "pairs", str(tmp_path / "data.jsonl"), "--format", "jsonl",
                          "--image-col", "image", "--caption-col", "caption", "--label-col", "label",
                          "--val-fraction", "0.2", "--tokenizer", str(demo_root / "demo_data" / "tokenizer"),
