@@ -32,7 +32,7 @@ def _resolve_config(target: str, overrides: list[str], stage_name: str | None = 
     """``(ModelConfig, label)`` of a recipe (name or file), a model directory, run folder, checkpoint directory or
     an official checkpoint file."""
     from ..model.config import ModelConfig
-    from ..model.io import CONFIG_NAME, resolve_model_dir
+    from ..layout import CONFIG_NAME, resolve_model_dir
 
     path = Path(target)
     saved = path.is_dir() or (path.is_file() and path.suffix != ".toml")

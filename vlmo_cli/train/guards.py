@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..errors import CheckpointError, VlmoError
-from ..model.io import WEIGHTS_NAME
+from ..layout import WEIGHTS_NAME
 from .checkpoint import list_checkpoints
 
 ADVICE = "Try a lower train.lr, train.grad_clip, or precision=no"
