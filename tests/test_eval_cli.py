@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import run
+from vlmo_cli.factory import save_model
 from vlmo_cli.cli.app import main
 from vlmo_cli.data.store import open_prepared
 from vlmo_cli.data.tokenizer import load_tokenizer
@@ -24,7 +25,7 @@ def make_model(directory: Path, demo: Path, heads: list[str], **overrides) -> Pa
     torch.manual_seed(0)
     answers = json.loads((demo / "vqa" / "answers.json").read_text())
     cfg = get_config("tiny", vocab_size=160, heads=heads, vqa_num_answers=len(answers), max_text_len=16, **overrides)
-    VLMo(cfg).save_pretrained(directory)
+    save_model(VLMo(cfg), directory)
     load_tokenizer(demo / "tokenizer").save(directory)
     return directory
 

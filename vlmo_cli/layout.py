@@ -30,7 +30,7 @@ from .outputs import (DirKind, apply_umask, atomic_file, make_temp_dir, raise_if
 
 __all__ = [
     "CONFIG_NAME", "WEIGHTS_NAME", "TOKENIZER_FILES", "TOKENIZER_CONFIG_NAME", "MODEL_CARD_NAME", "RECIPE_NAME",
-    "OFFICIAL_CONFIG_NAME", "PREPROCESSING_NAME", "MODEL_FILES", "CHECKPOINTS_DIR", "LATEST_NAME", "METRICS_NAME",
+    "OFFICIAL_CONFIG_NAME", "PREPROCESSING_NAME", "MODEL_FILES", "IMAGE_SUFFIXES", "CHECKPOINTS_DIR", "LATEST_NAME", "METRICS_NAME",
     "TRAINER_STATE_NAME", "TRAINING_STATE_NAME", "EVAL_DIR", "checkpoint_name", "model_dir_kind",
     "has_tokenizer", "tokenizer_files", "resolve_model_dir", "resolve_model_path", "run_folder_of", "find_up",
     "atomic_file", "atomic_directory",
@@ -50,6 +50,9 @@ PREPROCESSING_NAME = "preprocessing.json"
 
 MODEL_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, *TOKENIZER_FILES, TOKENIZER_CONFIG_NAME, MODEL_CARD_NAME,
                          RECIPE_NAME, OFFICIAL_CONFIG_NAME, PREPROCESSING_NAME})
+
+#: file name suffixes taken for images (folders given to ``prepare``, ``embed``, ``search``), compared lower-cased
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 # ---------------------------------------------------------------------------------------------------- run folder
 CHECKPOINTS_DIR = "checkpoints"

@@ -27,7 +27,7 @@ def export(
 ) -> None:
     """Export a model: a clean model directory with a README card, or ONNX image and text towers; both carry the
     model's tokenizer and preprocessing.json (image size, resize rule, mean/std, text length)."""
-    from ..interop.export import ONNX_TOLERANCE, export_onnx, export_safetensors
+    from ..inference.export import ONNX_TOLERANCE, export_onnx, export_safetensors
 
     if format is ExportFormat.safetensors:
         path = export_safetensors(model_dir, out, title=title, overwrite=overwrite)

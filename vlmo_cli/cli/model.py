@@ -62,7 +62,7 @@ def info(
 ) -> None:
     """Parameters per component and forward FLOPs per sample of exactly the model a recipe stage trains (its
     vocabulary, text length, heads) or a saved model holds."""
-    from ..model.flops import parameter_groups, path_flops
+    from ..model.flops import parameter_counts, path_flops
     from ..model.vlmo import VLMo
 
     cfg, label = _resolve_config(target, overrides or [], stage)
@@ -76,7 +76,7 @@ def info(
                   f"{cfg.image_size}px / patch {cfg.patch_size}")
     table.add_column("component")
     table.add_column("parameters", justify="right")
-    groups = parameter_groups(model)
+    groups = parameter_counts(model)
     for name, n in groups.items():
         table.add_row(name, f"{n:,}")
     table.add_row("[bold]total", f"[bold]{sum(groups.values()):,}")

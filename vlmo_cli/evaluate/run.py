@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..embed import InferenceModel, as_inference_model, run_folder_of
+from ..factory import ITM_HOW, InferenceModel, as_inference_model
+from ..layout import run_folder_of
 from ..errors import CheckpointError, DataError
 from .report import check_report_outputs, sibling_path, write_report
 
@@ -214,7 +215,6 @@ def run_retrieval(
         examples: draw the top ``examples_k`` images of this many caption queries into ``<report>-examples.png``.
     """
     from ..data.store import open_prepared
-    from ..search_index import require_itm
     from .retrieval import retrieval_recall
     from .retrieval_metrics import PROTOCOL, TIE_RULE, pool_warnings
 
@@ -227,7 +227,7 @@ def run_retrieval(
     check_split(prepared, target.split)
     loaded = _load(model, target, device, tokenizer)
     if rerank_k:
-        require_itm(loaded.model, loaded.path)
+        loaded.require_head("itm", ITM_HOW)
     report_path = Path(out) if out else default_report_path(loaded.path, "retrieval")
     check_report_outputs(report_path, ["-examples.png"] if examples else [], overwrite=overwrite,
                          inputs=[target.dataset, loaded.path])

@@ -7,10 +7,10 @@ from collections import Counter
 from typing import Any, Iterable
 
 from ...errors import DataError
+from ...layout import IMAGE_SUFFIXES
 
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_name", "filename", "path", "img", "url", "jpg")
 CAPTION_COLUMNS = ("caption", "captions", "text", "sentence", "sentences", "raw", "txt")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def pick_column(available: Iterable[str], wanted: str | None, candidates: tuple[str, ...], what: str, where: str) -> str:
