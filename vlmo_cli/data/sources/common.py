@@ -7,7 +7,6 @@ from collections import Counter
 from typing import Any, Iterable
 
 from ...errors import DataError
-from ...layout import IMAGE_SUFFIXES
 
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_name", "filename", "path", "img", "url", "jpg")
 CAPTION_COLUMNS = ("caption", "captions", "text", "sentence", "sentences", "raw", "txt")
