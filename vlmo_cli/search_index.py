@@ -1,7 +1,6 @@
 """Moved to :mod:`vlmo_cli.inference.search`; kept until the redesign lands."""
 
 from .inference.search import *  # noqa: F401,F403
-from .inference.search import _load_pixels, _write_atomic  # noqa: F401
 
 
 def require_itm(net, source) -> None:

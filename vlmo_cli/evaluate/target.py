@@ -168,7 +168,8 @@ def report_header(task: str, model: InferenceModel | None, target: EvalTarget | 
     return head
 
 
-def _load(model, target: EvalTarget, device, tokenizer) -> InferenceModel:
+def load_for(model, target: EvalTarget, device, tokenizer) -> InferenceModel:
+    """``model`` (a path or an :class:`InferenceModel`) ready to run at ``target``'s resolution."""
     return as_inference_model(model, image_size=target.image_size, device=device, tokenizer=tokenizer)
 
 
