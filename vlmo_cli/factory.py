@@ -88,14 +88,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
 
     ``config_overrides`` (e.g. ``image_size=384``) rebuild the model with position information resized.
     """
-    from .model.weights import build_model, read_weights
-
     path = Path(path)
     if path.is_file() and path.name != "latest":
         return load_official(path, **config_overrides).to(device)
     path = resolve_model_dir(path)
-    cfg = load_config(path)
-    return build_model(read_weights(path / WEIGHTS_NAME), cfg, str(path), strict, **config_overrides).to(device)
+    return _load_model_dir(path, load_config(path), device, strict, **config_overrides)
+
+
+def _load_model_dir(model_dir: Path, cfg: ModelConfig, device, strict: bool = True, **config_overrides):
+    """The model of an already resolved model directory whose config is ``cfg``."""
+    from .model.weights import build_model, read_weights
+
+    return build_model(read_weights(model_dir / WEIGHTS_NAME), cfg, str(model_dir), strict,
+                       **config_overrides).to(device)
 
 
 # ---------------------------------------------------------------------------------------------------- official VLMo
@@ -274,13 +279,17 @@ def load_inference_model(
     """
     from .data.tokenizer import TextTokenizer, load_tokenizer
 
-    model_path = resolve_model_path(path)
+    model_path = resolve_model_path(path)  # resolved once: the config and weights are read from here
     dev = pick_device(device) if not hasattr(device, "type") else device
-    stored = load_config(model_path).image_size if model_path.is_dir() else None
+    cfg = load_config(model_path) if model_path.is_dir() else None
+    stored = cfg.image_size if cfg is not None else None
     overrides = {}
     if image_size and (stored is None or image_size != stored):
         overrides["image_size"] = int(image_size)
-    model = load_model(model_path, device=dev, **overrides)
+    if cfg is not None:
+        model = _load_model_dir(model_path, cfg, dev, **overrides)
+    else:
+        model = load_official(model_path, **overrides).to(dev)
     model.eval()
     if isinstance(tokenizer, TextTokenizer):
         tok = tokenizer
