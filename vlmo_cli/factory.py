@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, ConfigError, VlmoError
-from .layout import (CONFIG_NAME, OFFICIAL_CONFIG_NAME, TOKENIZER_FILES, WEIGHTS_NAME, has_tokenizer, model_dir_kind,
-                     resolve_model_dir, resolve_model_path)
+from .layout import (CONFIG_NAME, OFFICIAL_CONFIG_NAME, TOKENIZER_FILES, VOCAB_NAME, WEIGHTS_NAME, has_tokenizer,
+                     model_dir_kind, resolve_model_dir, resolve_model_path)
 from .outputs import DirectoryOutput, check_directory
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def vocab_files(vocab: str | Path | None) -> dict[str, str]:
     vocab = Path(vocab)
     if not vocab.is_file():
         raise CheckpointError(f"{vocab}: no such vocabulary file")
-    return {vocab.name if vocab.name in TOKENIZER_FILES else "vocab.txt": str(vocab)}
+    return {vocab.name if vocab.name in TOKENIZER_FILES else VOCAB_NAME: str(vocab)}
 
 
 def load_config(model_dir: str | Path) -> ModelConfig:

@@ -29,7 +29,7 @@ from .outputs import (DirKind, apply_umask, atomic_file, make_temp_dir, raise_if
                       sync_to_disk)
 
 __all__ = [
-    "CONFIG_NAME", "WEIGHTS_NAME", "TOKENIZER_FILES", "TOKENIZER_CONFIG_NAME", "MODEL_CARD_NAME", "RECIPE_NAME",
+    "CONFIG_NAME", "WEIGHTS_NAME", "TOKENIZER_JSON_NAME", "VOCAB_NAME", "TOKENIZER_FILES", "TOKENIZER_CONFIG_NAME", "MODEL_CARD_NAME", "RECIPE_NAME",
     "OFFICIAL_CONFIG_NAME", "PREPROCESSING_NAME", "MODEL_FILES", "IMAGE_SUFFIXES", "CHECKPOINTS_DIR", "LATEST_NAME", "METRICS_NAME",
     "TRAINER_STATE_NAME", "TRAINING_STATE_NAME", "EVAL_DIR", "checkpoint_name", "model_dir_kind",
     "has_tokenizer", "tokenizer_files", "resolve_model_dir", "resolve_model_path", "run_folder_of", "find_up",
@@ -39,8 +39,10 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------- model directory
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_JSON_NAME = "tokenizer.json"
+VOCAB_NAME = "vocab.txt"
 #: tokenizer files, in the order they are looked for (``tokenizer.json`` first)
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+TOKENIZER_FILES = (TOKENIZER_JSON_NAME, VOCAB_NAME)
 #: written by the tokenizer next to its vocabulary (lower-casing, special tokens)
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 MODEL_CARD_NAME = "README.md"

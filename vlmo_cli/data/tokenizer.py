@@ -20,9 +20,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import DataError, VlmoError
-from ..layout import TOKENIZER_CONFIG_NAME, TOKENIZER_FILES, has_tokenizer, resolve_model_dir
-
-TOKENIZER_JSON, VOCAB_TXT = TOKENIZER_FILES
+from ..layout import (TOKENIZER_CONFIG_NAME, TOKENIZER_FILES, TOKENIZER_JSON_NAME, VOCAB_NAME, has_tokenizer,
+                      resolve_model_dir)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -101,10 +100,10 @@ class TextTokenizer:
         """Write ``tokenizer.json``, ``vocab.txt`` and ``tokenizer_config.json`` to ``directory``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(out / TOKENIZER_JSON))
+        self._tok.save(str(out / TOKENIZER_JSON_NAME))
         vocab = self._tok.get_vocab(with_added_tokens=True)
         ordered = sorted(vocab.items(), key=lambda item: item[1])
-        (out / VOCAB_TXT).write_text("".join(f"{token}\n" for token, _ in ordered), encoding="utf-8")
+        (out / VOCAB_NAME).write_text("".join(f"{token}\n" for token, _ in ordered), encoding="utf-8")
         config = {"tokenizer_class": "BertTokenizerFast", "do_lower_case": self.lowercase,
                   "model_max_length": 512, **{k: v for k, v in zip(("pad_token", "unk_token", "cls_token",
                                                                       "sep_token", "mask_token"), SPECIAL_TOKENS)}}

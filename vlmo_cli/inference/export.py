@@ -193,7 +193,7 @@ def model_card(model: nn.Module, provenance: Provenance, title: str) -> str:
         "## Usage",
         "",
         "```python",
-        "from vlmo_cli.factory import load_model",
+        "from vlmo_cli import load_model",
         "",
         "model = load_model('path/to/this/directory').eval()",
         "image_emb = model.encode_image(pixel_values)           # [B, D], L2-normalised",

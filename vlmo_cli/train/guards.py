@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..errors import CheckpointError, VlmoError
-from ..layout import WEIGHTS_NAME
+from ..layout import CHECKPOINTS_DIR, WEIGHTS_NAME, checkpoint_name
 from .checkpoint import list_checkpoints
 
 ADVICE = "Try a lower train.lr, train.grad_clip, or precision=no"
@@ -126,7 +126,7 @@ def write_checkpoint(save: Callable[[], Path], run_dir: Path, step: int) -> Path
     The atomic writer removes its temporary directory and leaves the previous checkpoint and ``latest`` as they
     were; this also removes a half-written ``latest`` pointer.
     """
-    target = Path(run_dir) / "checkpoints" / f"step_{step}"
+    target = Path(run_dir) / CHECKPOINTS_DIR / checkpoint_name(step)
     try:
         return save()
     except Exception as exc:  # noqa: BLE001 - only write failures are turned into messages
