@@ -21,7 +21,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..layout import (CHECKPOINTS_DIR, CONFIG_NAME, LATEST_NAME, TRAINER_STATE_NAME, TRAINING_STATE_NAME, WEIGHTS_NAME,
-                      atomic_directory, checkpoint_name)
+                      atomic_directory, atomic_file, checkpoint_name)
 from ..model.weights import state_dict_for_saving
 from ..safe_load import load_torch_file
 
@@ -110,9 +110,8 @@ def save_checkpoint(
             blob["scaler"] = scaler.state_dict()
         torch.save(blob, tmp / STATE_FILE)
         (tmp / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=2) + "\n")
-    pointer = root / f".{LATEST_NAME}.tmp"
-    pointer.write_text(final.name + "\n")
-    pointer.replace(root / LATEST_NAME)
+    with atomic_file(root / LATEST_NAME) as pointer:
+        pointer.write_text(final.name + "\n")
     if keep_last_n > 0:
         for old in list_checkpoints(run_dir)[:-keep_last_n]:
             shutil.rmtree(old, ignore_errors=True)

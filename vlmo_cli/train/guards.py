@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..errors import CheckpointError, VlmoError
-from ..layout import CHECKPOINTS_DIR, WEIGHTS_NAME, checkpoint_name
+from ..layout import CHECKPOINTS_DIR, LATEST_NAME, WEIGHTS_NAME, checkpoint_name
 from .checkpoint import list_checkpoints
 
 ADVICE = "Try a lower train.lr, train.grad_clip, or precision=no"
@@ -132,7 +132,8 @@ def write_checkpoint(save: Callable[[], Path], run_dir: Path, step: int) -> Path
     except Exception as exc:  # noqa: BLE001 - only write failures are turned into messages
         if not _is_disk_full(exc) and not isinstance(exc, OSError):
             raise
-        (target.parent / ".latest.tmp").unlink(missing_ok=True)
+        for pointer in target.parent.glob(f".{LATEST_NAME}.tmp*"):
+            pointer.unlink(missing_ok=True)
         for tmp in target.parent.glob(f".{target.name}.tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
         if _is_disk_full(exc):

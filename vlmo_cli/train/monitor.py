@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..layout import METRICS_NAME
+from ..layout import METRICS_NAME, atomic_file
 
 
 def format_metrics(metrics: dict, keys: tuple[str, ...] = ()) -> str:
@@ -93,7 +93,6 @@ def truncate_metrics(run_dir: Path, step: int) -> int:
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) < len(lines):
-        tmp = path.with_name(f".{METRICS_NAME}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
     return len(lines) - len(kept)

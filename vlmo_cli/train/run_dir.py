@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError, RunFolderError
-from ..layout import CHECKPOINTS_DIR, EVAL_DIR, METRICS_NAME, RECIPE_NAME
+from ..layout import CHECKPOINTS_DIR, EVAL_DIR, LATEST_NAME, METRICS_NAME, RECIPE_NAME
 from ..run_lock import LOCK_NAME, FolderLock
 from .checkpoint import is_complete, list_checkpoints
 
@@ -113,7 +113,8 @@ def clean_checkpoint_temporaries(run_dir: Path) -> str | None:
         freed += _size(entry)
         shutil.rmtree(entry)
         removed.append(entry.name)
-    (root / ".latest.tmp").unlink(missing_ok=True)
+    for pointer in root.glob(f".{LATEST_NAME}.tmp*"):  # a half-written ``latest`` pointer of a dead writer
+        pointer.unlink(missing_ok=True)
     parts = []
     if removed:
         parts.append(f"removed {len(removed)} unfinished checkpoint folder(s) of an interrupted run "
