@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vlmo_cli.search_ann import AnnIndex, exact_rescore, plan  # noqa: E402
+from vlmo_cli.inference.ann import AnnIndex, exact_rescore, plan  # noqa: E402
 
 
 def synthetic(n: int, dim: int, seed: int, *, fine_size: int = 20, chunk: int = 65536) -> tuple[np.ndarray, callable]:
@@ -73,7 +73,7 @@ def time_calls(fn, batches: list[np.ndarray]) -> dict[str, float]:
 
 
 def ann_search(ann: AnnIndex, vectors: np.ndarray, k: int):
-    """The search path of :func:`vlmo_cli.search_index.nearest` (ids are rows here)."""
+    """The search path of :func:`vlmo_cli.inference.search.nearest` (ids are rows here)."""
 
     def run(queries: np.ndarray) -> list[list[int]]:
         _, labels = ann.candidates(queries, k)

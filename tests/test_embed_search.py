@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from helpers import run
+from vlmo_cli.factory import load_inference_model, save_model
 from vlmo_cli.data.tokenizer import load_tokenizer
-from vlmo_cli.embed import embed, load_embeddings, load_inference_model
+from vlmo_cli.inference.embed import embed, load_embeddings
 from vlmo_cli.errors import VlmoError
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.vlmo import VLMo
-from vlmo_cli.search_index import INDEX_NAME, load_index, search_folder, update_index
+from vlmo_cli.inference.search import INDEX_NAME, load_index, search_folder, update_index
 
 COLORS = [(220, 40, 40), (40, 200, 60), (50, 90, 230), (230, 210, 40), (200, 200, 200)]
 
@@ -26,7 +27,7 @@ def model_dirs(demo_root, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, heads in (("itm", ["pooler", "itc", "itm"]), ("itc", ["pooler", "itc"])):
         torch.manual_seed(1)
-        VLMo(get_config("tiny", vocab_size=160, heads=heads, max_text_len=16)).save_pretrained(root / name)
+        save_model(VLMo(get_config("tiny", vocab_size=160, heads=heads, max_text_len=16)), root / name)
         load_tokenizer(demo_root / "demo_data" / "tokenizer").save(root / name)
         out[name] = root / name
     return out
@@ -76,7 +77,7 @@ def test_embed_texts_match_the_model(model_dirs, tmp_path):
 def test_encode_texts_shortest_first_keeps_the_input_order(model_dirs):
     """Texts are encoded sorted by length with each batch cut to its longest text; the result is in input order and
     equals encoding every text padded to the full length."""
-    from vlmo_cli.embed import encode_texts
+    from vlmo_cli.inference.embed import encode_texts
 
     loaded = load_inference_model(model_dirs["itc"], device="cpu")
     words = "red green blue circle square triangle left right top bottom small big".split()

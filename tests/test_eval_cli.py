@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from helpers import run
+from vlmo_cli.factory import save_model
 from vlmo_cli.cli.app import main
 from vlmo_cli.data.store import open_prepared
 from vlmo_cli.data.tokenizer import load_tokenizer
 from vlmo_cli.errors import CheckpointError, DataError
-from vlmo_cli.evaluate.run import default_report_path, eval_target, run_retrieval, run_vqa
+from vlmo_cli.evaluate.retrieval import run_retrieval
+from vlmo_cli.evaluate.target import default_report_path, eval_target
+from vlmo_cli.evaluate.vqa import run_vqa
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.vlmo import VLMo
 
@@ -24,7 +27,7 @@ def make_model(directory: Path, demo: Path, heads: list[str], **overrides) -> Pa
     torch.manual_seed(0)
     answers = json.loads((demo / "vqa" / "answers.json").read_text())
     cfg = get_config("tiny", vocab_size=160, heads=heads, vqa_num_answers=len(answers), max_text_len=16, **overrides)
-    VLMo(cfg).save_pretrained(directory)
+    save_model(VLMo(cfg), directory)
     load_tokenizer(demo / "tokenizer").save(directory)
     return directory
 
@@ -142,7 +145,7 @@ def main_code(args: list[str]) -> int:
 
 
 def test_vqa_split_without_answers_writes_a_deduplicated_submission(in_demo, models, tmp_path, monkeypatch):
-    from vlmo_cli.evaluate import run as run_module
+    from vlmo_cli.evaluate import vqa as run_module
 
     target = eval_target("vqa", "tiny")
     qids = [int(q) for q in open_prepared("demo_data/vqa").split("val")["question_id"]]

@@ -9,17 +9,19 @@ import pytest
 import torch
 
 from vlmo_cli.errors import DataError
-from vlmo_cli.evaluate.vqa_metrics import (
+from vlmo_cli.data.sources.vqa_answers import (
     CONTRACTIONS,
-    SoftVQAScore,
-    load_vqa_annotations,
     normalize_answer,
     normalize_prediction,
     process_digit_article,
     process_punctuation,
+    soft_score,
+)
+from vlmo_cli.evaluate.vqa_metrics import (
+    SoftVQAScore,
+    load_vqa_annotations,
     round_like_python2,
     score_results,
-    soft_score,
     soft_vqa_scores,
     vqa_accuracy,
     write_submission,

@@ -15,10 +15,11 @@ from safetensors.torch import load_file
 from helpers import run
 from vlmo_cli.cli.app import main
 from vlmo_cli.data.transforms import build_transform
-from vlmo_cli.embed import load_embeddings
-from vlmo_cli.interop.export import ONNX_TOLERANCE, export_onnx, export_safetensors, parameter_counts
+from vlmo_cli.inference.embed import load_embeddings
+from vlmo_cli.inference.export import ONNX_TOLERANCE, export_onnx, export_safetensors
+from vlmo_cli.model.flops import parameter_counts
 from vlmo_cli.model.config import get_config
-from vlmo_cli.model.io import load_model, save_model
+from vlmo_cli.factory import load_model, save_model
 from vlmo_cli.model.vlmo import VLMo
 
 

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from helpers import run
 from test_interop_resize import HEADS, VOCAB, _randomise, _Reference
 from vlmo_cli.errors import CheckpointError
-from vlmo_cli.interop.official import infer_architecture, load_official
+from vlmo_cli.factory import load_model, load_official
+from vlmo_cli.interop.official import infer_architecture
 from vlmo_cli.model.config import get_config
-from vlmo_cli.model.io import load_model
 from vlmo_cli.model.vlmo import VLMo
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official-vlmo-tiny-relpos"

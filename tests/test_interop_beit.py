@@ -168,7 +168,7 @@ def test_vlmo_checkpoint_is_recognised():
 
 def test_cli_convert_beit(tmp_path):
     from vlmo_cli.cli.app import main
-    from vlmo_cli.model.io import load_model
+    from vlmo_cli.factory import load_model
 
     tiny = get_config("tiny")
     beit = timm_beit.Beit(
@@ -213,8 +213,8 @@ def _summary_of(directory) -> str:
 
 def test_absolute_position_beit_heads_come_from_what_the_caller_chose(tmp_path):
     """Without a relative table no shape holds the head count: the conversion says it came from the caller."""
-    from vlmo_cli.interop.beit import convert_beit_to_dir
-    from vlmo_cli.model.io import load_model
+    from vlmo_cli.factory import convert_beit_to_dir
+    from vlmo_cli.factory import load_model
 
     beit = timm_beit.Beit(
         img_size=32, patch_size=8, embed_dim=WIDTH, depth=DEPTH, num_heads=8, num_classes=0,

@@ -13,7 +13,7 @@ import torch
 from helpers import run
 from vlmo_cli.data.store import open_prepared
 from vlmo_cli.model.config import get_config
-from vlmo_cli.model.io import load_model, save_model
+from vlmo_cli.factory import load_model, save_model
 from vlmo_cli.model.vlmo import VLMo
 
 TINY_RECIPE = Path(__file__).resolve().parents[1] / "vlmo_cli" / "recipes" / "tiny.toml"

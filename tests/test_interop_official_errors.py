@@ -7,9 +7,8 @@ import torch
 
 from vlmo_cli.cli.app import main
 from vlmo_cli.errors import CheckpointError
-from vlmo_cli.interop.official import convert_official, load_official
+from vlmo_cli.factory import convert_official, load_model, load_official
 from vlmo_cli.model.config import get_config
-from vlmo_cli.model.io import load_model
 from vlmo_cli.model.vlmo import VLMo
 
 HEADS = ["pooler", "itc", "itc_vl", "itm", "mlm", "vqa", "nlvr2"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlmo_cli.interop.official import load_official
+from vlmo_cli.factory import load_official
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.position import num_image_buckets, resize_image_relative_table
 from vlmo_cli.model.vlmo import VLMo

@@ -7,7 +7,7 @@ import torch
 
 from vlmo_cli.errors import ConfigError
 from vlmo_cli.model.config import ModelConfig, get_config
-from vlmo_cli.model.io import load_model
+from vlmo_cli.factory import load_model, save_model
 from vlmo_cli.model.position import (
     image_relative_position_index,
     pair_relative_position_index,
@@ -290,7 +290,7 @@ def test_registered_sizes():
 def test_save_load_round_trip_is_exact(tmp_path):
     model = tiny()
     ids, mask, img = batch()
-    model.save_pretrained(tmp_path / "m")
+    save_model(model, tmp_path / "m")
     loaded = load_model(tmp_path / "m").eval()
     assert loaded.config == model.config
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):

@@ -8,8 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlmo_cli.interop.official import convert_official, load_official
-from vlmo_cli.model.io import load_model
+from vlmo_cli.factory import convert_official, load_model, load_official
 from vlmo_cli.model.position import (
     image_relative_position_index,
     pair_relative_position_index,

@@ -16,6 +16,7 @@ import pytest
 import torch
 from helpers import run
 
+from vlmo_cli.factory import save_model
 from vlmo_cli.errors import OutputError
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.vlmo import VLMo
@@ -31,7 +32,7 @@ def model_dir(tmp_path_factory) -> Path:
     vocab = root / "vocab.txt"
     vocab.write_text("".join(f"{t}\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle",
                                                  "blue", "square"]))
-    VLMo(get_config("tiny", vocab_size=120)).save_pretrained(root / "model", extra_files={"vocab.txt": str(vocab)})
+    save_model(VLMo(get_config("tiny", vocab_size=120)), root / "model", extra_files={"vocab.txt": str(vocab)})
     return root / "model"
 
 
@@ -200,7 +201,7 @@ def _disk_full(*args, **kwargs):
 def test_export_on_a_full_disk(model_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "export"
     assert run(capsys, "export", str(model_dir), str(out), "--title", "kept")[0] == 0
-    monkeypatch.setattr("vlmo_cli.model.io.save_file", _disk_full)
+    monkeypatch.setattr("safetensors.torch.save_file", _disk_full)
     code, stdout, err = run(capsys, "export", str(model_dir), str(out), "--overwrite")
     assert code == 2, err
     assert f"no space left on device while writing {out}" in err and "Traceback" not in stdout + err
@@ -244,7 +245,7 @@ def _mount_tmpfs(mount: Path, kib: int) -> None:
 def test_export_onto_a_really_full_disk(tmp_path, capsys):
     torch.manual_seed(0)
     model = tmp_path / "small"
-    VLMo(get_config("tiny", vocab_size=120, depth=1, vlffn_start=1, embed_dim=64, num_heads=2)).save_pretrained(model)
+    save_model(VLMo(get_config("tiny", vocab_size=120, depth=1, vlffn_start=1, embed_dim=64, num_heads=2)), model)
     size = sum(p.stat().st_size for p in model.iterdir())
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, int(size * 1.5) // 1024)  # one export fits, two do not
@@ -394,10 +395,9 @@ def test_two_prepares_into_one_output_cannot_both_write(tmp_path, capsys):
 def test_checkpoint_writer_helpers_follow_the_umask(tmp_path, umask_022):
     from safetensors.torch import save_file
 
-    from vlmo_cli.model.io import atomic_directory, commit_directory
+    from vlmo_cli.layout import atomic_directory
 
     final = tmp_path / "checkpoints" / "step_1"
-    tmp = atomic_directory(final)
-    save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))  # safetensors itself writes 0600
-    commit_directory(tmp, final)
+    with atomic_directory(final) as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))  # safetensors itself writes 0600
     assert _modes(final) == {("d", 0o755), ("f", 0o644)}

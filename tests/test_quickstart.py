@@ -59,8 +59,8 @@ def test_learning_margins_over_chance(quickstart):
 
 
 def test_search_finds_the_queried_image(quickstart, tmp_path):
-    from vlmo_cli.embed import load_inference_model
-    from vlmo_cli.search_index import search_folder
+    from vlmo_cli.factory import load_inference_model
+    from vlmo_cli.inference.search import search_folder
 
     out, _ = quickstart
     rows = open_prepared(out / "demo_data" / "pairs").split("test")

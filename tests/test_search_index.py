@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from helpers import run
+from vlmo_cli.factory import load_inference_model, save_model
 from vlmo_cli.data.tokenizer import load_tokenizer
-from vlmo_cli.embed import load_inference_model
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.vlmo import VLMo
-from vlmo_cli.search_ann import FLAT_MAX, AnnIndex, plan, recall_at_k, resolve_kind
-from vlmo_cli.search_index import (
+from vlmo_cli.inference.ann import FLAT_MAX, AnnIndex, plan, recall_at_k, resolve_kind
+from vlmo_cli.inference.search import (
     ANN_FILE,
     INDEX_NAME,
     load_index,
@@ -34,7 +34,7 @@ def models(demo_root, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, heads in (("itm", ["pooler", "itc", "itm"]), ("itc", ["pooler", "itc"])):
         torch.manual_seed(1)
-        VLMo(get_config("tiny", vocab_size=160, heads=heads, max_text_len=16)).save_pretrained(root / name)
+        save_model(VLMo(get_config("tiny", vocab_size=160, heads=heads, max_text_len=16)), root / name)
         load_tokenizer(demo_root / "demo_data" / "tokenizer").save(root / name)
         out[name] = root / name
     return out

@@ -17,8 +17,9 @@ import httpx
 import pytest
 import torch
 
+from vlmo_cli.factory import save_model
 from vlmo_cli.data.tokenizer import load_tokenizer
-from vlmo_cli.embed import encode_texts
+from vlmo_cli.inference.embed import encode_texts
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.vlmo import VLMo
 from vlmo_cli.serve import SearchService, ServeOptions, ServerThread, create_app
@@ -30,8 +31,8 @@ UPLOAD_LIMIT = 64 * 1024
 
 def make_model(root: Path, tokenizer_dir: Path, heads: list[str]) -> Path:
     torch.manual_seed(1)
-    VLMo(get_config("tiny", vocab_size=160, heads=heads, max_text_len=16, vqa_num_answers=len(ANSWERS))
-         ).save_pretrained(root)
+    save_model(VLMo(get_config("tiny", vocab_size=160, heads=heads, max_text_len=16, vqa_num_answers=len(ANSWERS))),
+               root)
     load_tokenizer(tokenizer_dir).save(root)
     return root
 

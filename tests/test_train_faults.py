@@ -230,7 +230,7 @@ def test_disk_full_on_a_real_small_tmpfs(in_demo, tmp_path, capsys):
 # ---------------------------------------------------------------------- 6. initialisation reports every tensor
 def _text_stage_model_dir(tmp_path: Path, drop_block: int | None = None) -> Path:
     """A stage-2 model directory (random weights), optionally without every tensor of one backbone block."""
-    from vlmo_cli.model.io import save_model
+    from vlmo_cli.factory import save_model
     from vlmo_cli.model.vlmo import VLMo
     from vlmo_cli.recipe import load_recipe
     from vlmo_cli.train.stages import STAGES, stage_model_config

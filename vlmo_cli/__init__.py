@@ -24,8 +24,8 @@ _EXPORTS = {
     "ModelConfig": "vlmo_cli.model.config",
     "get_config": "vlmo_cli.model.config",
     "model_sizes": "vlmo_cli.model.config",
-    "load_model": "vlmo_cli.model.io",
-    "save_model": "vlmo_cli.model.io",
+    "load_model": "vlmo_cli.factory",
+    "save_model": "vlmo_cli.factory",
     "load_tokenizer": "vlmo_cli.data.tokenizer",
     "VlmoError": "vlmo_cli.errors",
 }

@@ -7,8 +7,8 @@ single file (``embed``'s ``.safetensors``, ``eval`` reports and their side files
 * a target holding a previous result of the *same* command is replaced only with ``overwrite`` (``--overwrite``);
 * a target holding anything else is refused, even with ``--overwrite``; the message names it and what is in it;
 * the output may not be an input, contain an input, or be the current directory (or contain it);
-* everything is written into a temporary sibling and renamed into place once complete, so the target holds either
-  the previous result or the new one, never half of one.
+* everything is written into a temporary sibling, flushed to disk (``fsync``) and renamed into place once complete,
+  so the target holds either the previous result or the new one, never half of one.
 
 How a previous result is recognised
     Every directory written here holds a marker file ``.vlmo-output.json``: ``{"command": ..., "files": [...]}``,
@@ -209,6 +209,19 @@ def make_temp_file(final: str | Path) -> Path:
         raise _as_output_error(exc, final) from exc
 
 
+def sync_to_disk(root: str | Path) -> None:
+    """Flush ``root`` (a file, or every file below a directory) to disk: the durability rule of every atomic write
+    here is that a temporary's content is on disk before the rename makes it visible."""
+    root = Path(root)
+    for path in root.rglob("*") if root.is_dir() else [root]:
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 def current_umask() -> int:
     """This process's umask (read without changing it where /proc tells it)."""
     try:
@@ -384,6 +397,7 @@ class DirectoryOutput:
     def commit(self) -> Path:
         try:
             _write_marker(self.tmp, self.kind.command)
+            sync_to_disk(self.tmp)
             apply_umask(self.tmp)
             check_directory(self.final, self.kind, overwrite=self.overwrite, inputs=self.inputs)
             replace_directory(self.tmp, self.final)
@@ -425,6 +439,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     tmp = make_temp_file(final)
     try:
         yield tmp
+        sync_to_disk(tmp)
         apply_umask(tmp)
         os.replace(tmp, final)
     except BaseException as exc:

@@ -21,7 +21,7 @@ def _summary(out: Path) -> None:
     from safetensors import safe_open
 
     from ..model.config import ModelConfig
-    from ..model.io import CONFIG_NAME, WEIGHTS_NAME
+    from ..layout import CONFIG_NAME, WEIGHTS_NAME
 
     cfg = ModelConfig.load(out / CONFIG_NAME)
     with safe_open(str(out / WEIGHTS_NAME), framework="pt") as f:
@@ -56,7 +56,7 @@ def official(
 ) -> None:
     """Convert a microsoft/unilm VLMo checkpoint. The architecture comes from the weights; what they cannot tell
     comes from the stored config (model_arch, max_text_len_of_initckpt) or the options, and is never guessed."""
-    from ..interop.official import convert_official
+    from ..factory import convert_official
 
     _summary(convert_official(checkpoint, out_dir, image_size=image_size, vocab=vocab, num_heads=num_heads,
                               text_table_len=text_table_len, overwrite=overwrite))
@@ -82,7 +82,7 @@ def beit(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Initialise VLMo's attention and vision experts from BEiT (stage-1 weights)."""
-    from ..interop.beit import convert_beit_to_dir
+    from ..factory import convert_beit_to_dir
     from ..model.config import get_config
 
     overrides = {}

@@ -1,5 +1,5 @@
 """``vlmo embed`` (batched embeddings to a safetensors file) and ``vlmo search`` (query a folder of images):
-thin wrappers over :mod:`vlmo_cli.embed` and :mod:`vlmo_cli.search_index`."""
+thin wrappers over :mod:`vlmo_cli.inference.embed` and :mod:`vlmo_cli.inference.search`."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def embed(
     tokenizer: Path = TokenizerOpt,
 ) -> None:
     """Dual-encoder embeddings (L2-normalised) of images or lines of text, with their ids."""
-    from ..embed import embed as run_embed
-    from ..embed import load_inference_model
+    from ..factory import load_inference_model
+    from ..inference.embed import embed as run_embed
 
     image_list = [*(images or []), *(paths or [])]
     if image_list and texts is not None:
@@ -66,9 +66,9 @@ def search(
     """Find the images of a folder (or the captions of a file) that best match a text or an image."""
     from rich.table import Table
 
-    from ..embed import load_inference_model
-    from ..search_ann import resolve_kind
-    from ..search_index import search_folder
+    from ..factory import load_inference_model
+    from ..inference.ann import resolve_kind
+    from ..inference.search import search_folder
 
     if (query is None) == (image is None):
         raise VlmoError('give a text query ("a red car") or --image QUERY.jpg, exactly one')

@@ -1,16 +1,22 @@
-"""``vlmo eval retrieval|vqa|nlvr2|classify --model MODEL [RECIPE] [overrides]``: thin wrappers over
-:mod:`vlmo_cli.evaluate.run` that print the report as a table and say where the JSON went."""
+"""``vlmo eval retrieval|vqa|nlvr2|classify --model MODEL [RECIPE] [overrides]``: thin wrappers over the task
+runners of :mod:`vlmo_cli.evaluate` that print the report as a table (:func:`render_report`) and say where the JSON
+went."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
 from ..errors import VlmoError
 from .common import literal
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 console = Console()
 
@@ -40,7 +46,7 @@ def _recipe_and_overrides(recipe: str | None, overrides: list[str] | None) -> tu
 
 def _target(task: str, recipe: str | None, overrides: list[str] | None, split: str | None, image_size: int | None,
             model: str | None = None):
-    from ..evaluate.run import eval_target
+    from ..evaluate.target import eval_target
 
     name, extra = _recipe_and_overrides(recipe, overrides)
     target = eval_target(task, name, extra, split, model=model)
@@ -49,10 +55,90 @@ def _target(task: str, recipe: str | None, overrides: list[str] | None, split: s
     return target
 
 
+# ---------------------------------------------------------------------------------------------------- display
+def _cell(value: Any) -> str:
+    """A metric as a table cell: floats with 2 decimals, ``-`` for none."""
+    return f"{value:.2f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
+def _vqa_rows(report: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What the VQA table shows: accuracy, the evaluator version, baselines and counts (or the submission)."""
+    if not (report.get("labelled", True) and metrics):
+        return {"submission": report.get("submission"), "entries": report.get("submission_entries"),
+                "duplicates dropped": report.get("duplicates_dropped")}
+    shown: dict[str, Any] = {"overall": metrics.get("overall")}
+    shown.update({f"answer type {k}": v for k, v in metrics.get("per_answer_type", {}).items()})
+    if "vqa_score" in report:
+        shown["VLMo soft score"] = report["vqa_score"]
+    if report.get("majority_baseline"):
+        base = report["majority_baseline"]
+        shown[f"majority baseline ({base['answer']!r})"] = base["overall"]
+    shown["questions"] = metrics.get("num_questions")
+    if metrics.get("num_duplicate_results"):
+        shown[f"duplicate ids dropped (dedupe {metrics.get('dedupe') or 'identical answers'})"] = (
+            metrics["num_duplicate_results"])
+    if metrics.get("evaluator"):
+        shown["evaluator"] = f"{metrics['evaluator']} (GT-Vision-Lab/VQA {metrics.get('evaluator_commit')})"
+    return shown
+
+
+def _classify_tables(report: Mapping[str, Any], metrics: Mapping[str, Any]) -> RenderableType:
+    """Accuracy and per-class precision / recall, then the confusion matrix (rows: true class)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    names = metrics.get("class_names", [])
+    title = Text(f"classify {report.get('split', '')}: accuracy {_cell(metrics.get('accuracy'))} % of "
+                 f"{metrics.get('num_examples')} examples")
+    scores = Table(title=title, header_style="bold")
+    for column in ("class", "precision", "recall", "support"):
+        scores.add_column(column, justify="left" if column == "class" else "right")
+    for name in names:
+        row = metrics["per_class"][name]
+        scores.add_row(Text(name), _cell(row["precision"]), _cell(row["recall"]), str(row["support"]))
+    confusion = Table(title="confusion matrix (rows: true class, columns: predicted)", header_style="bold")
+    confusion.add_column("true \\ predicted")
+    for name in names:
+        confusion.add_column(Text(name), justify="right")
+    for name, row in zip(names, metrics.get("confusion_matrix", [])):
+        confusion.add_row(Text(name), *(str(count) for count in row))
+    return Group(scores, confusion)
+
+
+def render_report(report: Mapping[str, Any]) -> RenderableType:
+    """A rich table of a report written by one of the runners (user-supplied strings are shown literally)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..evaluate.report import metrics_table
+
+    task = report.get("task")
+    if task == "retrieval":
+        title = (f"retrieval on {report.get('split')}: pool of {report.get('num_images')} images, "
+                 f"{report.get('num_texts')} texts")
+        table = Table(title=Text(title), header_style="bold")
+        table.add_column("metric", style="cyan")
+        table.add_column("dual encoder", justify="right")
+        reranked = report.get("metrics_reranked")
+        if reranked:
+            table.add_column(f"+ ITM re-rank (top {report.get('rerank_k')})", justify="right")
+        for key, value in report["metrics"].items():
+            table.add_row(key, _cell(value), *([_cell(reranked.get(key))] if reranked else []))
+        timings = report.get("timings_s", {})
+        table.caption = "  ".join(f"{k} {v:.2f}s" for k, v in timings.items() if v is not None)
+        return table
+    metrics = dict(report.get("metrics") or {})
+    if task == "classify":
+        return _classify_tables(report, metrics)
+    if task == "vqa":
+        return metrics_table(_vqa_rows(report, metrics), title=Text(f"VQA {report.get('split', '')}".strip()))
+    metrics.pop("evaluator", None)
+    return metrics_table(metrics, title=Text(f"{task} {report.get('split', '')}".strip()))
+
+
 def _show(report: dict, path: Path) -> None:
     """The report's table, its warnings and where its files went (user-supplied strings printed literally)."""
-    from ..evaluate.run import render_report
-
     console.print(render_report(report))
     for warning in report.get("warnings") or ():
         console.print(literal(f"warning: {warning}", style="yellow"))
@@ -77,7 +163,7 @@ def retrieval(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Image-text retrieval recall (TR/IR R@1/5/10, COCO/Flickr protocol), optionally ITM re-ranked."""
-    from ..evaluate.run import run_retrieval
+    from ..evaluate.retrieval import run_retrieval
 
     target = _target("retrieval", recipe, overrides, split, image_size, model)
     report, path = run_retrieval(model, target, rerank_k=rerank_k, examples=examples, out=out, device=device,
@@ -109,7 +195,7 @@ def vqa(
 ) -> None:
     """Official VQA accuracy (overall, per answer type, per question type), or the submission file for a split
     without answers; with --predictions, score any official-format results file without a model."""
-    from ..evaluate.run import run_vqa, score_vqa_predictions
+    from ..evaluate.vqa import run_vqa, score_vqa_predictions
 
     if predictions is not None:
         if model:
@@ -142,7 +228,7 @@ def nlvr2(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """NLVR2 accuracy and consistency."""
-    from ..evaluate.run import run_nlvr2
+    from ..evaluate.nlvr2 import run_nlvr2
 
     target = _target("nlvr2", recipe, overrides, split, image_size, model)
     report, path = run_nlvr2(model, target, out=out, device=device, tokenizer=tokenizer, overwrite=overwrite)
@@ -163,7 +249,7 @@ def classify(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Accuracy, per-class precision/recall and confusion matrix of a model fine-tuned with `finetune classify`."""
-    from ..evaluate.run import run_classify
+    from ..evaluate.classify import run_classify
 
     target = _target("classify", recipe, overrides, split, image_size, model)
     report, path = run_classify(model, target, out=out, device=device, tokenizer=tokenizer, overwrite=overwrite)

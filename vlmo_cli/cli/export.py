@@ -27,7 +27,7 @@ def export(
 ) -> None:
     """Export a model: a clean model directory with a README card, or ONNX image and text towers; both carry the
     model's tokenizer and preprocessing.json (image size, resize rule, mean/std, text length)."""
-    from ..interop.export import ONNX_TOLERANCE, export_onnx, export_safetensors
+    from ..inference.export import ONNX_TOLERANCE, export_onnx, export_safetensors
 
     if format is ExportFormat.safetensors:
         path = export_safetensors(model_dir, out, title=title, overwrite=overwrite)
@@ -44,7 +44,9 @@ def _report_files(path: Path) -> None:
     """Which files the export wrote, and a warning when it carries no tokenizer (texts cannot be encoded)."""
     names = sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     console.print(f"wrote {path} ({', '.join(names)})", highlight=False, soft_wrap=True)
-    if not {"tokenizer.json", "vocab.txt"} & set(names):
+    from ..layout import TOKENIZER_FILES
+
+    if not set(TOKENIZER_FILES) & set(names):
         console.print("[yellow]note:[/] the model had no tokenizer saved with it, so none was exported; copy "
                       "tokenizer.json or vocab.txt into the folder to encode text", highlight=False, soft_wrap=True)
 

@@ -32,7 +32,7 @@ def _resolve_config(target: str, overrides: list[str], stage_name: str | None = 
     """``(ModelConfig, label)`` of a recipe (name or file), a model directory, run folder, checkpoint directory or
     an official checkpoint file."""
     from ..model.config import ModelConfig
-    from ..model.io import CONFIG_NAME, resolve_model_dir
+    from ..layout import CONFIG_NAME, resolve_model_dir
 
     path = Path(target)
     saved = path.is_dir() or (path.is_file() and path.suffix != ".toml")
@@ -62,7 +62,7 @@ def info(
 ) -> None:
     """Parameters per component and forward FLOPs per sample of exactly the model a recipe stage trains (its
     vocabulary, text length, heads) or a saved model holds."""
-    from ..model.flops import parameter_groups, path_flops
+    from ..model.flops import parameter_counts, path_flops
     from ..model.vlmo import VLMo
 
     cfg, label = _resolve_config(target, overrides or [], stage)
@@ -76,7 +76,7 @@ def info(
                   f"{cfg.image_size}px / patch {cfg.patch_size}")
     table.add_column("component")
     table.add_column("parameters", justify="right")
-    groups = parameter_groups(model)
+    groups = parameter_counts(model)
     for name, n in groups.items():
         table.add_row(name, f"{n:,}")
     table.add_row("[bold]total", f"[bold]{sum(groups.values()):,}")

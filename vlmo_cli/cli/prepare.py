@@ -250,10 +250,10 @@ def tokenizer_cmd(
     """Train a WordPiece tokenizer on the texts of prepared datasets or text files."""
     from ..data.store import open_prepared
     from ..data.tokenizer import train_tokenizer
+    from ..layout import TOKENIZER_CONFIG_NAME, TOKENIZER_FILES, TOKENIZER_JSON_NAME
     from ..outputs import DirectoryOutput, DirKind
 
-    kind = DirKind("vlmo prepare tokenizer", frozenset({"tokenizer.json", "vocab.txt", "tokenizer_config.json"}),
-                   "tokenizer.json")
+    kind = DirKind("vlmo prepare tokenizer", frozenset({*TOKENIZER_FILES, TOKENIZER_CONFIG_NAME}), TOKENIZER_JSON_NAME)
     output = DirectoryOutput(out, kind, overwrite=overwrite, inputs=sources)
 
     def texts():

@@ -29,7 +29,7 @@ def serve(
     device: str = typer.Option(None, "--device", help="torch device (default: cuda when available, else cpu)"),
 ) -> None:
     """Serve a model over HTTP: a search page at /, JSON endpoints, OpenAPI docs at /docs."""
-    from ..search_ann import resolve_kind
+    from ..inference.ann import resolve_kind
     from ..serve import SearchService, ServeOptions, ServerThread, create_app
     from ..serve.server import LOOPBACK
 

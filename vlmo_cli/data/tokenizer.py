@@ -20,6 +20,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import DataError, VlmoError
+from ..layout import (TOKENIZER_CONFIG_NAME, TOKENIZER_FILES, TOKENIZER_JSON_NAME, VOCAB_NAME, has_tokenizer,
+                      resolve_model_dir)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -98,14 +100,14 @@ class TextTokenizer:
         """Write ``tokenizer.json``, ``vocab.txt`` and ``tokenizer_config.json`` to ``directory``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(out / "tokenizer.json"))
+        self._tok.save(str(out / TOKENIZER_JSON_NAME))
         vocab = self._tok.get_vocab(with_added_tokens=True)
         ordered = sorted(vocab.items(), key=lambda item: item[1])
-        (out / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in ordered), encoding="utf-8")
+        (out / VOCAB_NAME).write_text("".join(f"{token}\n" for token, _ in ordered), encoding="utf-8")
         config = {"tokenizer_class": "BertTokenizerFast", "do_lower_case": self.lowercase,
                   "model_max_length": 512, **{k: v for k, v in zip(("pad_token", "unk_token", "cls_token",
                                                                       "sep_token", "mask_token"), SPECIAL_TOKENS)}}
-        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1) + "\n")
+        (out / TOKENIZER_CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
         return out
 
     def __getstate__(self) -> dict[str, Any]:
@@ -159,17 +161,13 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
     from tokenizers.models import WordPiece
 
     path = Path(path)
-    if (path.is_file() and path.name == "latest") or (
-        path.is_dir() and not any((path / n).exists() for n in ("tokenizer.json", "vocab.txt"))
-    ):
-        from ..model.io import resolve_model_dir  # a run folder or checkpoint pointer: its model directory
-
-        try:
+    if (path.is_file() and path.name == "latest") or (path.is_dir() and not has_tokenizer(path)):
+        try:  # a run folder or checkpoint pointer: its model directory
             path = resolve_model_dir(path)
         except VlmoError:
             pass
     if path.is_dir():
-        for name in ("tokenizer.json", "vocab.txt"):
+        for name in TOKENIZER_FILES:
             if (path / name).exists():
                 return load_tokenizer(path / name)
         raise DataError(f"{path}: no tokenizer.json or vocab.txt inside")

@@ -1,8 +1,10 @@
-"""Model-free evaluation metrics: retrieval recall, official VQA accuracy, NLVR2, classification, reports and
-example grids.
+"""Evaluation: model-free metrics and, one module per task, the runners behind ``vlmo eval``.
 
-Everything here works on embeddings, predictions and official-format files; encoding with a model and the
-``vlmo eval`` commands live elsewhere and call these functions.
+The metric modules (``retrieval_metrics``, ``vqa_metrics``, ``nlvr2_metrics``, ``classify_metrics``) and ``report`` /
+``examples_grid`` work on embeddings, predictions and official-format files and never load a model; their public
+functions are re-exported here. The runners load a model through :mod:`vlmo_cli.factory` and call them:
+:mod:`.target` (what to evaluate on: the recipe's ``[eval.TASK]`` section and ``--split``), :mod:`.retrieval`,
+:mod:`.vqa`, :mod:`.nlvr2` and :mod:`.classify`; they are imported by module, not from here.
 """
 
 from vlmo_cli.evaluate.classify_metrics import classification_metrics, confusion_matrix

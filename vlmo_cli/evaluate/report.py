@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +38,7 @@ def _to_json(value: Any) -> Any:
 
 
 def write_json(data: Any, path: str | Path, *, indent: int | None = 2) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically (temporary file in the same folder, fsync, rename).
+    """Write ``data`` as JSON to ``path`` atomically (:func:`~vlmo_cli.outputs.atomic_file`: temporary file in the same folder, fsync, rename).
 
     Parent folders are created; the file gets the umask's permissions. Returns the path written.
     """
@@ -48,8 +47,6 @@ def write_json(data: Any, path: str | Path, *, indent: int | None = 2) -> Path:
     with atomic_file(target) as temp, open(temp, "w", encoding="utf-8") as stream:
         json.dump(data, stream, indent=indent, separators=separators, default=_to_json, ensure_ascii=False)
         stream.write("\n")
-        stream.flush()
-        os.fsync(stream.fileno())
     return target
 
 

@@ -1,16 +1,22 @@
 """Image-text retrieval with a model: encode a split once (dual encoder), rank in fp32 chunks, optionally re-rank
-the top K with the fusion encoder's ITM head (metrics in :mod:`vlmo_cli.evaluate.retrieval_metrics`)."""
+the top K with the fusion encoder's ITM head (metrics in :mod:`vlmo_cli.evaluate.retrieval_metrics`), and the
+runner behind ``vlmo eval retrieval`` (:func:`run_retrieval`: report, optional grid of examples)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..data.collate import trim_text_padding
-from ..errors import VlmoError
+from ..errors import DataError, VlmoError
+from ..factory import ITM_HOW, InferenceModel
+from .report import check_report_outputs, sibling_path, write_report
 from .retrieval_metrics import RetrievalResult, evaluate_retrieval, rerank_retrieval
+from .target import EvalTarget, check_split, default_report_path, load_for, report_header, text_length
 
 
 @dataclass
@@ -110,3 +116,91 @@ def retrieval_recall(
         report.reranked = rerank_retrieval(result, itm_pair_scorer(model, data, device), rerank_k, combine="add")
         report.timings["rerank_s"] = time.perf_counter() - t0
     return report
+
+
+# ---------------------------------------------------------------------------------------------------- the runner
+def run_retrieval(
+    model: InferenceModel | str | Path,
+    target: EvalTarget,
+    *,
+    rerank_k: int | None = None,
+    chunk_size: int | None = None,
+    examples: int = 0,
+    examples_k: int = 5,
+    out: str | Path | None = None,
+    device: str | None = None,
+    tokenizer=None,
+    overwrite: bool = False,
+) -> tuple[dict[str, Any], Path]:
+    """Image-text retrieval recall of a dual encoder on ``target`` (and ITM re-ranked recall with ``rerank_k``).
+
+    Args:
+        rerank_k / chunk_size: default to the recipe's ``[eval.retrieval]`` values.
+        examples: draw the top ``examples_k`` images of this many caption queries into ``<report>-examples.png``.
+    """
+    from ..data.store import open_prepared
+    from .retrieval_metrics import PROTOCOL, TIE_RULE, pool_warnings
+
+    task = target.task
+    rerank_k = int(getattr(task, "rerank_k", 0) if rerank_k is None else rerank_k)
+    chunk_size = int(getattr(task, "chunk_size", 1024) if chunk_size is None else chunk_size)
+    if rerank_k < 0 or examples < 0:
+        raise DataError("--rerank-k and --examples must be >= 0")
+    prepared = open_prepared(target.dataset, "pairs")
+    check_split(prepared, target.split)
+    loaded = load_for(model, target, device, tokenizer)
+    if rerank_k:
+        loaded.require_head("itm", ITM_HOW)
+    report_path = Path(out) if out else default_report_path(loaded.path, "retrieval")
+    check_report_outputs(report_path, ["-examples.png"] if examples else [], overwrite=overwrite,
+                         inputs=[target.dataset, loaded.path])
+    result = retrieval_recall(
+        loaded.model, target.dataset, target.split, tokenizer=loaded.tokenizer, image_size=loaded.image_size,
+        max_text_len=text_length(loaded, target), batch_size=target.batch_size, device=loaded.device,
+        rerank_k=rerank_k, chunk_size=chunk_size, keep_top=examples_k if examples else 0,
+    )
+    first = result.result
+    scorer = "dual encoder: cosine similarity of the ITC embeddings (image-only and text-only passes)"
+    report = report_header("retrieval", loaded, target)
+    report.update(
+        protocol=PROTOCOL, tie_rule=TIE_RULE, num_images=first.num_images, num_texts=first.num_texts,
+        pool={"images": first.num_images, "texts": first.num_texts},
+        warnings=pool_warnings(first.num_images, first.num_texts, first.ks),
+        scorer=scorer, rerank_k=rerank_k, max_text_len=text_length(loaded, target), batch_size=target.batch_size,
+        chunk_size=chunk_size, metrics=first.metrics,
+        metrics_reranked=result.reranked.metrics if result.reranked is not None else None,
+        timings_s={"encode": result.timings.get("encode_s"), "rank": result.timings.get("rank_s"),
+                   "rerank": result.timings.get("rerank_s")},
+    )
+    if rerank_k:
+        report["rerank_scorer"] = (f"fusion encoder ITM head on each query's top {rerank_k}: "
+                                   "ITM match logit + ITC similarity (VLMo/LAVIS re-ranking); later ranks unchanged")
+    if examples:
+        final = result.reranked or first
+        report["examples"] = str(save_examples(prepared, target.split, final, examples, examples_k,
+                                               sibling_path(report_path, "-examples.png")))
+    write_report(report, report_path)
+    return report, report_path
+
+
+def save_examples(prepared, split: str, result, num_queries: int, k: int, path: Path) -> Path:
+    """A PNG grid of the top ``k`` images for ``num_queries`` caption queries spread evenly over the split, with each
+    query's ground-truth image in a last column when the top ``k`` missed it."""
+    from .examples_grid import save_retrieval_grid
+
+    rows = prepared.split(split)
+    captions = [c for caps in rows.select_columns(["captions"])["captions"] for c in caps]
+    n = min(num_queries, len(captions))
+    picks = sorted({round(i * (len(captions) - 1) / max(n - 1, 1)) for i in range(n)})
+    k = min(k, result.t2i.k)
+    images = rows.select_columns(["image"])
+    truth = result.text_to_image
+    results, scores, hits, truths = [], [], [], []
+    for t in picks:
+        found = result.t2i.indices[t, :k].tolist()
+        results.append([images[int(j)]["image"]["bytes"] for j in found])
+        scores.append(result.t2i.scores[t, :k].tolist())
+        hits.append([j == int(truth[t]) for j in found])
+        truths.append(None if any(hits[-1]) else images[int(truth[t])]["image"]["bytes"])
+    return save_retrieval_grid([captions[t] for t in picks], results, scores, path, hits=hits,
+                               query_labels=[f"caption {t}" for t in picks], truths=truths)

@@ -37,10 +37,9 @@ import torch
 
 from ..errors import CheckpointError
 from ..model.config import ModelConfig
-from ..model.io import load_state_dict_checked, model_dir_kind, save_model, vocab_files
-from ..outputs import check_directory
 from ..model.position import num_image_buckets, num_table_rows, resize_image_relative_table
-from .official import read_checkpoint
+from ..model.weights import few, key_problems, load_state_dict_checked
+from .official import read_checkpoint, unwrap_state_dict
 
 ExpertInit = Literal["random", "image"]
 FinalNorm = Literal["auto", "official"]
@@ -84,15 +83,7 @@ def read_beit_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _unwrap(state: dict) -> dict[str, torch.Tensor]:
-    for container in ("state_dict", "module", "model"):
-        if isinstance(state.get(container), dict):
-            state = state[container]
-            break
-    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def _few(keys: list[str], n: int = 8) -> str:
-    return "[" + ", ".join(keys[:n]) + (", ..." if len(keys) > n else "") + f"] ({len(keys)} in all)"
+    return {k: v for k, v in unwrap_state_dict(state).items() if isinstance(v, torch.Tensor)}
 
 
 def _check_architecture(state: dict[str, torch.Tensor], cfg: ModelConfig, source: str) -> None:
@@ -140,7 +131,7 @@ def _merge_tables(state: dict[str, torch.Tensor], cfg: ModelConfig, source: str)
     present = [t for t in per_layer if t is not None]
     if present and len(present) != cfg.depth:
         missing = [f"blocks.{i}.attn.relative_position_bias_table" for i, t in enumerate(per_layer) if t is None]
-        raise CheckpointError(f"{source}: missing keys {_few(missing)}")
+        raise CheckpointError(f"{source}: missing keys {few(missing)}")
     ref = present[0] if present else shared
     rows = ref.shape[0]
     src_grid = (math.isqrt(rows - 3) + 1) // 2
@@ -214,11 +205,7 @@ def beit_state_dict(
         or k.startswith("fc_norm.")
     }
     unexpected = sorted(set(state) - used - dropped)
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_few(unexpected)}")
+    problems = key_problems(missing, unexpected)
     if problems:
         raise CheckpointError(f"{source}: cannot import as BEiT: " + "; ".join(problems))
     return out
@@ -268,7 +255,7 @@ def convert_beit(
     shape = [f"{k}: {tuple(v.shape)} vs model {tuple(full[k].shape)}" for k, v in mapped.items()
              if k in full and v.shape != full[k].shape]
     if shape:
-        raise CheckpointError(f"{source}: BEiT weights do not fit the model: shape mismatches {_few(shape)}")
+        raise CheckpointError(f"{source}: BEiT weights do not fit the model: shape mismatches {few(shape)}")
     for key, value in mapped.items():
         full[key] = value.to(full[key].dtype)
     for i in range(cfg.depth):
@@ -280,9 +267,6 @@ def convert_beit(
                     full[prefix + part.format(expert)] = full[prefix + part.format("imag")].clone()
     load_state_dict_checked(model, full, source=source, strict=True)
     return model
-
-
-CONVERT_BEIT = "vlmo convert beit"
 
 
 def describe_sources(state: dict[str, torch.Tensor], cfg: ModelConfig, config_by: str, heads_by: str | None = None) -> str:
@@ -297,26 +281,11 @@ def describe_sources(state: dict[str, torch.Tensor], cfg: ModelConfig, config_by
     )
 
 
-def convert_beit_to_dir(
-    checkpoint: str | Path,
-    out_dir: str | Path,
-    cfg: ModelConfig,
-    vocab: str | Path | None = None,
-    overwrite: bool = False,
-    config_by: str = "config",
-    heads_by: str | None = None,
-    **options,
-) -> Path:
-    """:func:`convert_beit` written as a model directory (config.json, model.safetensors, vocabulary if given).
+def __getattr__(name: str):
+    """``convert_beit_to_dir`` and ``CONVERT_BEIT`` moved to :mod:`vlmo_cli.factory`; kept here until the redesign
+    lands."""
+    if name in ("convert_beit_to_dir", "CONVERT_BEIT"):
+        from .. import factory
 
-    ``out_dir`` follows :mod:`vlmo_cli.outputs`: a previous conversion there is replaced only with ``overwrite``.
-    ``config_by`` / ``heads_by`` say where ``cfg`` and its head count were chosen (e.g. ``"option --size base"``);
-    the weights' metadata record them under ``inferred`` (:func:`describe_sources`).
-    """
-    kind, inputs = model_dir_kind(CONVERT_BEIT), [checkpoint, vocab]
-    check_directory(out_dir, kind, overwrite=overwrite, inputs=inputs)
-    state = read_beit_checkpoint(checkpoint)
-    model = convert_beit(state, cfg, source=str(checkpoint), **options)
-    metadata = {"source": f"beit:{Path(checkpoint).name}", "inferred": describe_sources(state, cfg, config_by, heads_by)}
-    return save_model(model, out_dir, extra_files=vocab_files(vocab), command=CONVERT_BEIT, overwrite=overwrite,
-                      inputs=inputs, metadata=metadata)
+        return getattr(factory, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

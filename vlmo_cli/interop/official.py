@@ -1,15 +1,15 @@
-"""Official VLMo checkpoints (microsoft/unilm ``vlmo/``): read, infer the architecture, convert to a model directory.
+"""Official VLMo checkpoints (microsoft/unilm ``vlmo/``) as pure functions: a file → (state dict, :class:`ModelConfig`).
 
 Our parameter names are the official ones, so conversion is: pick the state dict out of the container (Lightning
 ``state_dict``, DeepSpeed ``module``, ``model`` or bare), drop the keys that carry no weights, infer the
 :class:`ModelConfig` from the tensor shapes, optionally resize position information to another resolution, and load
-with every mismatch reported by name. What no shape fixes is read from the stored ``hyper_parameters.config``
+with every mismatch reported by name (the last two steps, and writing a model directory, are
+:mod:`vlmo_cli.factory`'s). What no shape fixes is read from the stored ``hyper_parameters.config``
 (``model_arch``, ``max_text_len_of_initckpt``) or given by the caller, never guessed (:func:`infer_architecture`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -20,9 +20,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..model.config import OFFICIAL_ARCHS, ModelConfig, get_config
-from ..model.io import build_model, model_dir_kind, save_model, vocab_files
 from ..model.position import num_table_rows
-from ..outputs import check_directory
 from ..safe_load import load_torch_file
 
 #: keys of official checkpoints that carry no weights (buffers of the old transformers, index tensors)
@@ -34,20 +32,33 @@ IGNORED_KEYS = (
 )
 
 
+#: the keys of checkpoint containers that hold the state dict (Lightning, DeepSpeed, plain ``{"model": ...}``)
+CONTAINERS = ("state_dict", "module", "model")
+
+
+def unwrap_state_dict(obj: Any) -> Any:
+    """The state dict inside a checkpoint container (the first of :data:`CONTAINERS` holding a dict, else ``obj``
+    itself), with DistributedDataParallel's ``module.`` prefix removed from its keys."""
+    state = obj
+    if isinstance(obj, dict):
+        for container in CONTAINERS:
+            if isinstance(obj.get(container), dict):
+                state = obj[container]
+                break
+    if isinstance(state, dict):
+        state = {k.removeprefix("module.") if isinstance(k, str) else k: v for k, v in state.items()}
+    return state
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Return ``(state_dict, official_config_or_None)``; never executes pickled code."""
     obj = load_torch_file(path, "checkpoint")
     config = None
     if isinstance(obj, dict) and isinstance(obj.get("hyper_parameters"), dict):
         config = obj["hyper_parameters"].get("config")
-    state = obj
-    for container in ("state_dict", "module", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(container), dict):
-            state = obj[container]
-            break
+    state = unwrap_state_dict(obj)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: no state dict of tensors found (looked for state_dict, module, model)")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+        raise CheckpointError(f"{path}: no state dict of tensors found (looked for {', '.join(CONTAINERS)})")
     return state, config if isinstance(config, dict) else None
 
 
@@ -283,41 +294,11 @@ def read_official(path: str | Path, num_heads: int | None = None, text_table_len
     return state, official, inferred
 
 
-def load_official(path: str | Path, num_heads: int | None = None, text_table_len: int | None = None,
-                  **config_overrides: Any):
-    """Build a :class:`~vlmo_cli.model.vlmo.VLMo` from an official checkpoint file.
+def __getattr__(name: str):
+    """``load_official``, ``convert_official`` and ``CONVERT_OFFICIAL`` moved to :mod:`vlmo_cli.factory`; kept here
+    until the redesign lands."""
+    if name in ("load_official", "convert_official", "CONVERT_OFFICIAL"):
+        from .. import factory
 
-    ``num_heads`` / ``text_table_len`` state what the checkpoint cannot tell (see :func:`infer_architecture`);
-    ``config_overrides`` (e.g. ``image_size=384``) resize position information as the official loader does.
-    """
-    state, _, inferred = read_official(path, num_heads, text_table_len)
-    return build_model(state, inferred.config, str(path), **config_overrides)
-
-
-CONVERT_OFFICIAL = "vlmo convert official"
-
-
-def convert_official(
-    checkpoint: str | Path,
-    out_dir: str | Path,
-    image_size: int | None = None,
-    vocab: str | Path | None = None,
-    num_heads: int | None = None,
-    text_table_len: int | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Convert an official checkpoint into a model directory (config.json, model.safetensors, tokenizer files).
-
-    ``out_dir`` follows :mod:`vlmo_cli.outputs`: a previous conversion there is replaced only with ``overwrite``.
-    The weights' metadata record the source file and, under ``inferred``, where each field not fixed by the
-    weights came from (:meth:`Inferred.describe`).
-    """
-    kind, inputs = model_dir_kind(CONVERT_OFFICIAL), [checkpoint, vocab]
-    check_directory(out_dir, kind, overwrite=overwrite, inputs=inputs)
-    state, official, inferred = read_official(checkpoint, num_heads, text_table_len)
-    overrides = {"image_size": image_size} if image_size else {}
-    model = build_model(state, inferred.config, str(checkpoint), **overrides)
-    texts = {} if official is None else {"official_config.json": json.dumps(official, indent=2, default=str) + "\n"}
-    metadata = {"source": f"official:{Path(checkpoint).name}", "inferred": inferred.describe()}
-    return save_model(model, out_dir, extra_files=vocab_files(vocab), texts=texts, command=CONVERT_OFFICIAL,
-                      overwrite=overwrite, inputs=inputs, metadata=metadata)
+        return getattr(factory, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

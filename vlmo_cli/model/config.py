@@ -105,9 +105,6 @@ class ModelConfig:
     def effective_text_dropout(self) -> float:
         return self.drop_path_rate if self.text_dropout is None else self.text_dropout
 
-    def has_head(self, name: str) -> bool:
-        return name in self.heads
-
     # ------------------------------------------------------------------ validation / IO
     def problems(self) -> list[str]:
         out = []
@@ -133,10 +130,6 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
-
-    def with_heads(self, *heads: str) -> "ModelConfig":
-        merged = list(dict.fromkeys([*self.heads, *heads]))
-        return self.replace(heads=merged)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

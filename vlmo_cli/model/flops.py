@@ -38,38 +38,39 @@ def path_flops(cfg: ModelConfig, text_len: int | None = None) -> dict[str, int]:
     return out
 
 
-def parameter_groups(model: torch.nn.Module) -> dict[str, int]:
-    """Parameter count per component: attention, each expert family, embeddings, position table, each head."""
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Parameter count per component, in the order the model holds them: shared attention, each expert family,
+    image embedding, text and modality embeddings, position table, final norm, each head. ``vlmo model info`` and
+    the exported model card both show this breakdown."""
     groups: dict[str, int] = OrderedDict()
-
-    def add(name: str, n: int) -> None:
-        groups[name] = groups.get(name, 0) + n
-
     for name, p in model.named_parameters():
-        n = p.numel()
-        if name.startswith("transformer.blocks."):
-            part = name.split(".")[3]
-            if part in ("norm1", "attn", "gamma_1"):
-                add("shared attention", n)
-            elif part.endswith("_text"):
-                add("language experts (L-FFN)", n)
-            elif part.endswith("_imag"):
-                add("vision experts (V-FFN)", n)
-            elif part.endswith("_vl"):
-                add("vision-language experts (VL-FFN)", n)
-            else:
-                add("layer scale (gamma_2)", n)
-        elif name.startswith("transformer."):
-            add("patch embedding, image CLS, positions, final norm", n)
-        elif name.startswith("text_embeddings.") or name.startswith("token_type_embeddings."):
-            add("text and modality embeddings", n)
-        elif name == "relative_position_bias_table":
-            add("relative position table", n)
-        else:
-            head = name.split(".")[0]
-            if head in ("logit_vl_scale", "itc_vl_text_proj", "itc_vl_image_proj"):
-                head = "itc_vl (VL-branch projections, logit_vl_scale)"
-            elif head in ("logit_scale", "itc_text_proj", "itc_image_proj"):
-                head = "itc (projections, logit_scale)"
-            add(f"head: {head}", n)
+        group = _component(name)
+        groups[group] = groups.get(group, 0) + p.numel()
     return groups
+
+
+def _component(name: str) -> str:
+    """The :func:`parameter_counts` group of parameter ``name``."""
+    if name.startswith("transformer.blocks."):
+        part = name.split(".", 3)[3]
+        if part.startswith(("mlp_imag", "norm2_imag")):
+            return "vision experts"
+        if part.startswith(("mlp_text", "norm2_text")):
+            return "language experts"
+        if part.startswith(("mlp_vl", "norm2_vl")):
+            return "vision-language experts"
+        return "shared attention (+ norm1, layer scale)"
+    if name.startswith(("transformer.patch_embed", "transformer.cls_token", "transformer.pos_embed")):
+        return "image embedding"
+    if name.startswith(("text_embeddings", "token_type_embeddings")):
+        return "text and modality embeddings"
+    if name == "relative_position_bias_table":
+        return "relative position table"
+    if name.startswith("transformer."):
+        return "final norm"
+    head = name.split(".")[0]
+    if head in ("logit_vl_scale", "itc_vl_text_proj", "itc_vl_image_proj"):
+        head = "itc_vl (VL-branch projections, logit_vl_scale)"
+    elif head in ("logit_scale", "itc_text_proj", "itc_image_proj"):
+        head = "itc (projections, logit_scale)"
+    return f"head: {head}"

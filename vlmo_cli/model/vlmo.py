@@ -8,13 +8,12 @@
   the lower blocks.
 
 Parameter names equal the official ``VLMo`` LightningModule's, so official state dicts load one to one
-(see :mod:`vlmo_cli.interop.official`).
+(read by :mod:`vlmo_cli.interop.official`, loaded by :mod:`vlmo_cli.factory`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -183,10 +182,6 @@ class VLMo(nn.Module):
                 module.apply(module_level)
         if self.mim_head is not None:
             nn.init.trunc_normal_(self.mim_head.mask_token, std=std)
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "VLMo":
-        return cls(cfg)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass (activation checkpointing per block)."""
@@ -400,11 +395,3 @@ class VLMo(nn.Module):
         p0 = self.forward_pair(input_ids, attention_mask, pixel_values_0, image_token_type=1).pooled
         p1 = self.forward_pair(input_ids, attention_mask, pixel_values_1, image_token_type=2).pooled
         return self.nlvr2_classifier(torch.cat([p0, p1], -1))
-
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None,
-                        overwrite: bool = False) -> Path:
-        """Write a model directory; a previous ``save_pretrained`` result there is replaced only with ``overwrite``."""
-        from .io import save_model
-
-        return save_model(self, directory, extra_files=extra_files, overwrite=overwrite)

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from ..embed import InferenceModel
-    from ..search_index import ImageIndex
+    from ..factory import InferenceModel
+    from ..inference.search import ImageIndex
 
 LABEL_FILES = ("labels.json", "answers.json")
 THUMBNAIL_PX = 160
@@ -92,8 +92,8 @@ class SearchService:
              cache_dir: str | Path | None = None, ann: str | None = None, device: str | None = None,
              labels: str | Path | None = None, batch_size: int = 64) -> tuple[SearchService, object | None]:
         """Load the model, bring the index up to date; returns the service and the update statistics (or ``None``)."""
-        from ..embed import load_inference_model
-        from ..search_index import update_caption_index, update_index
+        from ..factory import load_inference_model
+        from ..inference.search import update_caption_index, update_index
 
         if index is not None and captions is not None:
             raise VlmoError("serve either a folder of images (--index FOLDER) or a caption file (--captions FILE)")
@@ -112,7 +112,7 @@ class SearchService:
         return self.transform(image)
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        from ..embed import encode_texts
+        from ..inference.embed import encode_texts
 
         return encode_texts(self.model, list(texts))
 
@@ -127,7 +127,7 @@ class SearchService:
         """ITC cosine similarity and ITM match probability (``None`` without an ITM head) of (text, image) pairs."""
         import torch
 
-        from ..search_index import pair_logits
+        from ..inference.search import pair_logits
 
         texts, pixels = [t for t, _ in pairs], torch.stack([p for _, p in pairs])
         similarity = (self.embed_texts(texts) * self.embed_images(list(pixels))).sum(1).tolist()
@@ -140,7 +140,7 @@ class SearchService:
         """The ``top`` classes (VQA answers or class names) of each (text, image) pair, most probable first."""
         import torch
 
-        from ..search_index import pair_logits
+        from ..inference.search import pair_logits
 
         if self.class_head is None:
             raise VlmoError("this model has no VQA or classification head (heads: "
@@ -163,17 +163,18 @@ class SearchService:
         return self.index
 
     def nearest(self, queries: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
-        from ..search_index import nearest
+        from ..inference.search import nearest
 
         return nearest(self.require_index(), queries, k, self.model.device)
 
     def hits(self, found, *, top_k: int, rerank_k: int, text: str | None, pixels) -> list:
-        from ..search_index import check_query, rank_hits, require_itm
+        from ..factory import ITM_HOW
+        from ..inference.search import check_query, rank_hits
 
         index = self.require_index()
         check_query(text, None if text is not None else "image", top_k, rerank_k, index.kind)
         if rerank_k:
-            require_itm(self.model.model, self.model.path)
+            self.model.require_head("itm", ITM_HOW)
         return rank_hits(self.model, index, found, top_k=top_k, rerank_k=rerank_k, text=text, pixels=pixels)
 
     # ---------------------------------------------------------------------------------------- thumbnails

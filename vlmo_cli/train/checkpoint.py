@@ -10,7 +10,6 @@ checkpoint; its files and folders get the permissions the umask allows, like any
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -21,11 +20,13 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..model.io import CONFIG_NAME, WEIGHTS_NAME, atomic_directory, commit_directory, state_dict_for_saving
+from ..layout import (CHECKPOINTS_DIR, CONFIG_NAME, LATEST_NAME, TRAINER_STATE_NAME, TRAINING_STATE_NAME, WEIGHTS_NAME,
+                      atomic_directory, atomic_file, checkpoint_name)
+from ..model.weights import state_dict_for_saving
 from ..safe_load import load_torch_file
 
-STATE_FILE = "training_state.pt"
-TRAINER_STATE = "trainer_state.json"
+STATE_FILE = TRAINING_STATE_NAME
+TRAINER_STATE = TRAINER_STATE_NAME
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -79,21 +80,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def honour_umask(folder: Path) -> None:
-    """Give a folder made by ``tempfile.mkdtemp`` and the files in it (``mkdtemp`` and safetensors create them
-    owner-only) the permissions of an ordinary new folder and file."""
-    mask = current_umask()
-    os.chmod(folder, 0o777 & ~mask)
-    for path in folder.rglob("*"):
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
-
-
 def scaler_of(optimizer) -> torch.amp.GradScaler | None:
     """The fp16 loss scaler accelerate attaches to the optimizer it prepares (None without fp16)."""
     return getattr(optimizer, "scaler", None)
@@ -109,10 +95,9 @@ def save_checkpoint(
     keep_last_n: int = 0,
 ) -> Path:
     """Write ``run_dir/checkpoints/step_N`` atomically, point ``latest`` at it and prune old ones."""
-    root = run_dir / "checkpoints"
-    final = root / f"step_{state.step}"
-    tmp = atomic_directory(final)
-    try:
+    root = run_dir / CHECKPOINTS_DIR
+    final = root / checkpoint_name(state.step)
+    with atomic_directory(final) as tmp:
         model.config.save(tmp / CONFIG_NAME)
         from safetensors.torch import save_file
 
@@ -125,14 +110,8 @@ def save_checkpoint(
             blob["scaler"] = scaler.state_dict()
         torch.save(blob, tmp / STATE_FILE)
         (tmp / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=2) + "\n")
-        honour_umask(tmp)
-        commit_directory(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    pointer = root / ".latest.tmp"
-    pointer.write_text(final.name + "\n")
-    pointer.replace(root / "latest")
+    with atomic_file(root / LATEST_NAME) as pointer:
+        pointer.write_text(final.name + "\n")
     if keep_last_n > 0:
         for old in list_checkpoints(run_dir)[:-keep_last_n]:
             shutil.rmtree(old, ignore_errors=True)
@@ -145,7 +124,7 @@ def is_complete(path: Path) -> bool:
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (temporary and partial directories are ignored)."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and is_complete(p)]
@@ -160,7 +139,7 @@ def find_resume(run_dir: Path, resume: str) -> Path | None:
         found = list_checkpoints(run_dir)
         return found[-1] if found else None
     path = Path(resume)
-    if path.is_dir() and (path / "checkpoints").is_dir():
+    if path.is_dir() and (path / CHECKPOINTS_DIR).is_dir():
         found = list_checkpoints(path)
         if not found:
             raise CheckpointError(f"{path}: no complete checkpoint to resume from")

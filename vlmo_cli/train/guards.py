@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..errors import CheckpointError, VlmoError
-from ..model.io import WEIGHTS_NAME
+from ..layout import CHECKPOINTS_DIR, LATEST_NAME, WEIGHTS_NAME, checkpoint_name
 from .checkpoint import list_checkpoints
 
 ADVICE = "Try a lower train.lr, train.grad_clip, or precision=no"
@@ -126,13 +126,14 @@ def write_checkpoint(save: Callable[[], Path], run_dir: Path, step: int) -> Path
     The atomic writer removes its temporary directory and leaves the previous checkpoint and ``latest`` as they
     were; this also removes a half-written ``latest`` pointer.
     """
-    target = Path(run_dir) / "checkpoints" / f"step_{step}"
+    target = Path(run_dir) / CHECKPOINTS_DIR / checkpoint_name(step)
     try:
         return save()
     except Exception as exc:  # noqa: BLE001 - only write failures are turned into messages
         if not _is_disk_full(exc) and not isinstance(exc, OSError):
             raise
-        (target.parent / ".latest.tmp").unlink(missing_ok=True)
+        for pointer in target.parent.glob(f".{LATEST_NAME}.tmp*"):
+            pointer.unlink(missing_ok=True)
         for tmp in target.parent.glob(f".{target.name}.tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
         if _is_disk_full(exc):

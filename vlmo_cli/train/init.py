@@ -12,13 +12,13 @@ returned :class:`InitReport` lists every tensor: taken from the source, copied f
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
-from ..model.config import ModelConfig
-from ..model.io import CONFIG_NAME, WEIGHTS_NAME, read_weights, resolve_model_dir
+from ..factory import read_init_source
+from ..factory import read_init_source as read_source  # noqa: F401 - the old name, kept until the redesign lands
+from ..layout import resolve_model_dir  # noqa: F401 - re-exported here before the redesign; kept until it lands
 from ..model.resize import adapt_state_dict
 from ..model.vlmo import VLMo
 
@@ -26,26 +26,6 @@ from ..model.vlmo import VLMo
 BACKBONE_FIELDS = ("embed_dim", "depth", "num_heads", "patch_size", "relative_position", "mlp_ratio")
 #: tensors of the shared backbone (everything else is a task head, new to a stage where that head is new)
 BACKBONE_PREFIXES = ("transformer.", "text_embeddings.", "token_type_embeddings.", "relative_position")
-
-
-def read_source(source: str, target: ModelConfig) -> tuple[dict[str, torch.Tensor], ModelConfig]:
-    """``(state_dict, its config)`` of an init source."""
-    if source.startswith("beit:"):
-        from ..interop.beit import convert_beit
-
-        model = convert_beit(source[len("beit:"):], target)
-        return model.state_dict(), model.config
-    path = source[len("official:"):] if source.startswith("official:") else source
-    if Path(path).is_file():
-        from ..interop.official import IGNORED_KEYS, infer_config, read_checkpoint
-
-        state, official = read_checkpoint(path)
-        state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
-        # what the weights cannot tell (heads without a relative table, the table's text rows) is the recipe's
-        return state, infer_config(state, official, source=path, num_heads=target.num_heads,
-                                   text_table_len=target.max_text_len_of_initckpt, given_by="recipe")
-    model_dir = resolve_model_dir(path)
-    return read_weights(model_dir / WEIGHTS_NAME), ModelConfig.load(model_dir / CONFIG_NAME)
 
 
 @dataclass
@@ -133,7 +113,7 @@ def initialise(model: VLMo, source: str, init_vlffn: str = "random", allow_missi
         std = model.config.init_std
         return InitReport(source="", fresh=sorted(model.state_dict()),
                           random_note=f"initialised at random ({'official initialisation' if std == 0.02 else f'init_std {std}'})")
-    state, src_cfg = read_source(source, model.config)
+    state, src_cfg = read_init_source(source, model.config)
     cfg = model.config
     wrong = [f"{f} {getattr(src_cfg, f)} vs {getattr(cfg, f)}" for f in BACKBONE_FIELDS if getattr(src_cfg, f) != getattr(cfg, f)]
     if wrong:

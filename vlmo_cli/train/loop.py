@@ -210,7 +210,8 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
                                  getattr(task, "init_vlffn", "random"), allow_missing=allow_missing_init)
         notes = init_report.notes()
     else:
-        from ..model.io import WEIGHTS_NAME, load_state_dict_checked, read_weights
+        from ..layout import WEIGHTS_NAME
+        from ..model.weights import load_state_dict_checked, read_weights
 
         load_state_dict_checked(model, read_weights(resume_from / WEIGHTS_NAME), str(resume_from))
         notes = [f"resumed from {resume_from}"]

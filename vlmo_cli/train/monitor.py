@@ -9,6 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..layout import METRICS_NAME, atomic_file
+
 
 def format_metrics(metrics: dict, keys: tuple[str, ...] = ()) -> str:
     shown = keys or tuple(k for k in metrics if k not in ("step", "epoch", "time"))
@@ -32,7 +34,7 @@ class Monitor:
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, accelerator, enabled: bool = True,
                  console: Console | None = None) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_NAME
         self.accelerator = accelerator
         self.enabled = enabled
         self.console = console or Console()
@@ -77,7 +79,7 @@ class Monitor:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_NAME
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -85,13 +87,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def truncate_metrics(run_dir: Path, step: int) -> int:
     """Drop the rows logged after ``step`` (those of steps a resumed run trains again); returns how many."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_NAME
     if not path.exists():
         return 0
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) < len(lines):
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
     return len(lines) - len(kept)

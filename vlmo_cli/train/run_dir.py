@@ -16,16 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError, RunFolderError
+from ..layout import CHECKPOINTS_DIR, EVAL_DIR, LATEST_NAME, METRICS_NAME, RECIPE_NAME
 from ..run_lock import LOCK_NAME, FolderLock
 from .checkpoint import is_complete, list_checkpoints
 
 #: what a run writes into its folder (``eval`` comes from ``vlmo eval`` on the run's model)
-RUN_ENTRIES = ("recipe.toml", "metrics.jsonl", "tensorboard", "trackers", "checkpoints", "eval", "init.json",
+RUN_ENTRIES = (RECIPE_NAME, METRICS_NAME, "tensorboard", "trackers", CHECKPOINTS_DIR, EVAL_DIR, "init.json",
                "environment.json", "report.html", LOCK_NAME)
 _RESUME_RECIPE = re.compile(r"^recipe\.resume-(\d+)\.toml$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _CHECKPOINT_TEMP = re.compile(r"^\.(step_\d+)\.(tmp|old)-.+$")
-_METRICS = "metrics.jsonl"
+_METRICS = METRICS_NAME
 
 
 # ---------------------------------------------------------------------- names
@@ -96,7 +97,7 @@ def clean_checkpoint_temporaries(run_dir: Path) -> str | None:
     A ``.step_N.old-*`` folder whose ``step_N`` is missing is the complete checkpoint a writer was replacing when it
     died: it is moved back instead. Returns one line saying what was done, or None when there was nothing.
     """
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS_DIR
     if not root.is_dir():
         return None
     removed, restored, freed = [], [], 0
@@ -112,7 +113,8 @@ def clean_checkpoint_temporaries(run_dir: Path) -> str | None:
         freed += _size(entry)
         shutil.rmtree(entry)
         removed.append(entry.name)
-    (root / ".latest.tmp").unlink(missing_ok=True)
+    for pointer in root.glob(f".{LATEST_NAME}.tmp*"):  # a half-written ``latest`` pointer of a dead writer
+        pointer.unlink(missing_ok=True)
     parts = []
     if removed:
         parts.append(f"removed {len(removed)} unfinished checkpoint folder(s) of an interrupted run "
@@ -134,17 +136,17 @@ def latest_recipe(run_dir: Path) -> Path | None:
     history = resume_recipes(run_dir)
     if history:
         return history[-1]
-    first = run_dir / "recipe.toml"
+    first = run_dir / RECIPE_NAME
     return first if first.is_file() else None
 
 
 def write_recipe(run_dir: Path, text: str, resumed: bool) -> Path:
     """Keep the history: a fresh start writes ``recipe.toml`` (dropping older resume files), a resume adds
     ``recipe.resume-N.toml``; nothing is overwritten while resuming."""
-    if not resumed or not (run_dir / "recipe.toml").is_file():
+    if not resumed or not (run_dir / RECIPE_NAME).is_file():
         for old in resume_recipes(run_dir):
             old.unlink()
-        path = run_dir / "recipe.toml"
+        path = run_dir / RECIPE_NAME
     else:
         history = resume_recipes(run_dir)
         n = int(_RESUME_RECIPE.match(history[-1].name).group(1)) + 1 if history else 1
@@ -205,7 +207,7 @@ def check_resume_recipe(run_dir: Path, checkpoint: Path, new_toml: str, stage_na
     Raises :class:`RunFolderError` listing the changes that break exactness unless ``allow_changed``; returns the
     lines to log (the other changes, and the accepted breaking ones).
     """
-    source = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else run_dir
+    source = checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS_DIR else run_dir
     previous = latest_recipe(source)
     if previous is None:
         return [f"no saved recipe in {source} to compare the resumed recipe with"]

@@ -241,7 +241,7 @@ def init_tokenizer(prepared, init: str) -> str | None:
     """The model directory of ``init`` when the prepared data has no tokenizer of its own and that model was saved
     with one (the tokenizer it was trained with); ``None`` otherwise (an official ``.pt`` file, no init)."""
     from ..errors import CheckpointError
-    from ..model.io import resolve_model_dir, tokenizer_files
+    from ..layout import resolve_model_dir, tokenizer_files
 
     if prepared.tokenizer_path is not None or not init or not Path(init).is_dir():
         return None

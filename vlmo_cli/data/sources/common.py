@@ -10,7 +10,6 @@ from ...errors import DataError
 
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_name", "filename", "path", "img", "url", "jpg")
 CAPTION_COLUMNS = ("caption", "captions", "text", "sentence", "sentences", "raw", "txt")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def pick_column(available: Iterable[str], wanted: str | None, candidates: tuple[str, ...], what: str, where: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from ...errors import DataError
 from .base import Record, SkipLog, Source
-from .common import IMAGE_EXTS
+from ...layout import IMAGE_SUFFIXES
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
@@ -25,9 +25,9 @@ class ImageFolderSource(Source):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: image folder not found")
-        self.files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        self.files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
-            raise DataError(f"{self.root}: no images ({', '.join(IMAGE_EXTS)}) found")
+            raise DataError(f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
         tops = {p.relative_to(self.root).parts[0] for p in self.files if len(p.relative_to(self.root).parts) > 1}
         self.by_folder = bool(tops) and tops <= set(SPLIT_FOLDERS)
 

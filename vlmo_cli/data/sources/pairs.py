@@ -27,8 +27,9 @@ from typing import Any, Iterator
 
 from ...errors import DataError
 from .base import Record, SkipLog, Source, iter_json_lines, load_json
+from ...layout import IMAGE_SUFFIXES
 from .common import (
-    CAPTION_COLUMNS, IMAGE_COLUMNS, IMAGE_EXTS, LabelMap, Malformed, as_captions, as_label, holdout, json_type,
+    CAPTION_COLUMNS, IMAGE_COLUMNS, LabelMap, Malformed, as_captions, as_label, holdout, json_type,
     pick_column,
 )
 
@@ -206,7 +207,7 @@ class FilePairsSource(GroupedPairsSource):
                 raise DataError(f"{self.path}: no header row naming columns {given}; first row is {first}")
             else:
                 if self.image_col is None:
-                    looks_image = len(first) > 1 and first[1].strip().lower().endswith(IMAGE_EXTS)
+                    looks_image = len(first) > 1 and first[1].strip().lower().endswith(IMAGE_SUFFIXES)
                     self.image_col, self.caption_col = (1, 0) if looks_image else (0, 1)
                 elif self.caption_col is None:
                     self.caption_col = 1 - int(self.image_col)

@@ -1,0 +1,312 @@
+"""Making models from what a user names, above the network (:mod:`vlmo_cli.model`) and the foreign-format readers
+(:mod:`vlmo_cli.interop`): load a model directory, a run folder or an official checkpoint; save a model directory;
+convert official or BEiT weights into one; read a training init source; and the inference wrapper (a model with its
+tokenizer on a device) that evaluation, embedding, search and serving use.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import CheckpointError, ConfigError, VlmoError
+from .layout import (CONFIG_NAME, OFFICIAL_CONFIG_NAME, TOKENIZER_FILES, VOCAB_NAME, WEIGHTS_NAME, has_tokenizer,
+                     model_dir_kind, resolve_model_dir, resolve_model_path)
+from .outputs import DirectoryOutput, check_directory
+
+if TYPE_CHECKING:
+    import torch
+
+    from .data.tokenizer import TextTokenizer
+    from .model.config import ModelConfig
+    from .model.vlmo import VLMo
+
+CONVERT_OFFICIAL = "vlmo convert official"
+CONVERT_BEIT = "vlmo convert beit"
+
+
+# ---------------------------------------------------------------------------------------------------- model directories
+def save_model(
+    model: torch.nn.Module,
+    directory: str | Path,
+    extra_files: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
+    *,
+    texts: dict[str, str] | None = None,
+    command: str = "save_model",
+    overwrite: bool = False,
+    inputs: Iterable[str | Path] = (),
+) -> Path:
+    """Write ``model`` as a model directory. ``extra_files`` maps file names to source paths (tokenizer, …),
+    ``texts`` file names to their content (a README card, …).
+
+    ``command`` names the writer in messages and in the directory's marker; a previous result of the same command is
+    replaced only with ``overwrite``, anything else never (see :mod:`vlmo_cli.outputs`); ``inputs`` may not be
+    replaced.
+    """
+    from safetensors.torch import save_file
+
+    from .model.weights import state_dict_for_saving
+
+    with DirectoryOutput(directory, model_dir_kind(command), overwrite=overwrite, inputs=inputs) as tmp:
+        model.config.save(tmp / CONFIG_NAME)
+        save_file(state_dict_for_saving(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt", **(metadata or {})})
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / name)
+        for name, text in (texts or {}).items():
+            (tmp / name).write_text(text)
+    return Path(directory)
+
+
+def vocab_files(vocab: str | Path | None) -> dict[str, str]:
+    """``extra_files`` entry for :func:`save_model` carrying a vocabulary (``vocab.txt`` or ``tokenizer.json``)."""
+    if vocab is None:
+        return {}
+    vocab = Path(vocab)
+    if not vocab.is_file():
+        raise CheckpointError(f"{vocab}: no such vocabulary file")
+    return {vocab.name if vocab.name in TOKENIZER_FILES else VOCAB_NAME: str(vocab)}
+
+
+def load_config(model_dir: str | Path) -> ModelConfig:
+    """The :class:`ModelConfig` of a model directory (an unreadable one is a :class:`CheckpointError`)."""
+    from .model.config import ModelConfig
+
+    try:
+        return ModelConfig.load(Path(model_dir) / CONFIG_NAME)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", strict: bool = True, **config_overrides):
+    """Load a model directory, a run folder or checkpoint (``runs/x/checkpoints/step_N``, ``latest``) or an official
+    ``.pt`` checkpoint.
+
+    ``config_overrides`` (e.g. ``image_size=384``) rebuild the model with position information resized.
+    """
+    path = Path(path)
+    if path.is_file() and path.name != "latest":
+        return load_official(path, **config_overrides).to(device)
+    path = resolve_model_dir(path)
+    return _load_model_dir(path, load_config(path), device, strict, **config_overrides)
+
+
+def _load_model_dir(model_dir: Path, cfg: ModelConfig, device, strict: bool = True, **config_overrides):
+    """The model of an already resolved model directory whose config is ``cfg``."""
+    from .model.weights import build_model, read_weights
+
+    return build_model(read_weights(model_dir / WEIGHTS_NAME), cfg, str(model_dir), strict,
+                       **config_overrides).to(device)
+
+
+# ---------------------------------------------------------------------------------------------------- official VLMo
+def load_official(path: str | Path, num_heads: int | None = None, text_table_len: int | None = None,
+                  **config_overrides: Any):
+    """Build a :class:`~vlmo_cli.model.vlmo.VLMo` from an official checkpoint file.
+
+    ``num_heads`` / ``text_table_len`` state what the checkpoint cannot tell (see
+    :func:`~vlmo_cli.interop.official.infer_architecture`); ``config_overrides`` (e.g. ``image_size=384``) resize
+    position information as the official loader does.
+    """
+    from .interop.official import read_official
+    from .model.weights import build_model
+
+    state, _, inferred = read_official(path, num_heads, text_table_len)
+    return build_model(state, inferred.config, str(path), **config_overrides)
+
+
+def convert_official(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    image_size: int | None = None,
+    vocab: str | Path | None = None,
+    num_heads: int | None = None,
+    text_table_len: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Convert an official checkpoint into a model directory (config.json, model.safetensors, tokenizer files).
+
+    ``out_dir`` follows :mod:`vlmo_cli.outputs`: a previous conversion there is replaced only with ``overwrite``.
+    The weights' metadata record the source file and, under ``inferred``, where each field not fixed by the
+    weights came from (:meth:`~vlmo_cli.interop.official.Inferred.describe`).
+    """
+    from .interop.official import read_official
+    from .model.weights import build_model
+
+    kind, inputs = model_dir_kind(CONVERT_OFFICIAL), [checkpoint, vocab]
+    check_directory(out_dir, kind, overwrite=overwrite, inputs=inputs)
+    state, official, inferred = read_official(checkpoint, num_heads, text_table_len)
+    overrides = {"image_size": image_size} if image_size else {}
+    model = build_model(state, inferred.config, str(checkpoint), **overrides)
+    texts = {} if official is None else {OFFICIAL_CONFIG_NAME: json.dumps(official, indent=2, default=str) + "\n"}
+    metadata = {"source": f"official:{Path(checkpoint).name}", "inferred": inferred.describe()}
+    return save_model(model, out_dir, extra_files=vocab_files(vocab), texts=texts, command=CONVERT_OFFICIAL,
+                      overwrite=overwrite, inputs=inputs, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------------- BEiT
+def convert_beit_to_dir(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    cfg: ModelConfig,
+    vocab: str | Path | None = None,
+    overwrite: bool = False,
+    config_by: str = "config",
+    heads_by: str | None = None,
+    **options,
+) -> Path:
+    """:func:`~vlmo_cli.interop.beit.convert_beit` written as a model directory (config.json, model.safetensors,
+    vocabulary if given).
+
+    ``out_dir`` follows :mod:`vlmo_cli.outputs`: a previous conversion there is replaced only with ``overwrite``.
+    ``config_by`` / ``heads_by`` say where ``cfg`` and its head count were chosen (e.g. ``"option --size base"``);
+    the weights' metadata record them under ``inferred`` (:func:`~vlmo_cli.interop.beit.describe_sources`).
+    """
+    from .interop.beit import convert_beit, describe_sources, read_beit_checkpoint
+
+    kind, inputs = model_dir_kind(CONVERT_BEIT), [checkpoint, vocab]
+    check_directory(out_dir, kind, overwrite=overwrite, inputs=inputs)
+    state = read_beit_checkpoint(checkpoint)
+    model = convert_beit(state, cfg, source=str(checkpoint), **options)
+    metadata = {"source": f"beit:{Path(checkpoint).name}", "inferred": describe_sources(state, cfg, config_by, heads_by)}
+    return save_model(model, out_dir, extra_files=vocab_files(vocab), command=CONVERT_BEIT, overwrite=overwrite,
+                      inputs=inputs, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------------- init sources
+def read_init_source(source: str, target: ModelConfig) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """``(state_dict, its config)`` of a training init source: ``beit:PATH`` (BEiT weights mapped onto ``target``),
+    ``official:PATH`` or a checkpoint file (official VLMo), else a model directory / run folder / checkpoint."""
+    if source.startswith("beit:"):
+        from .interop.beit import convert_beit
+
+        model = convert_beit(source[len("beit:"):], target)
+        return model.state_dict(), model.config
+    path = source[len("official:"):] if source.startswith("official:") else source
+    if Path(path).is_file():
+        from .interop.official import IGNORED_KEYS, infer_config, read_checkpoint
+
+        state, official = read_checkpoint(path)
+        state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
+        # what the weights cannot tell (heads without a relative table, the table's text rows) is the recipe's
+        return state, infer_config(state, official, source=path, num_heads=target.num_heads,
+                                   text_table_len=target.max_text_len_of_initckpt, given_by="recipe")
+    from .model.config import ModelConfig
+    from .model.weights import read_weights
+
+    model_dir = resolve_model_dir(path)
+    return read_weights(model_dir / WEIGHTS_NAME), ModelConfig.load(model_dir / CONFIG_NAME)
+
+
+# ---------------------------------------------------------------------------------------------------- inference
+@dataclass
+class InferenceModel:
+    """A model ready for inference.
+
+    Attributes:
+        model: the network, in eval mode, on ``device``.
+        path: the model directory (or official ``.pt`` file) it was read from.
+        tokenizer: the tokenizer stored with the model (or the one given), ``None`` when there is none.
+        device: where it runs.
+        image_size: the resolution it runs at.
+        resized_from: the stored resolution when position information was resized on load, else ``None``.
+    """
+
+    model: VLMo
+    path: Path
+    tokenizer: TextTokenizer | None
+    device: torch.device
+    image_size: int
+    resized_from: int | None = None
+
+    def require_tokenizer(self) -> TextTokenizer:
+        if self.tokenizer is None:
+            raise CheckpointError(
+                f"{self.path}: no tokenizer stored with the model (tokenizer.json or vocab.txt); pass --tokenizer"
+            )
+        return self.tokenizer
+
+    def require_head(self, head: str, how: str) -> None:
+        """Raise a :class:`CheckpointError` naming the model's heads when it has no ``head``; ``how`` says what needs
+        it or how to get a model that has it."""
+        heads = self.model.config.heads
+        if head not in heads:
+            raise CheckpointError(f"{self.path}: the model has no {head!r} head (heads: "
+                                  f"{', '.join(heads) or 'none'}); {how}")
+
+    def fingerprint(self) -> str:
+        """Identity of the weights (path, size, modification time) and the resolution: keys the search cache."""
+        weights = self.path / WEIGHTS_NAME if self.path.is_dir() else self.path
+        stat = weights.stat()
+        return json.dumps([str(weights.resolve()), stat.st_size, stat.st_mtime_ns, self.image_size])
+
+
+#: what :meth:`InferenceModel.require_head` says when re-ranking finds no ITM head
+ITM_HOW = ("re-ranking needs the ITM head of a stage-3 pre-trained model, or of one retrieval fine-tuned with "
+           "with_itm = true")
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` as given, else CUDA when available, else CPU."""
+    import torch
+
+    if device:
+        try:
+            return torch.device(device)
+        except RuntimeError as exc:
+            raise VlmoError(f"--device {device!r} is not a torch device ({exc})") from None
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_inference_model(
+    path: str | Path,
+    *,
+    image_size: int | None = None,
+    device: str | torch.device | None = None,
+    tokenizer: TextTokenizer | str | Path | None = None,
+) -> InferenceModel:
+    """Load a model for inference: resolve run folders, resize to ``image_size`` when asked, find its tokenizer.
+
+    Args:
+        path: model directory, run folder, ``checkpoints/step_N`` or an official ``.pt`` file.
+        image_size: run at this resolution (position information is resized on load); default: the stored one.
+        device: torch device; default CUDA when available.
+        tokenizer: a tokenizer object or path; default the one stored in the model directory (if any).
+    """
+    from .data.tokenizer import TextTokenizer, load_tokenizer
+
+    model_path = resolve_model_path(path)  # resolved once: the config and weights are read from here
+    dev = pick_device(device) if not hasattr(device, "type") else device
+    cfg = load_config(model_path) if model_path.is_dir() else None
+    stored = cfg.image_size if cfg is not None else None
+    overrides = {}
+    if image_size and (stored is None or image_size != stored):
+        overrides["image_size"] = int(image_size)
+    if cfg is not None:
+        model = _load_model_dir(model_path, cfg, dev, **overrides)
+    else:
+        model = load_official(model_path, **overrides).to(dev)
+    model.eval()
+    if isinstance(tokenizer, TextTokenizer):
+        tok = tokenizer
+    elif tokenizer:
+        tok = load_tokenizer(tokenizer)
+    elif has_tokenizer(model_path):
+        tok = load_tokenizer(model_path)
+    else:
+        tok = None
+    if tok is not None and tok.vocab_size > model.config.vocab_size:
+        raise CheckpointError(
+            f"{model_path}: the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size}"
+        )
+    resized = stored if overrides and stored is not None else None
+    return InferenceModel(model, model_path, tok, dev, model.config.image_size, resized)
+
+
+def as_inference_model(model: Any, **kwargs: Any) -> InferenceModel:
+    """Accept an :class:`InferenceModel` or a path (loaded with ``kwargs``)."""
+    return model if isinstance(model, InferenceModel) else load_inference_model(model, **kwargs)
