@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import run
-from vlmo_cli.recipe import parse_recipe
+from vlmo_cli.config.recipe import parse_recipe
 
 
 def test_help_lists_the_recipes_group(capsys):

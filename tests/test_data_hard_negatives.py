@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from vlmo_cli.objectives.matching import sample_hard_negatives, text_keys
-from vlmo_cli.recipe_schema import PretrainVLTask
+from vlmo_cli.config.schema import PretrainVLTask
 from vlmo_cli.train import stages
 from vlmo_cli.train.loop import StageModule
 

@@ -15,7 +15,7 @@ from vlmo_cli.data.collate import text_extent, trim_text_padding
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.vlmo import VLMo
 from vlmo_cli.objectives.matching import HardNegatives
-from vlmo_cli.recipe import load_recipe
+from vlmo_cli.config.recipe import load_recipe
 from vlmo_cli.train import stages
 from vlmo_cli.train.loop import StageModule
 from vlmo_cli.train.reference_step import reference_vl_step

@@ -232,7 +232,7 @@ def _text_stage_model_dir(tmp_path: Path, drop_block: int | None = None) -> Path
     """A stage-2 model directory (random weights), optionally without every tensor of one backbone block."""
     from vlmo_cli.model.io import save_model
     from vlmo_cli.model.vlmo import VLMo
-    from vlmo_cli.recipe import load_recipe
+    from vlmo_cli.config.recipe import load_recipe
     from vlmo_cli.train.stages import STAGES, stage_model_config
 
     stage = load_recipe("tiny", ["model.vocab_size=160"]).resolve("pretrain.text")
@@ -277,7 +277,7 @@ def test_allow_missing_init_trains_and_logs_what_was_fresh(in_demo, tmp_path, ca
 
 def test_a_complete_source_reports_exactly_the_expected_fresh_tensors(tmp_path):
     from vlmo_cli.model.vlmo import VLMo
-    from vlmo_cli.recipe import load_recipe
+    from vlmo_cli.config.recipe import load_recipe
     from vlmo_cli.train.init import initialise
     from vlmo_cli.train.stages import STAGES, stage_model_config
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlmo_cli.cli.app import main
-from vlmo_cli.recipe import load_recipe
+from vlmo_cli.config.recipe import load_recipe
 from vlmo_cli.train import stages as stages_module
 from vlmo_cli.train.checkpoint import find_resume, list_checkpoints
 from vlmo_cli.train.loop import TrainingDiverged, train

@@ -263,7 +263,7 @@ def train_flops_per_sample(section: str, cfg, task, text_len: int) -> float:
 
 # ---------------------------------------------------------------------- the training benchmark
 def _resolve(settings: BenchSettings):
-    from .recipe import load_recipe
+    from .config.recipe import load_recipe
 
     if settings.stage not in STAGE_SECTIONS:
         raise ConfigError(f"unknown bench stage {settings.stage!r}; allowed: {', '.join(STAGE_SECTIONS)}")

@@ -38,7 +38,7 @@ def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: st
               run_name: str | None, overwrite: bool, extra: list[str] | None = None, *,
               take_over_lock: bool = False, resume_changed: bool = False, allow_missing_init: bool = False):
     """Load ``recipe`` with overrides, resolve ``section`` and train it; prints where everything went."""
-    from ..recipe import load_recipe
+    from ..config.recipe import load_recipe
     from ..train.loop import train
 
     overrides = list(overrides or []) + list(extra or [])

@@ -83,7 +83,7 @@ def run_recipe_of(model: str | Path | None) -> Path | None:
 def _eval_section_from_run(task: str, run_recipe) -> list[str]:
     """Overrides giving ``[eval.TASK]`` a dataset and split when the run's recipe has no such section: the trained
     stage's dataset and validation split when it trained for ``task``, else those of the fallback recipe."""
-    from ..recipe import load_recipe
+    from ..config.recipe import load_recipe
 
     section = f"eval.{task}"
     if section in run_recipe.stages:
@@ -112,7 +112,7 @@ def eval_target(task: str, recipe: str | Path | None = FALLBACK_RECIPE, override
     batch size, model settings; dataset and split from its trained stage when that trained for ``task``), else
     ``base``.
     """
-    from ..recipe import load_recipe
+    from ..config.recipe import load_recipe
 
     section = f"eval.{task}"
     overrides = list(overrides)

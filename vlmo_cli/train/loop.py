@@ -135,7 +135,7 @@ def train(
     """Train one resolved recipe stage (``recipe.resolve("pretrain.vl")``).
 
     Args:
-        stage: a :class:`~vlmo_cli.recipe_schema.ResolvedStage` of kind ``train``.
+        stage: a :class:`~vlmo_cli.config.schema.ResolvedStage` of kind ``train``.
         init: weights to start from (overrides ``[model] init``); ignored when resuming.
         resume: ``"auto"`` (newest complete checkpoint of the run folder, if any) or a checkpoint path.
         run_dir: run folder (default ``output_dir/run_name``).
