@@ -20,6 +20,7 @@ from vlmo_cli.bench import (
     train_flops_per_sample,
 )
 from vlmo_cli.cli.app import main
+from vlmo_cli.config.schema import STAGES
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.flops import path_flops
 
@@ -92,7 +93,11 @@ def test_peak_tflops_gives_mfu_and_reference_runs():
     assert result.achieved_tflops == pytest.approx(result.flops_per_sample * result.samples_per_s / 1e12)
 
 
-@pytest.mark.parametrize("stage", ["vision", "text", "vqa", "nlvr2", "retrieval"])
+#: every benchmarked training stage of the one list but vl (run by the command tests above)
+TRAINING_BENCH_STAGES = [s.bench for s in STAGES.values() if s.bench and s.kind == "train" and s.bench != "vl"]
+
+
+@pytest.mark.parametrize("stage", TRAINING_BENCH_STAGES)
 def test_every_training_stage_runs_one_step(stage):
     settings = BenchSettings("tiny", stage=stage, batch=2, overrides=("model.vocab_size=500",))
     stepper = TrainingStepper(settings)

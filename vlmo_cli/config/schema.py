@@ -428,31 +428,93 @@ class EvalClassifyTask(EvalTask):
 
 @dataclass(frozen=True)
 class StageSpec:
-    """A stage or task a recipe can configure: its section name, kind and task-settings class."""
+    """A stage or task a recipe can configure. :data:`STAGES` is THE list of stages and tasks: the commands
+    (``vlmo pretrain-*``, ``vlmo finetune TASK``), the ``vlmo bench --stage`` names, the retrieval presets and the
+    training table of :mod:`vlmo_cli.train.stages` (checked to hold the same ``train`` names) all follow from it.
+
+    Attributes:
+        name: the recipe section (``pretrain.vl``, ``finetune.retrieval_coco`` …).
+        kind: ``train`` (a training loop runs it) or ``eval``.
+        task: its task-settings dataclass.
+        help: one line for people (``vlmo recipes show``).
+        command: the name on the command line: ``vlmo pretrain-vl``, ``vlmo finetune vqa``, ``vlmo eval retrieval``.
+        preset: for a command with several sections, the ``--dataset`` value choosing this one (``coco``, ``flickr``;
+            its test split is ``PRESET-test``); ``""`` otherwise.
+        bench: the ``vlmo bench --stage`` name; ``""`` = not benchmarked on its own (a second preset).
+        scored_by: the evaluation a trained stage is scored with (its dataset and validation split are the eval
+            defaults); ``""`` = none.
+        details: the longer help of the command, when it has one of its own.
+    """
 
     name: str
     kind: Literal["train", "eval"]
     task: type
     help: str
+    command: str
+    preset: str = ""
+    bench: str = ""
+    scored_by: str = ""
+    details: str = ""
+
+    @property
+    def group(self) -> str:
+        """``pretrain``, ``finetune`` or ``eval``."""
+        return self.name.split(".")[0]
 
 
 STAGES: dict[str, StageSpec] = {
     s.name: s
     for s in (
-        StageSpec("pretrain.vision", "train", PretrainVisionTask, "stage 1: masked-image modelling"),
-        StageSpec("pretrain.text", "train", PretrainTextTask, "stage 2: text MLM with frozen vision parts"),
-        StageSpec("pretrain.vl", "train", PretrainVLTask, "stage 3: ITC + ITM + MLM on image-text pairs"),
-        StageSpec("finetune.vqa", "train", FinetuneVQATask, "VQAv2"),
-        StageSpec("finetune.nlvr2", "train", FinetuneNLVR2Task, "NLVR2"),
-        StageSpec("finetune.retrieval_coco", "train", FinetuneRetrievalTask, "COCO retrieval"),
-        StageSpec("finetune.retrieval_flickr", "train", FinetuneRetrievalTask, "Flickr30k retrieval"),
-        StageSpec("finetune.classify", "train", FinetuneClassifyTask, "your own labelled image-text pairs"),
-        StageSpec("eval.retrieval", "eval", EvalRetrievalTask, "retrieval recall"),
-        StageSpec("eval.vqa", "eval", EvalVQATask, "VQA accuracy / submission"),
-        StageSpec("eval.nlvr2", "eval", EvalNLVR2Task, "NLVR2 accuracy"),
-        StageSpec("eval.classify", "eval", EvalClassifyTask, "accuracy of your own classification"),
+        StageSpec("pretrain.vision", "train", PretrainVisionTask, "stage 1: masked-image modelling", "pretrain-vision",
+                  bench="vision",
+                  details="Stage 1: masked-image modelling on images (attention, patch embedding, vision experts); "
+                          "or start from BEiT weights with --from beit:PATH."),
+        StageSpec("pretrain.text", "train", PretrainTextTask, "stage 2: text MLM with frozen vision parts",
+                  "pretrain-text", bench="text",
+                  details="Stage 2: text-only MLM; only text embeddings, language experts, MLM head, position table "
+                          "and final norm train."),
+        StageSpec("pretrain.vl", "train", PretrainVLTask, "stage 3: ITC + ITM + MLM on image-text pairs",
+                  "pretrain-vl", bench="vl", scored_by="retrieval",
+                  details="Stage 3: ITC (+VL branch) + ITM with global hard negatives + 0.25·MLM on image-text pairs."),
+        StageSpec("finetune.vqa", "train", FinetuneVQATask, "VQAv2", "vqa", bench="vqa", scored_by="vqa"),
+        StageSpec("finetune.nlvr2", "train", FinetuneNLVR2Task, "NLVR2", "nlvr2", bench="nlvr2", scored_by="nlvr2"),
+        StageSpec("finetune.retrieval_coco", "train", FinetuneRetrievalTask, "COCO retrieval", "retrieval",
+                  preset="coco", bench="retrieval", scored_by="retrieval"),
+        StageSpec("finetune.retrieval_flickr", "train", FinetuneRetrievalTask, "Flickr30k retrieval", "retrieval",
+                  preset="flickr", scored_by="retrieval"),
+        StageSpec("finetune.classify", "train", FinetuneClassifyTask, "your own labelled image-text pairs", "classify",
+                  bench="classify", scored_by="classify"),
+        StageSpec("eval.retrieval", "eval", EvalRetrievalTask, "retrieval recall", "retrieval", bench="eval-retrieval"),
+        StageSpec("eval.vqa", "eval", EvalVQATask, "VQA accuracy / submission", "vqa"),
+        StageSpec("eval.nlvr2", "eval", EvalNLVR2Task, "NLVR2 accuracy", "nlvr2"),
+        StageSpec("eval.classify", "eval", EvalClassifyTask, "accuracy of your own classification", "classify"),
     )
 }
+
+
+def stages_of(group: str) -> list[StageSpec]:
+    """The stages of one group (``pretrain``, ``finetune``, ``eval``), in :data:`STAGES` order."""
+    return [s for s in STAGES.values() if s.group == group]
+
+
+def finetune_commands() -> dict[str, list[StageSpec]]:
+    """``vlmo finetune TASK`` → its sections (several for a task with presets, the first one the default)."""
+    out: dict[str, list[StageSpec]] = {}
+    for spec in stages_of("finetune"):
+        out.setdefault(spec.command, []).append(spec)
+    return out
+
+
+def bench_stages() -> dict[str, str]:
+    """``vlmo bench --stage`` name → recipe section."""
+    return {s.bench: s.name for s in STAGES.values() if s.bench}
+
+
+def retrieval_presets() -> dict[str, str]:
+    """A retrieval ``--split`` preset (``coco-test``, ``flickr-test``) → the fine-tuning section configuring it."""
+    return {f"{s.preset}-test": s.name for s in finetune_commands()["retrieval"]}
+
+
 #: Top-level tables that group stage sections.
 STAGE_GROUPS = ("pretrain", "finetune", "eval")
 #: Shared sections in file order.

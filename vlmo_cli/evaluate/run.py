@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..config.schema import STAGES, retrieval_presets
 from ..embed import InferenceModel, as_inference_model, run_folder_of
 from ..errors import CheckpointError, DataError
 from .report import check_report_outputs, sibling_path, write_report
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
 #: ``--split`` names of ``vlmo eval retrieval`` that stand for the recipe's test sets
-RETRIEVAL_PRESETS = {"coco-test": "finetune.retrieval_coco", "flickr-test": "finetune.retrieval_flickr"}
+RETRIEVAL_PRESETS = retrieval_presets()
 
 
 # ---------------------------------------------------------------------------------------------------- settings
@@ -67,8 +68,7 @@ def _split_path(text: str) -> tuple[str, str] | None:
 
 
 #: the evaluation a trained stage is scored with (its dataset and validation split are the eval defaults)
-EVAL_OF_STAGE = {"finetune.vqa": "vqa", "finetune.nlvr2": "nlvr2", "finetune.retrieval_coco": "retrieval",
-                 "finetune.retrieval_flickr": "retrieval", "finetune.classify": "classify", "pretrain.vl": "retrieval"}
+EVAL_OF_STAGE = {spec.name: spec.scored_by for spec in STAGES.values() if spec.scored_by}
 #: the recipe whose ``[eval.*]`` sections apply when neither a recipe nor a run's own recipe is at hand
 FALLBACK_RECIPE = "base"
 
