@@ -252,6 +252,8 @@ class StageDef:
         uses_contrastive: the objective contrasts the samples of a micro-batch (its negatives span one micro-batch
             × processes, not the accumulated batch).
         with_vlffn: the model has VL experts (stages 1 and 2 build none, as the official text stage).
+        modality_types: rows of the modality embedding when the task needs more than the model's (NLVR2: 3, one
+            per image of the pair and one for the text); ``None`` = the model's.
         mlm / mim: the collator adds MLM masking / patch masks.
     """
 
@@ -263,6 +265,7 @@ class StageDef:
     forward_flops: Callable[[dict[str, int], object], float]
     uses_contrastive: bool = False
     with_vlffn: bool = True
+    modality_types: int | None = None
     mlm: bool = False
     mim: bool = False
 
@@ -283,7 +286,8 @@ STAGE_DEFS: dict[str, StageDef] = {
         StageDef("pretrain.vl", "pairs", _VL_HEADS, vl_objective, everything, vl_flops, uses_contrastive=True,
                  mlm=True),
         StageDef("finetune.vqa", "vqa", ("pooler", "vqa"), vqa_objective, fusion_trainable, pair_flops),
-        StageDef("finetune.nlvr2", "nlvr2", ("pooler", "nlvr2"), nlvr2_objective, fusion_trainable, nlvr2_flops),
+        StageDef("finetune.nlvr2", "nlvr2", ("pooler", "nlvr2"), nlvr2_objective, fusion_trainable, nlvr2_flops,
+                 modality_types=3),
         StageDef("finetune.retrieval_coco", "pairs", ("pooler", "itc"), retrieval_objective, dual_trainable,
                  retrieval_flops, uses_contrastive=True),
         StageDef("finetune.retrieval_flickr", "pairs", ("pooler", "itc"), retrieval_objective, dual_trainable,
@@ -332,8 +336,8 @@ def stage_model_config(stage_def: StageDef, base: ModelConfig, task, num_answers
     changes: dict = {"heads": heads}
     if not stage_def.with_vlffn:
         changes["vlffn_start"] = base.depth
-    if stage_def.name == "finetune.nlvr2":
-        changes["num_modality_types"] = 3
+    if stage_def.modality_types:
+        changes["num_modality_types"] = stage_def.modality_types
     if num_answers:
         changes["vqa_num_answers"] = num_answers
     if num_classes:
