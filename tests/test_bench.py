@@ -143,3 +143,17 @@ def test_flops_and_peaks():
     assert train_flops_per_sample("finetune.nlvr2", cfg, None, 40) == 6 * f["pair (fusion encoder)"]
     assert default_peak_tflops(torch.device("cpu"), "bf16") is None
     assert summarise([{"step": 1.0}, {"step": 9.0}, {"step": 2.0}]) == {"step": 2.0}
+
+
+def test_bench_builds_the_model_training_builds(demo_root, monkeypatch):
+    """The bench builds through train.build: with the recipe's prepared data at hand, the VQA head has the prepared
+    answer count, as in training (and the recipe's [model] count without it)."""
+    from vlmo_cli.data.store import open_prepared
+
+    settings = BenchSettings("tiny", stage="vqa", batch=2, overrides=("model.vocab_size=500",))
+    assert TrainingStepper(settings).cfg.vqa_num_answers == get_config("tiny").vqa_num_answers
+    monkeypatch.chdir(demo_root)
+    answers = len(open_prepared("demo_data/vqa").answers)
+    stepper = TrainingStepper(settings)
+    assert stepper.cfg.vqa_num_answers == answers != get_config("tiny").vqa_num_answers
+    assert stepper.model.vqa_classifier[-1].out_features == answers
