@@ -13,7 +13,7 @@ the AdamW state, where the fused switch agrees), so that base-sized models fit i
 
 Configurations of the stage-3 step (``pretrain.vl``):
 
-* ``reference``: the oracle (:mod:`vlmo_cli.train.reference_step`): manual fp32 attention, four fusion passes;
+* ``reference``: the oracle (:mod:`vlmo_cli.bench.reference_step`): manual fp32 attention, four fusion passes;
 * ``reference+sdpa``: attention through ``scaled_dot_product_attention``;
 * ``reference+batched``: the three ITM fusion passes as one batched pass; ``reference+sdpa+batched``: both;
 * ``optimised``: the training code (``StageModule`` + ``vl_objective``): the text padding every row shares trimmed,

@@ -20,6 +20,7 @@ from vlmo_cli.bench import (
     train_flops_per_sample,
 )
 from vlmo_cli.cli.app import main
+from vlmo_cli.config.schema import STAGES
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.flops import path_flops
 
@@ -92,7 +93,11 @@ def test_peak_tflops_gives_mfu_and_reference_runs():
     assert result.achieved_tflops == pytest.approx(result.flops_per_sample * result.samples_per_s / 1e12)
 
 
-@pytest.mark.parametrize("stage", ["vision", "text", "vqa", "nlvr2", "retrieval"])
+#: every benchmarked training stage of the one list but vl (run by the command tests above)
+TRAINING_BENCH_STAGES = [s.bench for s in STAGES.values() if s.bench and s.kind == "train" and s.bench != "vl"]
+
+
+@pytest.mark.parametrize("stage", TRAINING_BENCH_STAGES)
 def test_every_training_stage_runs_one_step(stage):
     settings = BenchSettings("tiny", stage=stage, batch=2, overrides=("model.vocab_size=500",))
     stepper = TrainingStepper(settings)
@@ -138,3 +143,17 @@ def test_flops_and_peaks():
     assert train_flops_per_sample("finetune.nlvr2", cfg, None, 40) == 6 * f["pair (fusion encoder)"]
     assert default_peak_tflops(torch.device("cpu"), "bf16") is None
     assert summarise([{"step": 1.0}, {"step": 9.0}, {"step": 2.0}]) == {"step": 2.0}
+
+
+def test_bench_builds_the_model_training_builds(demo_root, monkeypatch):
+    """The bench builds through train.build: with the recipe's prepared data at hand, the VQA head has the prepared
+    answer count, as in training (and the recipe's [model] count without it)."""
+    from vlmo_cli.data.store import open_prepared
+
+    settings = BenchSettings("tiny", stage="vqa", batch=2, overrides=("model.vocab_size=500",))
+    assert TrainingStepper(settings).cfg.vqa_num_answers == get_config("tiny").vqa_num_answers
+    monkeypatch.chdir(demo_root)
+    answers = len(open_prepared("demo_data/vqa").answers)
+    stepper = TrainingStepper(settings)
+    assert stepper.cfg.vqa_num_answers == answers != get_config("tiny").vqa_num_answers
+    assert stepper.model.vqa_classifier[-1].out_features == answers

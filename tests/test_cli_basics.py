@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import run
-from vlmo_cli.recipe import parse_recipe
+from vlmo_cli.config.recipe import parse_recipe
 
 
 def test_help_lists_the_recipes_group(capsys):
@@ -192,3 +192,18 @@ def test_flag_followed_by_a_value_is_explained(capsys):
     code, _, err = run(capsys, "recipes", "show", "tiny", "true", "--resolved", "pretrain.vl")
     assert code == 2
     assert "flags such as --overwrite take no value" in err
+
+
+def test_stage_commands_follow_the_one_list():
+    """pretrain-*, finetune TASK and eval TASK are the commands of config.schema.STAGES, no more, no fewer."""
+    import typer.main
+
+    from vlmo_cli.cli.app import app
+    from vlmo_cli.cli.evaluate import eval_app
+    from vlmo_cli.cli.finetune import Task
+    from vlmo_cli.config.schema import stages_of
+
+    commands = typer.main.get_command(app).commands
+    assert [s.command for s in stages_of("pretrain")] == [n for n in commands if n.startswith("pretrain-")]
+    assert [t.value for t in Task] == list(dict.fromkeys(s.command for s in stages_of("finetune")))
+    assert {c.name for c in eval_app.registered_commands} == {s.command for s in stages_of("eval")}

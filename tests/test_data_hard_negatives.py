@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from vlmo_cli.objectives.matching import sample_hard_negatives, text_keys
-from vlmo_cli.recipe_schema import PretrainVLTask
+from vlmo_cli.config.schema import PretrainVLTask
 from vlmo_cli.train import stages
-from vlmo_cli.train.loop import StageModule
+from vlmo_cli.train.build import StageModule
 
 # captions as groups: rows 0, 2 and 5 say the same thing, as do rows 1 and 4; rows 3 and 6 are unique
 GROUPS = torch.tensor([0, 1, 0, 2, 1, 0, 3])
@@ -93,6 +93,6 @@ def test_stage3_objective_uses_the_recipe_key(monkeypatch):
              "image_ids": torch.arange(len(GROUPS))}
     for on in (False, True):
         task = PretrainVLTask(dataset=("unused",), itm_exclude_same_text=on)
-        StageModule(model, stages.STAGES["pretrain.vl"], task)(batch)
+        StageModule(model, stages.STAGE_DEFS["pretrain.vl"], task)(batch)
     assert seen[0] is None
     assert torch.equal(seen[1], text_keys(ids, mask)[:, :4])  # the step trims the all-padding columns first

@@ -14,7 +14,7 @@ from helpers import run
 from test_eval_cli import make_model
 from test_eval_vqa_metrics import annotation
 from vlmo_cli.data.store import open_prepared
-from vlmo_cli.recipe import load_recipe
+from vlmo_cli.config.recipe import load_recipe
 
 # Question 1: ten unanimous "Yes" -- master compares raw strings (prediction "Yes": 1.0), legacy lowercases only the
 # prediction (0.0). Question 2: "two" among differing answers -- master maps both sides to "2" (k = 5: 1.0), legacy

@@ -28,7 +28,7 @@ def _info(capsys, *args: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def trained_run(demo_root, tmp_path_factory):
     """The tiny recipe's stage 3 as the training loop builds and saves it (one optimizer step, then stopped)."""
-    from vlmo_cli.recipe import load_recipe
+    from vlmo_cli.config.recipe import load_recipe
     from vlmo_cli.train.loop import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny-pretrain-vl"

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from vlmo_cli.data.store import open_prepared
-from vlmo_cli.quickstart import run_quickstart
+from vlmo_cli.cli.app import app
+from vlmo_cli.cli.quickstart import run_quickstart
 
 #: fewer steps than recipes/tiny.toml (same commands, recipe and code path)
 REDUCED = [
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
     out = tmp_path_factory.mktemp("quickstart")
-    result = run_quickstart(out, overrides=REDUCED)
+    result = run_quickstart(app, out, overrides=REDUCED)
     return out, result
 
 

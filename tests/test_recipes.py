@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import tomllib
+
 import pytest
 
 from helpers import run
 from vlmo_cli.errors import RecipeError
-from vlmo_cli.recipe import dump_toml, load_recipe, parse_recipe, shipped_recipes, stage_names
-from vlmo_cli.recipe_schema import STAGES, PretrainVLTask, RecipeTrain
+from vlmo_cli.config.recipe import dump_toml, load_recipe, parse_recipe, shipped_recipes, stage_names
+from vlmo_cli.config.schema import STAGES, PretrainVLTask, RecipeTrain
 
 SHIPPED = ["tiny", "base", "base_plus", "large"]
 
@@ -373,8 +375,11 @@ def test_round_trip_keeps_optional_none_and_types():
 
 
 def test_dump_toml_escapes():
-    text = dump_toml({"a": {"s": 'x"\\\n\x01\x7f', "f": 1e-8, "l": [1, 2.5, "z"], "b": False}})
-    assert text == '[a]\ns = "x\\"\\\\\\n\\u0001\\u007f"\nf = 1e-08\nl = [1, 2.5, "z"]\nb = false\n'
+    data = {"a": {"s": 'x"\\\n\x01\x7f', "f": 1e-8, "l": [1, 2.5, "z"], "b": False, "n": None}}
+    text = dump_toml(data)
+    # tomli_w writes one array item per line
+    assert text == '[a]\ns = "x\\"\\\\\\n\\u0001\\u007f"\nf = 1e-08\nl = [\n    1,\n    2.5,\n    "z",\n]\nb = false\nn = "none"\n'
+    assert tomllib.loads(text) == {"a": {**data["a"], "n": "none"}}
 
 
 def test_recipe_found_by_name_outside_the_repo(tmp_path, monkeypatch):
@@ -388,7 +393,7 @@ def test_recipe_found_by_name_outside_the_repo(tmp_path, monkeypatch):
 
 def test_task_keys_do_not_shadow_shared_keys():
     """A flat stage key must have one meaning: task fields never reuse a [train]/[data]/[model] key."""
-    from vlmo_cli.recipe_schema import shared_specs, specs_of
+    from vlmo_cli.config.schema import shared_specs, specs_of
 
     shared = {k for s in ("train", "data", "model") for k in shared_specs(s)}
     for spec in STAGES.values():

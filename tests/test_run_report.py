@@ -11,7 +11,7 @@ import pytest
 from helpers import run
 from PIL import Image
 
-from vlmo_cli.run_report import group_metrics, metric_series, read_metric_rows, render_run_report
+from vlmo_cli.train.report import group_metrics, metric_series, read_metric_rows, render_run_report
 
 
 def _png(color: str) -> bytes:

@@ -21,7 +21,7 @@ from vlmo_cli.model.config import get_config
 from vlmo_cli.model.vlmo import VLMo
 from vlmo_cli.objectives.matching import HardNegatives
 from vlmo_cli.train import stages
-from vlmo_cli.train.loop import StageModule
+from vlmo_cli.train.build import StageModule
 
 B, WORLD = 8, 2
 CASES = {  # name: task overrides
@@ -89,7 +89,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     batch = {k: v.chunk(WORLD)[rank] for k, v in make_batch().items()}
     results = {}
     for name, overrides in CASES.items():
-        ddp = torch.nn.parallel.DistributedDataParallel(StageModule(make_model(), stages.STAGES["pretrain.vl"],
+        ddp = torch.nn.parallel.DistributedDataParallel(StageModule(make_model(), stages.STAGE_DEFS["pretrain.vl"],
                                                                     task(**overrides)))
         loss, grads = step(ddp, batch)
         losses = [None] * WORLD
@@ -157,7 +157,7 @@ def ddp_results(tmp_path_factory):
 
 def single(name: str, monkeypatch) -> tuple[float, dict[str, torch.Tensor]]:
     monkeypatch.setattr(stages, "sample_hard_negatives", hardest_negatives)
-    return step(StageModule(make_model(), stages.STAGES["pretrain.vl"], task(**CASES[name])), make_batch())
+    return step(StageModule(make_model(), stages.STAGE_DEFS["pretrain.vl"], task(**CASES[name])), make_batch())
 
 
 def assert_grads(a: dict, b: dict, scale: float = 1.0, unscaled: tuple[str, ...] = ()) -> None:

@@ -66,7 +66,7 @@ def test_diverging_vl_run_stops_with_the_last_good_checkpoint(in_demo, tmp_path,
 # ---------------------------------------------------------------------- 2. only finite checkpoints are good
 def _poison_at_call(monkeypatch, stage: str, call: int) -> None:
     """The objective of ``stage`` writes NaN into the MLM bias on its ``call``-th call; that step's loss is finite."""
-    original = stages_module.STAGES[stage]
+    original = stages_module.STAGE_DEFS[stage]
     calls = {"n": 0}
 
     def poisoning(model, batch, task):
@@ -77,7 +77,7 @@ def _poison_at_call(monkeypatch, stage: str, call: int) -> None:
                 model.mlm_score.bias.fill_(float("nan"))
         return out
 
-    monkeypatch.setitem(stages_module.STAGES, stage, dataclasses.replace(original, objective=poisoning))
+    monkeypatch.setitem(stages_module.STAGE_DEFS, stage, dataclasses.replace(original, objective=poisoning))
 
 
 def test_a_checkpoint_with_nan_weights_is_not_written(in_demo, tmp_path, capsys, monkeypatch):
@@ -232,11 +232,11 @@ def _text_stage_model_dir(tmp_path: Path, drop_block: int | None = None) -> Path
     """A stage-2 model directory (random weights), optionally without every tensor of one backbone block."""
     from vlmo_cli.factory import save_model
     from vlmo_cli.model.vlmo import VLMo
-    from vlmo_cli.recipe import load_recipe
-    from vlmo_cli.train.stages import STAGES, stage_model_config
+    from vlmo_cli.config.recipe import load_recipe
+    from vlmo_cli.train.stages import STAGE_DEFS, stage_model_config
 
     stage = load_recipe("tiny", ["model.vocab_size=160"]).resolve("pretrain.text")
-    cfg = stage_model_config(STAGES["pretrain.text"], stage.model.build_config(image_size=stage.data.image_size),
+    cfg = stage_model_config(STAGE_DEFS["pretrain.text"], stage.model.build_config(image_size=stage.data.image_size),
                              stage.task, text_len=stage.data.max_text_len)
     path = save_model(VLMo(cfg), tmp_path / f"src-{drop_block}")
     if drop_block is not None:
@@ -277,13 +277,13 @@ def test_allow_missing_init_trains_and_logs_what_was_fresh(in_demo, tmp_path, ca
 
 def test_a_complete_source_reports_exactly_the_expected_fresh_tensors(tmp_path):
     from vlmo_cli.model.vlmo import VLMo
-    from vlmo_cli.recipe import load_recipe
+    from vlmo_cli.config.recipe import load_recipe
     from vlmo_cli.train.init import initialise
-    from vlmo_cli.train.stages import STAGES, stage_model_config
+    from vlmo_cli.train.stages import STAGE_DEFS, stage_model_config
 
     src = _text_stage_model_dir(tmp_path)
     stage = load_recipe("tiny", ["model.vocab_size=160"]).resolve("pretrain.vl")
-    cfg = stage_model_config(STAGES["pretrain.vl"], stage.model.build_config(image_size=stage.data.image_size),
+    cfg = stage_model_config(STAGE_DEFS["pretrain.vl"], stage.model.build_config(image_size=stage.data.image_size),
                              stage.task, text_len=stage.data.max_text_len)
     model = VLMo(cfg)
     report = initialise(model, str(src), "random")

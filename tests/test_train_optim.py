@@ -10,7 +10,7 @@ import torch
 
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.vlmo import VLMo
-from vlmo_cli.train.optim import build_optimizer, lr_factor, parameter_groups, set_lr, warmup_steps
+from vlmo_cli.train.optim import adamw_groups, build_optimizer, lr_factor, set_lr, warmup_steps
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def decay_of(groups) -> dict[str, bool]:
 
 
 def test_fixed_groups_exclude_1d_embeddings_positions_and_scales(model):
-    decay = decay_of(parameter_groups(model, 1e-4, 0.01))
+    decay = decay_of(adamw_groups(model, 1e-4, 0.01))
     for name in ("transformer.blocks.0.norm2_text.weight", "transformer.blocks.0.gamma_1", "transformer.cls_token",
                  "token_type_embeddings.weight", "logit_scale", "logit_vl_scale", "relative_position_bias_table",
                  "text_embeddings.word_embeddings.weight", "transformer.blocks.0.attn.q_bias", "vqa_classifier.1.weight"):
@@ -37,7 +37,7 @@ def test_fixed_groups_exclude_1d_embeddings_positions_and_scales(model):
 
 
 def test_compat_groups_reproduce_the_official_name_matching(model):
-    decay = decay_of(parameter_groups(model, 1e-4, 0.01, mode="compat"))
+    decay = decay_of(adamw_groups(model, 1e-4, 0.01, mode="compat"))
     # decayed by the official substring list although they should not be (reference §15.1)
     for name in ("transformer.blocks.0.norm2_text.weight", "transformer.blocks.0.gamma_1", "transformer.cls_token",
                  "token_type_embeddings.weight", "logit_scale", "vqa_classifier.1.weight"):

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlmo_cli.cli.app import main
-from vlmo_cli.recipe import load_recipe
+from vlmo_cli.config.recipe import load_recipe
 from vlmo_cli.train import stages as stages_module
 from vlmo_cli.train.checkpoint import find_resume, list_checkpoints
 from vlmo_cli.train.loop import TrainingDiverged, train
@@ -106,12 +106,25 @@ def test_resume_auto_ignores_a_checkpoint_cut_off_mid_write(in_demo, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_message(in_demo, tmp_path, monkeypatch):
-    original = stages_module.STAGES["pretrain.vl"]
+    original = stages_module.STAGE_DEFS["pretrain.vl"]
 
     def exploding(model, batch, task):
         out = original.objective(model, batch, task)
         return stages_module.StepOutput(out.loss * float("nan"), out.metrics)
 
-    monkeypatch.setitem(stages_module.STAGES, "pretrain.vl", dataclasses.replace(original, objective=exploding))
+    monkeypatch.setitem(stages_module.STAGE_DEFS, "pretrain.vl", dataclasses.replace(original, objective=exploding))
     with pytest.raises(TrainingDiverged, match="loss is nan at step 1"):
         train(_vl_stage(in_demo, tmp_path, "nan"))
+
+
+def test_stage_table_holds_the_train_stages_of_the_one_list(monkeypatch):
+    """train/stages.STAGE_DEFS and config.schema.STAGES agree (checked at import): a task in one and not the other
+    fails, as does a different order."""
+    from vlmo_cli.config.schema import STAGES as SCHEMA
+    from vlmo_cli.train.stages import STAGE_DEFS, check_stage_defs
+
+    assert list(STAGE_DEFS) == [name for name, spec in SCHEMA.items() if spec.kind == "train"]
+    check_stage_defs()
+    monkeypatch.delitem(STAGE_DEFS, "finetune.classify")
+    with pytest.raises(AssertionError, match="finetune.classify"):
+        check_stage_defs()

@@ -6,32 +6,16 @@ heavy libraries (torch, datasets) inside their command functions so that ``vlmo 
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from ..errors import VlmoError
-from ..train.signals import TrainingInterrupted
+from . import (bench, convert, embed, evaluate, export, finetune, model, prepare, pretrain, quickstart, recipes,
+               report, serve)
+from .common import USAGE_ERROR, err_console, invoke  # noqa: F401 - USAGE_ERROR, err_console: their old home
 from .examples import add_examples
 
-COMMAND_MODULES = (
-    "recipes",
-    "model",
-    "prepare",
-    "convert",
-    "pretrain",
-    "finetune",
-    "evaluate",
-    "embed",
-    "serve",
-    "export",
-    "bench",
-    "report",
-    "quickstart",
-)
+#: the command modules, in the order ``vlmo --help`` lists their commands
+COMMAND_MODULES = (recipes, model, prepare, convert, pretrain, finetune, evaluate, embed, serve, export, bench, report,
+                   quickstart)
 
 app = typer.Typer(
     name="vlmo",
@@ -39,15 +23,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-
-def _usage_error_class() -> type[Exception]:
-    """The ``ClickException`` class of the click that Typer runs on (its own bundled copy or the ``click`` package):
-    the base of every usage mistake (unknown command or option, missing argument, bad value)."""
-    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-
-
-USAGE_ERROR = _usage_error_class()
 
 
 def version_text() -> str:
@@ -83,13 +58,8 @@ def _root(
 ) -> None:
     """VLMo: pre-train, fine-tune, evaluate and export Mixture-of-Modality-Experts vision-language models."""
 
-for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"{__package__}.{_name}")
-    except ModuleNotFoundError as exc:  # a command group not built yet
-        if exc.name != f"{__package__}.{_name}":
-            raise
-        continue
+
+for _module in COMMAND_MODULES:
     _module.register(app)
 
 
@@ -103,28 +73,8 @@ def _plain_help(typer_app: typer.Typer) -> None:
 
 _plain_help(app)
 add_examples(app)
-err_console = Console(stderr=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one readable line and exit code 2."""
-    try:
-        rc = app(args=argv, prog_name="vlmo", standalone_mode=False)
-    except VlmoError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, emoji=False)
-        sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except TrainingInterrupted as exc:  # stopped by a signal after writing a checkpoint
-        err_console.print(escape(str(exc)), highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except USAGE_ERROR as exc:  # a usage mistake: click's usage line, "Try 'vlmo … --help'" and the error
-        exc.show()
-        sys.exit(2)
-    if isinstance(rc, int) and rc:
-        if rc == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit code 130
-            err_console.print("interrupted")
-        sys.exit(rc)
+    invoke(app, argv)

@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..config.schema import bench_stages
 from ..errors import ConfigError
 
-_STAGES = "vision, text, vl, vqa, nlvr2, retrieval, classify, eval-retrieval"
+_STAGES = ", ".join(bench_stages())
 
 
 def _fmt_s(seconds: float) -> str:

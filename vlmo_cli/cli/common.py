@@ -1,13 +1,54 @@
-"""Shared pieces of the training commands: recipe loading and the run options every stage takes."""
+"""Shared pieces of the commands: running an app with the error → exit-code mapping, recipe loading and the run
+options every stage takes."""
 
 from __future__ import annotations
+
+import sys
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from ..errors import VlmoError
+from ..train.signals import TrainingInterrupted
+
 console = Console()
+err_console = Console(stderr=True)
+
+
+def _usage_error_class() -> type[Exception]:
+    """The ``ClickException`` class of the click that Typer runs on (its own bundled copy or the ``click`` package):
+    the base of every usage mistake (unknown command or option, missing argument, bad value)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+USAGE_ERROR = _usage_error_class()
+
+
+def invoke(app: typer.Typer, argv: list[str] | None = None) -> None:
+    """Run ``app`` on ``argv``: user errors become one readable line and exit code 2, a run stopped by a signal
+    exits 128 + its number, any other failure keeps its traceback."""
+    try:
+        rc = app(args=argv, prog_name="vlmo", standalone_mode=False)
+    except VlmoError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, emoji=False)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except TrainingInterrupted as exc:  # stopped by a signal after writing a checkpoint
+        err_console.print(escape(str(exc)), highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except USAGE_ERROR as exc:  # a usage mistake: click's usage line, "Try 'vlmo … --help'" and the error
+        exc.show()
+        sys.exit(2)
+    if isinstance(rc, int) and rc:
+        if rc == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit code 130
+            err_console.print("interrupted")
+        sys.exit(rc)
 
 RecipeArg = typer.Argument(..., help="a recipe file or a shipped name (tiny, base, base_plus, large)")
 OverridesArg = typer.Argument(None, help="recipe overrides key.path=value, e.g. train.lr=1e-4 data.batch_size=64")
@@ -38,7 +79,7 @@ def run_stage(recipe: str, section: str, overrides: list[str] | None, resume: st
               run_name: str | None, overwrite: bool, extra: list[str] | None = None, *,
               take_over_lock: bool = False, resume_changed: bool = False, allow_missing_init: bool = False):
     """Load ``recipe`` with overrides, resolve ``section`` and train it; prints where everything went."""
-    from ..recipe import load_recipe
+    from ..config.recipe import load_recipe
     from ..train.loop import train
 
     overrides = list(overrides or []) + list(extra or [])

@@ -1,4 +1,5 @@
-"""``vlmo finetune vqa|nlvr2|retrieval|classify [RECIPE] [--from MODEL] [overrides]``."""
+"""``vlmo finetune TASK [RECIPE] [--from MODEL] [overrides]``; the tasks are the ``finetune`` stages of
+:data:`vlmo_cli.config.schema.STAGES`."""
 
 from __future__ import annotations
 
@@ -7,23 +8,25 @@ from pathlib import Path
 
 import typer
 
+from ..config.schema import finetune_commands
 from .common import (AllowMissingInitOpt, InitOpt, OverridesArg, OverwriteOpt, ResumeChangedOpt, ResumeOpt,
                      RunNameOpt, TakeOverLockOpt, run_stage)
 
-
-class Task(str, Enum):
-    vqa = "vqa"
-    nlvr2 = "nlvr2"
-    retrieval = "retrieval"
-    classify = "classify"
+#: ``vlmo finetune TASK`` → its recipe sections (the first one is the default of a task with presets)
+TASKS = finetune_commands()
+Task = Enum("Task", {name: name for name in TASKS}, type=str)
+_TASK_NAMES = ", ".join(TASKS)
+_PRESETS = {name: {s.preset: s.name for s in specs if s.preset} for name, specs in TASKS.items()}
+_PRESET_HELP = "; ".join(f"{name} only: {', '.join(presets)}" for name, presets in _PRESETS.items() if presets)
 
 
 def finetune(
-    task: Task = typer.Argument(..., help="vqa, nlvr2, retrieval or classify"),
+    task: Task = typer.Argument(..., help=_TASK_NAMES),
     recipe: str = typer.Argument("base", help="a recipe file or a shipped name (default: base)"),
     overrides: list[str] = OverridesArg,
     dataset: str = typer.Option(
-        "coco", "--dataset", help="retrieval only: coco, flickr (the recipe's presets) or a prepared DIR"
+        "", "--dataset", help=f"{_PRESET_HELP} (the recipe's presets; default: the first) or a prepared DIR",
+        show_default=False,
     ),
     init: str = InitOpt,
     resume: str = ResumeOpt,
@@ -35,14 +38,12 @@ def finetune(
 ) -> None:
     """Fine-tune a pre-trained model on a task with the recipe's preset (the paper's fine-tuning hyper-parameters)."""
     extra: list[str] = []
-    if task is Task.retrieval:
-        if dataset in ("coco", "flickr"):
-            section = f"finetune.retrieval_{dataset}"
-        else:
-            section = "finetune.retrieval_coco"
-            extra.append(f"{section}.dataset={Path(dataset)}")
-    else:
-        section = f"finetune.{task.value}"
+    presets = _PRESETS[task.value]
+    section = TASKS[task.value][0].name
+    if dataset in presets:
+        section = presets[dataset]
+    elif dataset and presets:
+        extra.append(f"{section}.dataset={Path(dataset)}")
     run_stage(recipe, section, overrides, resume, init, run_name, overwrite, extra, take_over_lock=take_over_lock,
               resume_changed=resume_changed, allow_missing_init=allow_missing_init)
 

@@ -17,7 +17,7 @@ DEFAULT_STAGE = "pretrain.vl"
 def _recipe_config(target: str, overrides: list[str], stage_name: str | None):
     """The config the training loop builds for one stage of a recipe (default: pre-training stage 3)."""
     from ..data.store import open_prepared
-    from ..recipe import load_recipe
+    from ..config.recipe import load_recipe
     from ..train.stages import stage_config
 
     recipe = load_recipe(target, overrides)

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from ..config.schema import stages_of
 from .common import (AllowMissingInitOpt, InitOpt, OverridesArg, OverwriteOpt, RecipeArg, ResumeChangedOpt,
                      ResumeOpt, RunNameOpt, TakeOverLockOpt, run_stage)
-
-_STAGES = {
-    "pretrain-vision": ("pretrain.vision", "Stage 1: masked-image modelling on images (attention, patch embedding, "
-                        "vision experts); or start from BEiT weights with --from beit:PATH."),
-    "pretrain-text": ("pretrain.text", "Stage 2: text-only MLM; only text embeddings, language experts, MLM head, "
-                      "position table and final norm train."),
-    "pretrain-vl": ("pretrain.vl", "Stage 3: ITC (+VL branch) + ITM with global hard negatives + 0.25·MLM on "
-                    "image-text pairs."),
-}
-
 
 def _command(section: str):
     def command(
@@ -36,5 +27,5 @@ def _command(section: str):
 
 
 def register(app: typer.Typer) -> None:
-    for name, (section, help_text) in _STAGES.items():
-        app.command(name, help=help_text)(_command(section))
+    for spec in stages_of("pretrain"):
+        app.command(spec.command, help=spec.details or spec.help)(_command(spec.name))

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import RecipeError
-from ..recipe import load_recipe, read_recipe_text, recipe_path, shipped_recipes, stage_names
+from ..config.recipe import load_recipe, read_recipe_text, recipe_path, shipped_recipes, stage_names
 
 recipes_app = typer.Typer(
     help="List, show and validate recipes (TOML files with the settings of every stage).",

@@ -19,7 +19,7 @@ def report(
     """Write an HTML report of a run: loss, accuracy, lr, samples/s and validation curves, the resolved recipe, the
     environment, checkpoints and the run's evaluation reports with their example pictures.
     """
-    from ..run_report import write_run_report
+    from ..train.report import write_run_report
 
     path = write_run_report(run, out, overwrite=overwrite)
     console.print(f"report: {escape(str(path))}", highlight=False)

@@ -323,7 +323,7 @@ def _flip_default(task: str, prepared: PreparedDataset | None) -> bool:
 
 
 def _seed_worker(worker_id: int) -> None:
-    from ..train.signals import ignore_stop_signals
+    from ..stop_signals import ignore_stop_signals
 
     ignore_stop_signals()  # Ctrl-C reaches the workers too: the training process stops them after its checkpoint
     seed = torch.initial_seed() % 2**32

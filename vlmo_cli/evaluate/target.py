@@ -14,12 +14,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..config.schema import STAGES, retrieval_presets
 from ..errors import DataError
 from ..factory import InferenceModel, as_inference_model
 from ..layout import EVAL_DIR, RECIPE_NAME, run_folder_of
 
 #: ``--split`` names of ``vlmo eval retrieval`` that stand for the recipe's test sets
-RETRIEVAL_PRESETS = {"coco-test": "finetune.retrieval_coco", "flickr-test": "finetune.retrieval_flickr"}
+RETRIEVAL_PRESETS = retrieval_presets()
 
 
 # ---------------------------------------------------------------------------------------------------- settings
@@ -59,8 +60,7 @@ def split_path(text: str) -> tuple[str, str] | None:
 
 
 #: the evaluation a trained stage is scored with (its dataset and validation split are the eval defaults)
-EVAL_OF_STAGE = {"finetune.vqa": "vqa", "finetune.nlvr2": "nlvr2", "finetune.retrieval_coco": "retrieval",
-                 "finetune.retrieval_flickr": "retrieval", "finetune.classify": "classify", "pretrain.vl": "retrieval"}
+EVAL_OF_STAGE = {spec.name: spec.scored_by for spec in STAGES.values() if spec.scored_by}
 #: the recipe whose ``[eval.*]`` sections apply when neither a recipe nor a run's own recipe is at hand
 FALLBACK_RECIPE = "base"
 
@@ -75,7 +75,7 @@ def run_recipe_of(model: str | Path | None) -> Path | None:
 def _eval_section_from_run(task: str, run_recipe) -> list[str]:
     """Overrides giving ``[eval.TASK]`` a dataset and split when the run's recipe has no such section: the trained
     stage's dataset and validation split when it trained for ``task``, else those of the fallback recipe."""
-    from ..recipe import load_recipe
+    from ..config.recipe import load_recipe
 
     section = f"eval.{task}"
     if section in run_recipe.stages:
@@ -104,7 +104,7 @@ def eval_target(task: str, recipe: str | Path | None = FALLBACK_RECIPE, override
     batch size, model settings; dataset and split from its trained stage when that trained for ``task``), else
     ``base``.
     """
-    from ..recipe import load_recipe
+    from ..config.recipe import load_recipe
 
     section = f"eval.{task}"
     overrides = list(overrides)

@@ -42,7 +42,6 @@ class TrainerState:
     samples_seen: int = 0
     total_steps: int = 0
     stage: str = ""
-    best_metric: float | None = None
     last_metrics: dict = field(default_factory=dict)
     window: dict = field(default_factory=dict)
 
@@ -166,7 +165,9 @@ def restore_training_state(blob: dict, optimizer) -> str | None:
 def load_training_state(path: Path) -> tuple[dict, TrainerState]:
     blob = load_torch_file(path / STATE_FILE, "training state")  # refuses code-executing pickles, names corrupt files
     try:
-        state = TrainerState(**json.loads((path / TRAINER_STATE).read_text()))
+        saved = json.loads((path / TRAINER_STATE).read_text())
+        saved.pop("best_metric", None)  # written (always null) by earlier versions
+        state = TrainerState(**saved)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user-facing checkpoint problem
         raise CheckpointError(f"{path}: cannot read training state ({exc})") from exc
     return blob, state

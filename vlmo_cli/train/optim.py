@@ -9,7 +9,6 @@ scales *are* decayed.
 from __future__ import annotations
 
 import math
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -29,7 +28,7 @@ def is_no_decay(name: str, param: torch.Tensor, model_no_decay: set[str], mode: 
     return param.ndim <= 1 or name in model_no_decay or name.endswith("bias")
 
 
-def parameter_groups(
+def adamw_groups(
     model: nn.Module, lr: float, weight_decay: float, lr_mult_heads: float = 1.0, mode: str = "fixed"
 ) -> list[dict]:
     """Four AdamW groups: (decay, no decay) × (backbone, heads). Frozen parameters are left out."""
@@ -55,7 +54,7 @@ def parameter_groups(
 
 
 def build_optimizer(model: nn.Module, train_cfg, fused: bool | None = None) -> torch.optim.AdamW:
-    groups = parameter_groups(model, train_cfg.lr, train_cfg.weight_decay, train_cfg.lr_mult_heads, train_cfg.no_decay)
+    groups = adamw_groups(model, train_cfg.lr, train_cfg.weight_decay, train_cfg.lr_mult_heads, train_cfg.no_decay)
     kwargs = {}
     if fused:
         kwargs["fused"] = True
@@ -93,7 +92,3 @@ def set_lr(optimizer: torch.optim.Optimizer, peak: float, factor: float) -> floa
     for g in optimizer.param_groups:
         g["lr"] = peak * g.get("lr_scale", 1.0) * factor
     return peak * factor
-
-
-def trainable(named: Iterable[tuple[str, nn.Parameter]]) -> int:
-    return sum(p.numel() for _, p in named if p.requires_grad)

@@ -12,7 +12,7 @@ import signal
 import threading
 from pathlib import Path
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from ..stop_signals import STOP_SIGNALS, ignore_stop_signals  # noqa: F401 - ignore_stop_signals: its old home
 
 
 class TrainingInterrupted(Exception):
@@ -49,9 +49,3 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
-
-
-def ignore_stop_signals() -> None:
-    """For data-loader worker processes: leave the stop signals to the training process, which stops them."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)

@@ -1,7 +1,8 @@
 """Stages and tasks as data: which heads the model carries, which parameters train, which batches and objective.
 
 Every ``pretrain-*`` and ``finetune *`` command resolves to one :class:`StageDef` and runs the same loop
-(:mod:`vlmo_cli.train.loop`). The objectives follow the official ``compute_*`` functions.
+(:mod:`vlmo_cli.train.loop`). The objectives follow the official ``compute_*`` functions. :data:`STAGE_DEFS` holds
+exactly the ``train`` stages of THE list, :data:`vlmo_cli.config.schema.STAGES` (checked at import).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Callable
 
 import torch
 
+from ..config.schema import STAGES as SCHEMA_STAGES
 from ..model.config import ModelConfig
+from ..model.flops import path_flops
 from ..model.vlmo import VLMo
 from ..objectives.classification import classification_loss, mim_loss, mlm_loss, vqa_loss, vqa_score
 from ..objectives.contrastive import ContrastiveResult, contrastive_loss
@@ -196,6 +199,44 @@ def dual_trainable(name: str, cfg: ModelConfig, task) -> bool:
     return (family is None or family[1] != "vl") and not name.startswith("pooler")
 
 
+# ---------------------------------------------------------------------- forward FLOPs per sample
+# ``f`` = :func:`vlmo_cli.model.flops.path_flops` of the model at the text length the step runs at
+def vision_flops(f: dict[str, int], task) -> float:
+    """Stage 1: one image pass."""
+    return f["image (dual encoder)"]
+
+
+def text_flops(f: dict[str, int], task) -> float:
+    """Stage 2: one text pass and the MLM decoder."""
+    return f["text (dual encoder)"] + f["MLM head (per text)"]
+
+
+def vl_flops(f: dict[str, int], task) -> float:
+    """Stage 3: 4 fusion passes (MLM, ITM positive, 2 ITM negatives), both unimodal passes, the MLM decoder, and the
+    VL branches of the unimodal passes unless ``itc_vl`` is off."""
+    forward = 4 * f["pair (fusion encoder)"] + f["image (dual encoder)"] + f["text (dual encoder)"]
+    forward += f["MLM head (per text)"]
+    if getattr(task, "itc_vl", True):
+        forward += f.get("image VL branch (extra)", 0) + f.get("text VL branch (extra)", 0)
+    return forward
+
+
+def pair_flops(f: dict[str, int], task) -> float:
+    """VQA, classification: one fusion pass."""
+    return f["pair (fusion encoder)"]
+
+
+def nlvr2_flops(f: dict[str, int], task) -> float:
+    """NLVR2: one fusion pass per image of the pair."""
+    return 2 * f["pair (fusion encoder)"]
+
+
+def retrieval_flops(f: dict[str, int], task) -> float:
+    """Dual-encoder retrieval: both unimodal passes, plus 3 fusion passes of ITM when ``with_itm``."""
+    itm = 3 * f["pair (fusion encoder)"] if getattr(task, "with_itm", False) else 0
+    return f["image (dual encoder)"] + f["text (dual encoder)"] + itm
+
+
 # ---------------------------------------------------------------------- stage table
 @dataclass(frozen=True)
 class StageDef:
@@ -207,7 +248,12 @@ class StageDef:
         heads: heads of the model trained here.
         objective: ``(model, batch, task_settings) -> StepOutput``.
         trainable: ``(param_name, cfg, task_settings) -> bool``; the rest is frozen.
+        forward_flops: ``(path_flops, task_settings) -> float``: forward FLOPs of one sample's passes.
+        uses_contrastive: the objective contrasts the samples of a micro-batch (its negatives span one micro-batch
+            × processes, not the accumulated batch).
         with_vlffn: the model has VL experts (stages 1 and 2 build none, as the official text stage).
+        modality_types: rows of the modality embedding when the task needs more than the model's (NLVR2: 3, one
+            per image of the pair and one for the text); ``None`` = the model's.
         mlm / mim: the collator adds MLM masking / patch masks.
     """
 
@@ -216,25 +262,54 @@ class StageDef:
     heads: tuple[str, ...]
     objective: Callable[[VLMo, Batch, object], StepOutput]
     trainable: Callable[[str, ModelConfig, object], bool]
+    forward_flops: Callable[[dict[str, int], object], float]
+    uses_contrastive: bool = False
     with_vlffn: bool = True
+    modality_types: int | None = None
     mlm: bool = False
     mim: bool = False
 
+    def flops_per_sample(self, cfg: ModelConfig, task, text_len: int | float) -> float:
+        """Model FLOPs of one training sample: 3 × the forward FLOPs of the passes the objective runs (recomputation
+        under activation checkpointing is not counted, by convention)."""
+        return 3.0 * self.forward_flops(path_flops(cfg, text_len), task)
 
-STAGES: dict[str, StageDef] = {
+
+_VL_HEADS = ("pooler", "itc", "itc_vl", "itm", "mlm")
+STAGE_DEFS: dict[str, StageDef] = {
     s.name: s
     for s in (
-        StageDef("pretrain.vision", "images", ("mim",), mim_objective, vision_trainable, with_vlffn=False, mim=True),
-        StageDef("pretrain.text", "text", ("pooler", "mlm"), text_mlm_objective, text_trainable, with_vlffn=False,
+        StageDef("pretrain.vision", "images", ("mim",), mim_objective, vision_trainable, vision_flops,
+                 with_vlffn=False, mim=True),
+        StageDef("pretrain.text", "text", ("pooler", "mlm"), text_mlm_objective, text_trainable, text_flops,
+                 with_vlffn=False, mlm=True),
+        StageDef("pretrain.vl", "pairs", _VL_HEADS, vl_objective, everything, vl_flops, uses_contrastive=True,
                  mlm=True),
-        StageDef("pretrain.vl", "pairs", ("pooler", "itc", "itc_vl", "itm", "mlm"), vl_objective, everything, mlm=True),
-        StageDef("finetune.vqa", "vqa", ("pooler", "vqa"), vqa_objective, fusion_trainable),
-        StageDef("finetune.nlvr2", "nlvr2", ("pooler", "nlvr2"), nlvr2_objective, fusion_trainable),
-        StageDef("finetune.retrieval_coco", "pairs", ("pooler", "itc"), retrieval_objective, dual_trainable),
-        StageDef("finetune.retrieval_flickr", "pairs", ("pooler", "itc"), retrieval_objective, dual_trainable),
-        StageDef("finetune.classify", "classify", ("pooler", "classify"), classify_objective, fusion_trainable),
+        StageDef("finetune.vqa", "vqa", ("pooler", "vqa"), vqa_objective, fusion_trainable, pair_flops),
+        StageDef("finetune.nlvr2", "nlvr2", ("pooler", "nlvr2"), nlvr2_objective, fusion_trainable, nlvr2_flops,
+                 modality_types=3),
+        StageDef("finetune.retrieval_coco", "pairs", ("pooler", "itc"), retrieval_objective, dual_trainable,
+                 retrieval_flops, uses_contrastive=True),
+        StageDef("finetune.retrieval_flickr", "pairs", ("pooler", "itc"), retrieval_objective, dual_trainable,
+                 retrieval_flops, uses_contrastive=True),
+        StageDef("finetune.classify", "classify", ("pooler", "classify"), classify_objective, fusion_trainable,
+                 pair_flops),
     )
 }
+
+
+def check_stage_defs() -> None:
+    """:data:`STAGE_DEFS` must hold exactly the ``train`` stages of :data:`vlmo_cli.config.schema.STAGES`, in order
+    (the one list; a new task without its :class:`StageDef`, or a left-over one, fails here)."""
+    wanted = [name for name, spec in SCHEMA_STAGES.items() if spec.kind == "train"]
+    if list(STAGE_DEFS) != wanted:
+        raise AssertionError(f"train/stages.STAGE_DEFS {list(STAGE_DEFS)} != the train stages of config.schema.STAGES "
+                             f"{wanted}")
+
+
+check_stage_defs()
+#: the table's name before the redesign (it clashed with config.schema.STAGES); kept until the redesign lands
+STAGES = STAGE_DEFS
 
 
 def init_tokenizer(prepared, init: str) -> str | None:
@@ -261,8 +336,8 @@ def stage_model_config(stage_def: StageDef, base: ModelConfig, task, num_answers
     changes: dict = {"heads": heads}
     if not stage_def.with_vlffn:
         changes["vlffn_start"] = base.depth
-    if stage_def.name == "finetune.nlvr2":
-        changes["num_modality_types"] = 3
+    if stage_def.modality_types:
+        changes["num_modality_types"] = stage_def.modality_types
     if num_answers:
         changes["vqa_num_answers"] = num_answers
     if num_classes:
@@ -272,18 +347,21 @@ def stage_model_config(stage_def: StageDef, base: ModelConfig, task, num_answers
     return base.replace(**changes)
 
 
-def stage_config(stage, open_dataset: Callable[[], object] | None = None) -> ModelConfig:
-    """The :class:`ModelConfig` of the model the training loop builds for a resolved recipe ``stage``.
+def stage_config(stage, open_dataset: Callable[[], object | None]) -> ModelConfig:
+    """The :class:`ModelConfig` of the model a resolved recipe ``stage`` trains.
 
     The VQA answer count (unless the task sets ``num_answers``) and the class count of ``classify`` come from the
-    stage's prepared dataset, which ``open_dataset()`` opens only when one of them is needed.
+    stage's prepared dataset, which ``open_dataset()`` opens only when one of them is needed; when it returns
+    ``None`` (the benchmark, without prepared data) the recipe's ``[model]`` counts stay.
     """
-    stage_def, task, data = STAGES[stage.name], stage.task, stage.data
+    stage_def, task, data = STAGE_DEFS[stage.name], stage.task, stage.data
     num_answers = num_classes = None
     if stage_def.data_task == "vqa":
-        num_answers = getattr(task, "num_answers", 0) or len(open_dataset().answers)
-    if stage_def.data_task == "classify":
-        num_classes = len(open_dataset().label_names)
+        num_answers = getattr(task, "num_answers", 0) or None
+        if num_answers is None and (dataset := open_dataset()) is not None:
+            num_answers = len(dataset.answers)
+    if stage_def.data_task == "classify" and (dataset := open_dataset()) is not None:
+        num_classes = len(dataset.label_names)
     base = stage.model.build_config(image_size=data.image_size)
     cfg = stage_model_config(stage_def, base, task, num_answers=num_answers, num_classes=num_classes,
                              text_len=data.max_text_len)

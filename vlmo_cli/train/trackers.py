@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..recipe_schema import TRACKER_PACKAGES
+from ..config.schema import TRACKER_PACKAGES
 
 
 def resolve_trackers(names: tuple[str, ...] | list[str]) -> list[str]:
