@@ -191,7 +191,8 @@ class Beit3Encoder(nn.Module):
         super().__init__()
         tables = iter((cfg.vision_position_rows, cfg.max_source_positions))
         self.embed_positions = Multiway(lambda: PositionTable(next(tables), cfg.embed_dim))
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist() if cfg.depth > 1 else [0.0]
+        step = cfg.drop_path_rate / (cfg.depth - 1) if cfg.depth > 1 else 0.0
+        rates = [i * step for i in range(cfg.depth)]  # linear from 0 to drop_path_rate, as numpy.linspace
         self.layers = nn.ModuleList([Beit3Block(cfg, rates[i]) for i in range(cfg.depth)])
         self.layer_norm = (
             Multiway(lambda: nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)) if cfg.normalize_output else None
