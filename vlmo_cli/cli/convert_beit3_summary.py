@@ -22,8 +22,8 @@ def beit3_summary(out: Path, console: Console) -> None:
         f"wrote {out}: BEiT-3 {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, FFN {cfg.ffn_dim}, "
         f"{cfg.image_size}px, vocabulary {cfg.vocab_size}, final norm {'yes' if cfg.normalize_output else 'no'}, "
         f"heads {cfg.heads}, {n:,} weights",
-        highlight=False,
+        highlight=False, markup=False,
         soft_wrap=True,
     )
     if inferred:
-        console.print(f"architecture: {inferred}", highlight=False, soft_wrap=True)
+        console.print(f"architecture: {inferred}", highlight=False, soft_wrap=True, markup=False)
