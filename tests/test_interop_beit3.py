@@ -164,7 +164,7 @@ def test_incomplete_head_and_missing_backbone_keys(tmp_path, capsys):
 def test_not_a_beit3_checkpoint(tmp_path, capsys):
     path = _save(tmp_path, {"transformer.cls_token": torch.zeros(1, 1, 8)})
     code, _, err = _convert(capsys, str(path), str(tmp_path / "out"))
-    assert code == 2 and "not a BEiT-3 checkpoint" in err and "text_embed.weight" in err
+    assert code == 2 and "not a BEiT-3 checkpoint" in err and "vision_embed.proj.weight" in err
 
 
 class NotATensor:
@@ -234,3 +234,28 @@ def test_convert_state_is_pure():
     assert converted.config.image_size == 48 and converted.config.heads == ["vqa"]
     assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in state)
     assert "vqa_head.head.3.weight" in converted.state and "beit3.text_embed.weight" not in converted.state
+
+
+def test_vision_only_classification_layout(tmp_path, capsys):
+    """The released ImageNet-1k layout: vision side only (no text embedding, text positions or B experts)."""
+    full = _released("classify", normalize_output=False)
+    vision = {k: v for k, v in full.items()
+              if not (k.startswith("beit3.text_embed") or ".B." in k)}
+    code, out, err = _convert(capsys, str(_save(tmp_path, vision)), str(tmp_path / "out"))
+    assert code == 0, err
+    assert "language False (no text embedding in the weights: vision side only)" in out
+    model = load_beit3(tmp_path / "out").eval()
+    assert model.config.language is False and model.text_embed is None
+    assert not any(".B." in k for k in model.state_dict())
+    image, ids, pad = _inputs()
+    source = Beit3(model.config.replace(language=True, vocab_size=100, max_source_positions=20))
+    source.load_state_dict({k.removeprefix("beit3."): v for k, v in full.items() if k.startswith("beit3.")}
+                           | {k: v for k, v in model.state_dict().items() if k.startswith("classify_head.")})
+    with torch.no_grad():
+        assert torch.equal(model.classify_logits(image), source.eval().classify_logits(image))
+        with pytest.raises(ValueError, match="no language side"):
+            model.encode_text(ids, pad)
+    # a vision-only file whose head needs text is refused with the reason
+    bad = {k: v for k, v in _released("vqa").items() if not (k.startswith("beit3.text_embed") or ".B." in k)}
+    code, _, err = _convert(capsys, str(_save(tmp_path, bad, "bad.pth")), str(tmp_path / "bad"))
+    assert code == 2 and "need the language side" in err

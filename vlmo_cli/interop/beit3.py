@@ -47,9 +47,11 @@ HEAD_LAYOUTS: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
 }
 
 #: backbone keys every BEiT-3 state dict has (torchscale names)
-REQUIRED = ("text_embed.weight", "vision_embed.proj.weight", "vision_embed.cls_token",
-            "encoder.embed_positions.A.weight", "encoder.embed_positions.B.weight",
+REQUIRED = ("vision_embed.proj.weight", "vision_embed.cls_token", "encoder.embed_positions.A.weight",
             "encoder.layers.0.ffn.A.fc1.weight", "encoder.layers.0.self_attn.inner_attn_ln.A.weight")
+#: the text embedding: present = the model has its language side; absent = a vision-only checkpoint (the released
+#: ImageNet-1k models keep only the vision-related parameters), which must then hold no language expert either
+LANGUAGE_MARKER = "text_embed.weight"
 
 
 @dataclass
@@ -145,17 +147,27 @@ def _num_heads(dim: int, depth: int, ffn: int, num_heads: int | None, source: st
 def infer_config(backbone: dict[str, torch.Tensor], heads: dict[str, torch.Tensor], head_names: list[str],
                  source: str, num_heads: int | None = None) -> tuple[Beit3Config, dict[str, str]]:
     """The :class:`Beit3Config` of the weights and the source of each field they do not fix."""
-    vocab, dim = backbone["text_embed.weight"].shape
     proj = backbone["vision_embed.proj.weight"]
+    dim = proj.shape[0]
+    language = LANGUAGE_MARKER in backbone
     depth = _depth(backbone)
     ffn = backbone["encoder.layers.0.ffn.A.fc1.weight"].shape[0]
     heads_n, how = _num_heads(dim, depth, ffn, num_heads, source)
     fields = dict(
         image_size=_image_size(backbone, proj.shape[-1], source), patch_size=proj.shape[-1], in_chans=proj.shape[1],
-        embed_dim=dim, depth=depth, num_heads=heads_n, ffn_dim=ffn, vocab_size=vocab,
-        max_source_positions=backbone["encoder.embed_positions.B.weight"].shape[0],
+        embed_dim=dim, depth=depth, num_heads=heads_n, ffn_dim=ffn, language=language,
         normalize_output="encoder.layer_norm.A.weight" in backbone, heads=head_names, name="converted",
     )
+    sources = {"num_heads": how}
+    if language:
+        fields["vocab_size"] = backbone[LANGUAGE_MARKER].shape[0]
+        text_positions = backbone.get("encoder.embed_positions.B.weight")
+        if text_positions is None:
+            raise CheckpointError(f"{source}: the text embedding has no text position table: missing keys "
+                                  "[encoder.embed_positions.B.weight]")
+        fields["max_source_positions"] = text_positions.shape[0]
+    else:
+        sources["language"] = "no text embedding in the weights: vision side only"
     if "vqa" in head_names:
         fields["vqa_num_answers"] = heads["vqa_head.head.3.weight"].shape[0]
     if "nlvr2" in head_names:
@@ -166,7 +178,7 @@ def infer_config(backbone: dict[str, torch.Tensor], heads: dict[str, torch.Tenso
         cfg = Beit3Config(**fields)
     except ConfigError as exc:
         raise CheckpointError(f"{source}: {exc}") from exc
-    return cfg, {"num_heads": how}
+    return cfg, sources
 
 
 def adapt_state(state: dict[str, torch.Tensor], old: Beit3Config, new: Beit3Config) -> dict[str, torch.Tensor]:

@@ -73,20 +73,23 @@ class Beit3Output:
 
 # ---------------------------------------------------------------------- building blocks
 class Multiway(nn.Module):
-    """Two copies of a module: ``A`` for the image tokens, ``B`` for the text tokens of a sequence.
+    """Two copies of a module: ``A`` for the image tokens, ``B`` for the text tokens of a sequence (``B`` absent in a
+    vision-only model).
 
     ``split`` is the number of image tokens at the front of dimension 1: all tokens go to ``A`` when it covers the
     whole sequence, all to ``B`` when it is 0, else the sequence is cut there and the two results concatenated.
     """
 
-    def __init__(self, make: Callable[[], nn.Module]) -> None:
+    def __init__(self, make: Callable[[], nn.Module], language: bool = True) -> None:
         super().__init__()
         self.A = make()
-        self.B = make()
+        self.B = make() if language else None
 
     def forward(self, x: torch.Tensor, split: int) -> torch.Tensor:
         if split >= x.shape[1]:
             return self.A(x)
+        if self.B is None:
+            raise ValueError("this BEiT-3 model has no language side (language=false): it encodes images only")
         if split == 0:
             return self.B(x)
         return torch.cat([self.A(x[:, :split]), self.B(x[:, split:])], dim=1)
@@ -131,11 +134,11 @@ class MultiwayAttention(nn.Module):
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
         self.scale = self.head_dim**-0.5
-        self.k_proj = Multiway(lambda: nn.Linear(dim, dim))
-        self.v_proj = Multiway(lambda: nn.Linear(dim, dim))
-        self.q_proj = Multiway(lambda: nn.Linear(dim, dim))
-        self.out_proj = Multiway(lambda: nn.Linear(dim, dim))
-        self.inner_attn_ln = Multiway(lambda: nn.LayerNorm(dim, eps=cfg.layer_norm_eps))
+        self.k_proj = Multiway(lambda: nn.Linear(dim, dim), cfg.language)
+        self.v_proj = Multiway(lambda: nn.Linear(dim, dim), cfg.language)
+        self.q_proj = Multiway(lambda: nn.Linear(dim, dim), cfg.language)
+        self.out_proj = Multiway(lambda: nn.Linear(dim, dim), cfg.language)
+        self.inner_attn_ln = Multiway(lambda: nn.LayerNorm(dim, eps=cfg.layer_norm_eps), cfg.language)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
@@ -174,9 +177,9 @@ class Beit3Block(nn.Module):
         super().__init__()
         eps = cfg.layer_norm_eps
         self.self_attn = MultiwayAttention(cfg)
-        self.self_attn_layer_norm = Multiway(lambda: nn.LayerNorm(cfg.embed_dim, eps=eps))
-        self.ffn = Multiway(lambda: FeedForward(cfg))
-        self.final_layer_norm = Multiway(lambda: nn.LayerNorm(cfg.embed_dim, eps=eps))
+        self.self_attn_layer_norm = Multiway(lambda: nn.LayerNorm(cfg.embed_dim, eps=eps), cfg.language)
+        self.ffn = Multiway(lambda: FeedForward(cfg), cfg.language)
+        self.final_layer_norm = Multiway(lambda: nn.LayerNorm(cfg.embed_dim, eps=eps), cfg.language)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, split: int, key_bias: torch.Tensor | None) -> torch.Tensor:
@@ -190,12 +193,14 @@ class Beit3Encoder(nn.Module):
     def __init__(self, cfg: Beit3Config) -> None:
         super().__init__()
         tables = iter((cfg.vision_position_rows, cfg.max_source_positions))
-        self.embed_positions = Multiway(lambda: PositionTable(next(tables), cfg.embed_dim))
+        self.embed_positions = Multiway(lambda: PositionTable(next(tables), cfg.embed_dim), cfg.language)
         step = cfg.drop_path_rate / (cfg.depth - 1) if cfg.depth > 1 else 0.0
         rates = [i * step for i in range(cfg.depth)]  # linear from 0 to drop_path_rate, as numpy.linspace
         self.layers = nn.ModuleList([Beit3Block(cfg, rates[i]) for i in range(cfg.depth)])
         self.layer_norm = (
-            Multiway(lambda: nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)) if cfg.normalize_output else None
+            Multiway(lambda: nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps), cfg.language)
+            if cfg.normalize_output
+            else None
         )
 
     def forward(self, x: torch.Tensor, split: int, padding_mask: torch.Tensor) -> torch.Tensor:
@@ -221,7 +226,7 @@ class Beit3(nn.Module):
     def __init__(self, cfg: Beit3Config) -> None:
         super().__init__()
         self.config = cfg
-        self.text_embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.text_embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim) if cfg.language else None
         self.vision_embed = VisionEmbedding(cfg)
         self.encoder = Beit3Encoder(cfg)
         if cfg.has_head("vqa"):
@@ -242,7 +247,8 @@ class Beit3(nn.Module):
         """
         cfg = self.config
         with torch.no_grad():
-            nn.init.normal_(self.text_embed.weight, mean=0.0, std=cfg.embed_dim**-0.5)
+            if self.text_embed is not None:
+                nn.init.normal_(self.text_embed.weight, mean=0.0, std=cfg.embed_dim**-0.5)
             scale = math.sqrt(math.log(cfg.depth * 2))
             for name, p in self.encoder.named_parameters():
                 if any(part in name for part in SUBLN_SCALED):
@@ -268,6 +274,8 @@ class Beit3(nn.Module):
             parts.append(x_img)
             masks.append(torch.zeros(x_img.shape[:2], dtype=torch.bool, device=x_img.device))
         if text_ids is not None:
+            if self.text_embed is None:
+                raise ValueError("this BEiT-3 model has no language side (language=false): it encodes images only")
             parts.append(self.text_embed(text_ids))
             pad = text_padding_mask if text_padding_mask is not None else torch.zeros_like(text_ids)
             masks.append(pad.to(device=text_ids.device, dtype=torch.bool))

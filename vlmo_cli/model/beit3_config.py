@@ -51,6 +51,10 @@ class Beit3Config:
             text may hold ``max_source_positions - 2`` tokens.
         layer_norm_eps: epsilon of every LayerNorm of the backbone.
         normalize_output: a final (multiway) LayerNorm after the last block.
+        language: the model has its language side (text embedding, text positions and the ``B`` copy of every
+            multiway module). ``False`` keeps the vision side only: the layout of the released ImageNet-1k
+            classification checkpoints, which hold only the vision-related parameters (87M for base, as the unilm
+            README lists).
         drop_path_rate: stochastic depth of the last block (linear from 0 over the blocks).
         heads: heads present (subset of :data:`KNOWN_HEADS`).
         vqa_num_answers: outputs of the VQA head.
@@ -72,6 +76,7 @@ class Beit3Config:
     max_source_positions: int = 1024
     layer_norm_eps: float = 1e-5
     normalize_output: bool = True
+    language: bool = True
     drop_path_rate: float = 0.0
     heads: list[str] = field(default_factory=list)
     vqa_num_answers: int = 3129
@@ -135,6 +140,9 @@ class Beit3Config:
         unknown = [h for h in self.heads if h not in KNOWN_HEADS]
         if unknown:
             out.append(f"unknown heads {unknown}; allowed: {list(KNOWN_HEADS)}")
+        text_heads = [h for h in self.heads if h in ("vqa", "nlvr2", "retrieval")]
+        if not self.language and text_heads:
+            out.append(f"heads {text_heads} need the language side (language=false)")
         if not 0.0 <= self.drop_path_rate < 1.0:
             out.append(f"drop_path_rate {self.drop_path_rate} must lie in [0, 1)")
         if self.init not in INITS:
