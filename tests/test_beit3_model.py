@@ -40,8 +40,17 @@ def test_named_sizes():
         assert (cfg.image_size, cfg.patch_size, cfg.vocab_size, cfg.max_source_positions) == (224, 16, 64010, 1024)
         assert cfg.layer_norm_eps == 1e-5 and cfg.normalize_output and cfg.num_image_tokens == 197
     with torch.device("meta"):
-        n = sum(p.numel() for p in Beit3(base).parameters())
-    assert 220e6 < n < 240e6  # the paper's BEiT-3 base: 222M parameters (without heads, two position tables)
+        assert sum(p.numel() for p in Beit3(base).parameters()) == 220_987_392  # = torchscale BEiT3, unilm config
+        assert sum(p.numel() for p in Beit3(large).parameters()) == 672_702_464
+    # the unilm README's "#params" of the released fine-tuned models, in millions (size, resolution, heads, final norm)
+    released = [("base", 384, "retrieval", True, 222), ("large", 384, "retrieval", True, 675),
+                ("base", 480, "vqa", False, 228), ("large", 480, "vqa", False, 683),
+                ("base", 224, "nlvr2", True, 226), ("large", 224, "nlvr2", True, 681)]
+    for size, resolution, head, norm, millions in released:
+        cfg = get_beit3_config(size, image_size=resolution, heads=[head], normalize_output=norm)
+        with torch.device("meta"):
+            n = sum(p.numel() for p in Beit3(cfg).parameters())
+        assert round(n / 1e6) == millions, (size, head, n)
     with pytest.raises(ConfigError, match="unknown BEiT-3 size 'huge'"):
         get_beit3_config("huge")
 

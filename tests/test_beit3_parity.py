@@ -69,7 +69,8 @@ def test_live_torchscale_parity():
         from torchscale.architecture.config import EncoderConfig
         from torchscale.model.BEiT3 import BEiT3
     except Exception:  # noqa: BLE001 - torchscale (and the fairscale it imports) is an optional reference
-        pytest.skip("torchscale is not importable")
+        pytest.skip("torchscale is not importable (it pins timm 0.6.13: install torchscale==0.3.0 and fairscale==0.4.0 "
+                    "with --no-deps into a separate folder on PYTHONPATH)")
     torch.manual_seed(11)
     args = EncoderConfig(img_size=48, patch_size=16, vocab_size=300, multiway=True, layernorm_embedding=False,
                          normalize_output=True, no_output_layer=True, encoder_embed_dim=96, encoder_attention_heads=6,
