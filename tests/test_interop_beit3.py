@@ -259,3 +259,13 @@ def test_vision_only_classification_layout(tmp_path, capsys):
     bad = {k: v for k, v in _released("vqa").items() if not (k.startswith("beit3.text_embed") or ".B." in k)}
     code, _, err = _convert(capsys, str(_save(tmp_path, bad, "bad.pth")), str(tmp_path / "bad"))
     assert code == 2 and "need the language side" in err
+
+
+def test_vlmo_commands_name_a_beit3_directory(tmp_path, capsys):
+    """A command that works on VLMo models says so about a BEiT-3 directory, in one line."""
+    from vlmo_cli.errors import CheckpointError
+    from vlmo_cli.model.io import load_model
+
+    assert _convert(capsys, str(_save(tmp_path, _released())), str(tmp_path / "out"))[0] == 0
+    with pytest.raises(CheckpointError, match="a BEiT-3 model \\(family beit3\\); this command works on VLMo models"):
+        load_model(tmp_path / "out")
