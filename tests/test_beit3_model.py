@@ -66,6 +66,10 @@ def test_config_validation_and_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text('{"family": "beit3", "depht": 3}')
     with pytest.raises(ConfigError, match="unknown BEiT-3 config keys \\['depht'\\]"):
         Beit3Config.load(tmp_path / "bad.json")
+    (tmp_path / "typed.json").write_text('{"depth": "12", "normalize_output": "yes", "heads": "vqa"}')
+    with pytest.raises(ConfigError, match="field 'depth' must be an integer, got '12'; field 'normalize_output' must "
+                                          "be true or false, got 'yes'; field 'heads' must be a list of strings"):
+        Beit3Config.load(tmp_path / "typed.json")
     (tmp_path / "vlmo.json").write_text('{"family": "vlmo"}')
     with pytest.raises(ConfigError, match="not a BEiT-3 config"):
         Beit3Config.load(tmp_path / "vlmo.json")
@@ -193,3 +197,24 @@ def test_resize_vision_positions():
     assert torch.equal(resize_vision_positions(table, 4), table)
     with pytest.raises(ValueError, match="square grid"):
         resize_vision_positions(torch.randn(3 + 15, 8), 4)
+
+
+def test_text_longer_than_the_position_table():
+    model = _tiny()  # 20 text positions: 18 tokens at most
+    with pytest.raises(ValueError, match="a sequence of 19 tokens exceeds this position table"):
+        model.encode_text(torch.zeros(1, 19, dtype=torch.long))
+    assert model.encode_text(torch.zeros(1, 18, dtype=torch.long)).features.shape == (1, 18, 32)
+
+
+def test_drop_path_only_in_training():
+    """Stochastic depth (linear to drop_path_rate at the last block) draws in training and is off in eval."""
+    model = _tiny(drop_path_rate=0.5)
+    assert [round(layer.drop_path.drop_prob, 3) for layer in model.encoder.layers[1:]] == [0.5]
+    assert isinstance(model.encoder.layers[0].drop_path, torch.nn.Identity)
+    image = _inputs()[0]
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(image).features, model.encode_image(image).features)
+        model.train()
+        torch.manual_seed(0)
+        runs = [model.encode_image(image).features for _ in range(4)]
+    assert any(not torch.equal(runs[0], r) for r in runs[1:])

@@ -122,6 +122,9 @@ class PositionTable(nn.Embedding):
     OFFSET = 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if x.shape[1] + self.OFFSET > self.num_embeddings:
+            raise ValueError(f"a sequence of {x.shape[1]} tokens exceeds this position table "
+                             f"({self.num_embeddings} rows, the first {self.OFFSET} unused)")
         return self.weight[self.OFFSET : self.OFFSET + x.shape[1]].unsqueeze(0)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,8 +169,9 @@ class Beit3Config:
             raise ConfigError(f"{source}: unknown BEiT-3 config keys {unknown}; allowed: {sorted(names)}")
         if data.get("family", FAMILY) != FAMILY:
             raise ConfigError(f"{source}: not a BEiT-3 config (family {data.get('family')!r})")
-        if not isinstance(data.get("heads", []), list):
-            raise ConfigError(f"{source}: field 'heads' must be a list of strings, got {data['heads']!r}")
+        problems = [p for name, value in data.items() if (p := _type_problem(name, value))]
+        if problems:
+            raise ConfigError(f"{source}: " + "; ".join(problems))
         data = {k: float(v) if k in ("layer_norm_eps", "drop_path_rate") and isinstance(v, int) else v
                 for k, v in data.items()}
         try:
@@ -187,6 +189,25 @@ class Beit3Config:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read BEiT-3 config ({exc})") from exc
         return cls.from_dict(data, source=str(path))
+
+
+def _type_problem(name: str, value: Any) -> str | None:
+    """``"field 'depth' must be an integer, got '12'"`` when ``value`` does not have the field's JSON type."""
+    kind = _FIELD_KINDS[name]
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "list[str]": isinstance(value, list) and all(isinstance(x, str) for x in value),
+    }[kind]
+    words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+             "list[str]": "a list of strings"}
+    return None if ok else f"field {name!r} must be {words[kind]}, got {value!r}"
+
+
+_FIELD_KINDS = {name: (hint.__name__ if isinstance(hint, type) else str(hint).replace(" ", ""))
+                for name, hint in typing.get_type_hints(Beit3Config).items()}
 
 
 def is_beit3_config(data: Any) -> bool:
