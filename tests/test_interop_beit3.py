@@ -4,6 +4,7 @@ unilm fine-tuning heads), every head, resolution change and one clear error per 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -269,3 +270,18 @@ def test_vlmo_commands_name_a_beit3_directory(tmp_path, capsys):
     assert _convert(capsys, str(_save(tmp_path, _released())), str(tmp_path / "out"))[0] == 0
     with pytest.raises(CheckpointError, match="a BEiT-3 model \\(family beit3\\); this command works on VLMo models"):
         load_model(tmp_path / "out")
+
+
+def test_retrieval_without_logit_scale(tmp_path, capsys):
+    """A retrieval head stored without ``logit_scale`` gets the value unilm's model starts from, and says so."""
+    state = _released("retrieval")
+    del state["logit_scale"]
+    code, out, err = _convert(capsys, str(_save(tmp_path, state)), str(tmp_path / "out"))
+    assert code == 0, err
+    assert "not in the checkpoint, set to unilm's initial value: logit_scale" in out
+    scale = load_beit3(tmp_path / "out").retrieval_head.logit_scale.item()
+    assert scale == pytest.approx(math.log(1 / 0.07))
+    state = _released("retrieval")
+    del state["language_head.weight"]
+    code, _, err = _convert(capsys, str(_save(tmp_path, state, "b.pth")), str(tmp_path / "b"))
+    assert code == 2 and "the retrieval head is incomplete: missing keys [language_head.weight]" in err

@@ -46,6 +46,10 @@ HEAD_LAYOUTS: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
                  ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")),
 }
 
+#: head keys a checkpoint may lack, with the value the unilm model holds when its loader finds none (it loads
+#: non-strictly): the retrieval temperature ``logit_scale`` = log(1 / 0.07), as ``BEiT3ForRetrieval`` creates it
+UNILM_INITIAL = {"logit_scale": lambda: torch.tensor(math.log(1 / 0.07))}
+
 #: backbone keys every BEiT-3 state dict has (torchscale names)
 REQUIRED = ("vision_embed.proj.weight", "vision_embed.cls_token", "encoder.embed_positions.A.weight",
             "encoder.layers.0.ffn.A.fc1.weight", "encoder.layers.0.self_attn.inner_attn_ln.A.weight")
@@ -63,9 +67,12 @@ class Converted:
     config: Beit3Config
     sources: dict[str, str]
     dropped: list[str] = field(default_factory=list)
+    initial: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         parts = [f"{name} {getattr(self.config, name)} ({how})" for name, how in self.sources.items()]
+        if self.initial:
+            parts.append(f"not in the checkpoint, set to unilm's initial value: {', '.join(self.initial)}")
         if self.dropped:
             parts.append(f"dropped keys {_few(self.dropped)}")
         return "; ".join(parts + ["every other field from the weights"])
@@ -92,23 +99,27 @@ def split_released(state: dict[str, torch.Tensor], source: str) -> tuple[dict[st
     return backbone, rest
 
 
-def map_heads(rest: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """``(head weights under our names, heads found, keys that belong to no head)``."""
+def map_heads(rest: dict[str, torch.Tensor], source: str):
+    """``(head weights under our names, heads found, keys that belong to no head, keys set to unilm's initial value
+    because the checkpoint lacks them)``."""
     out: dict[str, torch.Tensor] = {}
     heads: list[str] = []
     claimed: set[str] = set()
+    initial: list[str] = []
     for head, (marker, prefixes, keys) in HEAD_LAYOUTS.items():
         if marker not in rest:
             continue
-        missing = [k for k in keys if k not in rest]
+        missing = [k for k in keys if k not in rest and k not in UNILM_INITIAL]
         if missing:
             raise CheckpointError(f"{source}: the {head} head is incomplete: missing keys [{', '.join(missing)}]")
         for key in keys:
             old = next(p for p in prefixes if key.startswith(p))
-            out[prefixes[old] + key[len(old):]] = rest[key]
+            if key not in rest:
+                initial.append(key)
+            out[prefixes[old] + key[len(old):]] = rest[key] if key in rest else UNILM_INITIAL[key]()
         claimed.update(keys)
         heads.append(head)
-    return out, heads, sorted(set(rest) - claimed)
+    return out, heads, sorted(set(rest) - claimed), initial
 
 
 def _depth(backbone: dict[str, torch.Tensor]) -> int:
@@ -204,7 +215,7 @@ def convert_state(state: dict[str, torch.Tensor], source: str, num_heads: int | 
         drop_unexpected: drop keys that belong neither to the backbone nor to a known head instead of refusing.
     """
     backbone, rest = split_released(state, source)
-    head_state, head_names, leftover = map_heads(rest, source)
+    head_state, head_names, leftover, initial = map_heads(rest, source)
     cfg, sources = infer_config(backbone, head_state, head_names, source, num_heads)
     expected = _backbone_keys(cfg)
     unexpected = sorted(set(backbone) - expected)
@@ -224,7 +235,7 @@ def convert_state(state: dict[str, torch.Tensor], source: str, num_heads: int | 
             raise CheckpointError(f"--image-size {image_size} is not a multiple of the patch size {cfg.patch_size}")
         new = cfg.replace(image_size=image_size)
         out, cfg = adapt_state(out, cfg, new), new
-    return Converted(out, cfg, sources, dropped)
+    return Converted(out, cfg, sources, dropped, initial)
 
 
 def _backbone_keys(cfg: Beit3Config) -> set[str]:
