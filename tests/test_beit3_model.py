@@ -12,7 +12,7 @@ from vlmo_cli.errors import ConfigError
 from vlmo_cli.model.beit3 import Beit3, resize_vision_positions
 from vlmo_cli.model.beit3_config import Beit3Config, beit3_sizes, get_beit3_config
 
-HEADS = ["vqa", "nlvr2", "retrieval", "classify"]
+HEADS = ["vqa", "nlvr2", "retrieval", "classify", "captioning"]
 
 
 def _tiny(**overrides) -> Beit3:
@@ -45,7 +45,8 @@ def test_named_sizes():
     # the unilm README's "#params" of the released fine-tuned models, in millions (size, resolution, heads, final norm)
     released = [("base", 384, "retrieval", True, 222), ("large", 384, "retrieval", True, 675),
                 ("base", 480, "vqa", False, 228), ("large", 480, "vqa", False, 683),
-                ("base", 224, "nlvr2", True, 226), ("large", 224, "nlvr2", True, 681)]
+                ("base", 224, "nlvr2", True, 226), ("large", 224, "nlvr2", True, 681),
+                ("base", 480, "captioning", True, 271), ("large", 480, "captioning", True, 739)]
     for size, resolution, head, norm, millions in released:
         cfg = get_beit3_config(size, image_size=resolution, heads=[head], normalize_output=norm)
         with torch.device("meta"):
@@ -168,6 +169,8 @@ def test_heads_shapes_and_init():
         assert model.nlvr2_logits(image, image.flip(0), ids, pad).shape == (3, 2)
         assert model.classify_logits(image).shape == (3, 5)
         img, txt = model.retrieval_embeddings(image, ids, pad)
+        assert model.captioning_logits(image, ids, pad).shape == (3, 6, 100)
+        assert model.captioning_logits(image, ids, pad, masked_position=pad).shape == (int(pad.sum()), 100)
     assert img.shape == txt.shape == (3, 32)
     assert torch.allclose(img.norm(dim=-1), torch.ones(3)) and torch.allclose(txt.norm(dim=-1), torch.ones(3))
     assert model.retrieval_head.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
@@ -218,3 +221,22 @@ def test_drop_path_only_in_training():
         torch.manual_seed(0)
         runs = [model.encode_image(image).features for _ in range(4)]
     assert any(not torch.equal(runs[0], r) for r in runs[1:])
+
+
+def test_captioning_mask_is_causal_over_text():
+    """Under the captioning mask a text position depends on the image and earlier text only; image tokens on the
+    image only."""
+    from vlmo_cli.model.beit3_heads import captioning_mask
+
+    mask = captioning_mask(2, 3)
+    assert mask.tolist() == [[0, 0, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 1, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]]
+    model = _tiny(heads=["captioning"])
+    image, ids, _ = _inputs()
+    later = ids.clone()
+    later[:, 4:] = (later[:, 4:] + 1) % 100
+    with torch.no_grad():
+        a, b = model.captioning_logits(image, ids), model.captioning_logits(image, later)
+        img_a = model(ids, image, attn_mask=captioning_mask(17, 6)).image_features
+        img_b = model(later, image, attn_mask=captioning_mask(17, 6)).image_features
+    assert torch.allclose(a[:, :4], b[:, :4], atol=1e-6) and (a[:, 4:] - b[:, 4:]).abs().max() > 1e-4
+    assert torch.allclose(img_a, img_b, atol=1e-6)

@@ -1,5 +1,5 @@
-"""BEiT-3 reproduces torchscale's ``BEiT3`` (fp32, to 1e-5): from the committed golden fixture, and live when
-torchscale is importable."""
+"""BEiT-3 reproduces torchscale's ``BEiT3`` (fp32, to 1e-5) on the image, masked-image, text, padded pair and
+captioning-mask paths: from the committed golden fixture, and live when torchscale is importable."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlmo_cli.interop.beit3 import convert_state
+from vlmo_cli.model.beit3_heads import captioning_mask
 from vlmo_cli.model.beit3_io import build_beit3
 
 #: golden data of torchscale 0.3.0 (tests/fixtures/beit3-tiny/README.md says how they were made)
@@ -26,6 +27,8 @@ def _paths(model, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             "image_masked": model.encode_image(image, inputs["vision_masked_position"].bool()).features,
             "text": model.encode_text(ids, pad).features,
             "pair": model.encode_pair(image, ids, pad).features,
+            "pair_captioning": model(ids, image, pad, attn_mask=captioning_mask(
+                model.config.num_image_tokens, ids.shape[1])).features,
         }
 
 
@@ -92,6 +95,8 @@ def test_live_torchscale_parity():
             "image_masked": reference(visual_tokens=image, vision_masked_position=masked)["encoder_out"],
             "text": reference(textual_tokens=ids, text_padding_position=pad)["encoder_out"],
             "pair": reference(textual_tokens=ids, visual_tokens=image, text_padding_position=pad)["encoder_out"],
+            "pair_captioning": reference(textual_tokens=ids, visual_tokens=image, text_padding_position=pad,
+                                         attn_mask=captioning_mask(10, 9))["encoder_out"],
         }
     got = _paths(model, {"image": image, "text_ids": ids, "text_padding_mask": pad,
                          "vision_masked_position": masked.long()})

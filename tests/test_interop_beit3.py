@@ -33,6 +33,7 @@ def _released_head(head: str, dim: int = 32) -> dict[str, torch.Tensor]:
                   "head.dense2.weight": (2, 2 * dim), "head.dense2.bias": (2,)},
         "retrieval": {"vision_head.weight": (dim, dim), "language_head.weight": (dim, dim), "logit_scale": ()},
         "classify": {"fc_norm.weight": (dim,), "fc_norm.bias": (dim,), "head.weight": (5, dim), "head.bias": (5,)},
+        "captioning": {"mlm_head.weight": (100, dim), "mlm_head.bias": (100,)},
     }[head]
     return {k: torch.randn(s, generator=g) for k, s in shapes.items()}
 
@@ -68,7 +69,7 @@ def _convert(capsys, *args: str) -> tuple[int, str, str]:
     return run(capsys, "convert", "beit3", *args, "--num-heads", "4")
 
 
-@pytest.mark.parametrize("head", [None, "vqa", "nlvr2", "retrieval", "classify"])
+@pytest.mark.parametrize("head", [None, "vqa", "nlvr2", "retrieval", "classify", "captioning"])
 def test_convert_each_released_layout(tmp_path, capsys, head):
     """Backbone and head convert and load; backbone outputs equal those of the source weights."""
     normalize = head not in ("vqa", "classify")  # unilm switches the final LayerNorm off for these two
@@ -94,11 +95,12 @@ def test_convert_each_released_layout(tmp_path, capsys, head):
 
 
 def test_head_shapes_after_conversion(tmp_path, capsys):
-    """Head sizes come from the weights: VQA 7 answers, NLVR2 2 classes, ImageNet 5 classes."""
+    """Head sizes come from the weights: VQA 7 answers, NLVR2 2 classes, ImageNet 5 classes, captioning 100 words."""
     image, ids, pad = _inputs()
     for head, call, size in (("vqa", lambda m: m.vqa_logits(image, ids, pad), 7),
                              ("nlvr2", lambda m: m.nlvr2_logits(image, image.flip(0), ids, pad), 2),
-                             ("classify", lambda m: m.classify_logits(image), 5)):
+                             ("classify", lambda m: m.classify_logits(image), 5),
+                             ("captioning", lambda m: m.captioning_logits(image, ids, pad)[:, 0], 100)):
         out = tmp_path / head
         code, _, err = _convert(capsys, str(_save(tmp_path, _released(head), f"{head}.pth")), str(out))
         assert code == 0, err
@@ -138,16 +140,16 @@ def test_other_shape_needs_num_heads(tmp_path, capsys):
 
 
 def test_unexpected_keys_are_named_and_refused(tmp_path, capsys):
-    state = _released("vqa") | {"mlm_head.weight": torch.zeros(100, 32), "beit3.encoder.output_projection.weight":
+    state = _released("vqa") | {"mim_head.weight": torch.zeros(100, 32), "beit3.encoder.output_projection.weight":
                                 torch.zeros(100, 32)}
     path = _save(tmp_path, state)
     code, _, err = _convert(capsys, str(path), str(tmp_path / "out"))
     assert code == 2
-    assert "unexpected keys [mlm_head.weight, beit3.encoder.output_projection.weight]" in err
+    assert "unexpected keys [mim_head.weight, beit3.encoder.output_projection.weight]" in err
     assert "--drop-unexpected" in err
     code, out, err = _convert(capsys, str(path), str(tmp_path / "out"), "--drop-unexpected")
     assert code == 0, err
-    assert "dropped keys [mlm_head.weight, beit3.encoder.output_projection.weight]" in out
+    assert "dropped keys [mim_head.weight, beit3.encoder.output_projection.weight]" in out
     assert load_beit3(tmp_path / "out").config.heads == ["vqa"]
 
 
@@ -285,3 +287,9 @@ def test_retrieval_without_logit_scale(tmp_path, capsys):
     del state["language_head.weight"]
     code, _, err = _convert(capsys, str(_save(tmp_path, state, "b.pth")), str(tmp_path / "b"))
     assert code == 2 and "the retrieval head is incomplete: missing keys [language_head.weight]" in err
+
+
+def test_captioning_head_must_score_the_vocabulary(tmp_path, capsys):
+    state = _released("captioning") | {"mlm_head.weight": torch.zeros(90, 32), "mlm_head.bias": torch.zeros(90)}
+    code, _, err = _convert(capsys, str(_save(tmp_path, state)), str(tmp_path / "out"))
+    assert code == 2 and "the captioning head scores 90 words but the text embedding has 100" in err

@@ -44,6 +44,7 @@ HEAD_LAYOUTS: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
                   ("vision_head.weight", "language_head.weight", "logit_scale")),
     "classify": ("fc_norm.weight", {"fc_norm.": "classify_head.fc_norm.", "head.": "classify_head.head."},
                  ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")),
+    "captioning": ("mlm_head.weight", {"mlm_head.": "captioning_head."}, ("mlm_head.weight", "mlm_head.bias")),
 }
 
 #: head keys a checkpoint may lack, with the value the unilm model holds when its loader finds none (it loads
@@ -183,6 +184,9 @@ def infer_config(backbone: dict[str, torch.Tensor], heads: dict[str, torch.Tenso
         fields["vqa_num_answers"] = heads["vqa_head.head.3.weight"].shape[0]
     if "nlvr2" in head_names:
         fields["nlvr2_num_classes"] = heads["nlvr2_head.dense2.weight"].shape[0]
+    if language and "captioning" in head_names and heads["captioning_head.weight"].shape[0] != fields["vocab_size"]:
+        raise CheckpointError(f"{source}: the captioning head scores {heads['captioning_head.weight'].shape[0]} "
+                              f"words but the text embedding has {fields['vocab_size']}")
     if "classify" in head_names:
         fields["num_classes"] = heads["classify_head.head.weight"].shape[0]
     try:

@@ -32,7 +32,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from .beit3_config import Beit3Config
-from .beit3_heads import ClassifyHead, NLVR2Head, RetrievalHead, VQAHead
+from .beit3_heads import CaptioningHead, ClassifyHead, NLVR2Head, RetrievalHead, VQAHead, captioning_mask
 
 #: parameters of the encoder that torchscale's sub-LN initialisation multiplies by sqrt(log(2 · depth))
 SUBLN_SCALED = ("fc1", "fc2", "out_proj", "v_proj")
@@ -147,13 +147,14 @@ class MultiwayAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, split: int, key_bias: torch.Tensor | None) -> torch.Tensor:
-        """``key_bias``: additive ``[B, 1, 1, N]`` (``-inf`` at padding keys) or ``None``."""
+    def forward(self, x: torch.Tensor, split: int, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        """``attn_bias``: additive ``[B|1, 1, N|1, N]`` (``-inf`` at padding keys, -1e8 where an attention mask
+        blocks) or ``None``."""
         b, n, d = x.shape
         q, k, v = (self._heads(proj(x, split)) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        if key_bias is not None and key_bias.dtype != q.dtype:
-            key_bias = key_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, scale=self.scale)
+        if attn_bias is not None and attn_bias.dtype != q.dtype:
+            attn_bias = attn_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
         out = out.transpose(1, 2).reshape(b, n, d)
         return self.out_proj(self.inner_attn_ln(out, split), split)
 
@@ -185,8 +186,8 @@ class Beit3Block(nn.Module):
         self.final_layer_norm = Multiway(lambda: nn.LayerNorm(cfg.embed_dim, eps=eps), cfg.language)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, split: int, key_bias: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.drop_path(self.self_attn(self.self_attn_layer_norm(x, split), split, key_bias))
+    def forward(self, x: torch.Tensor, split: int, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.drop_path(self.self_attn(self.self_attn_layer_norm(x, split), split, attn_bias))
         return x + self.drop_path(self.ffn(self.final_layer_norm(x, split), split))
 
 
@@ -206,15 +207,22 @@ class Beit3Encoder(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor, split: int, padding_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, split: int, padding_mask: torch.Tensor,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``padding_mask`` ``[B, N]`` (True = padding); ``attn_mask`` ``[N, N]`` (1/True = query row may not attend
+        to key column), added as -1e8 as torchscale does."""
         x = x + self.embed_positions(x, split)
         x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
-        key_bias = None
+        bias = None
         if padding_mask.any():
-            key_bias = torch.zeros(padding_mask.shape, dtype=x.dtype, device=x.device)
-            key_bias = key_bias.masked_fill(padding_mask, float("-inf"))[:, None, None, :]
+            bias = torch.zeros(padding_mask.shape, dtype=x.dtype, device=x.device)
+            bias = bias.masked_fill(padding_mask, float("-inf"))[:, None, None, :]
+        if attn_mask is not None:
+            blocked = torch.zeros(attn_mask.shape, dtype=x.dtype, device=x.device)
+            blocked = blocked.masked_fill(attn_mask.to(device=x.device, dtype=torch.bool), -1e8)[None, None]
+            bias = blocked if bias is None else bias + blocked
         for layer in self.layers:
-            x = layer(x, split, key_bias)
+            x = layer(x, split, bias)
         return self.layer_norm(x, split) if self.layer_norm is not None else x
 
 
@@ -240,6 +248,8 @@ class Beit3(nn.Module):
             self.retrieval_head = RetrievalHead(cfg.embed_dim)
         if cfg.has_head("classify"):
             self.classify_head = ClassifyHead(cfg.embed_dim, cfg.num_classes)
+        if cfg.has_head("captioning"):
+            self.captioning_head = CaptioningHead(cfg.embed_dim, cfg.vocab_size)
         self._init_backbone()
 
     # ------------------------------------------------------------------ initialisation
@@ -267,8 +277,10 @@ class Beit3(nn.Module):
         image: torch.Tensor | None = None,
         text_padding_mask: torch.Tensor | None = None,
         vision_masked_position: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> Beit3Output:
-        """Encode an image, a text, or a pair (both given). Returns :class:`Beit3Output`."""
+        """Encode an image, a text, or a pair (both given). ``attn_mask`` ``[N, N]`` (1 = blocked) restricts which
+        tokens each token attends to (the captioning mask). Returns :class:`Beit3Output`."""
         if text_ids is None and image is None:
             raise ValueError("BEiT-3 needs an image, a text or both")
         parts, masks = [], []
@@ -285,7 +297,7 @@ class Beit3(nn.Module):
         split = parts[0].shape[1] if image is not None else 0
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         padding = torch.cat(masks, dim=1) if len(masks) > 1 else masks[0]
-        return Beit3Output(self.encoder(x, split, padding), split, padding)
+        return Beit3Output(self.encoder(x, split, padding, attn_mask), split, padding)
 
     def encode_image(self, image: torch.Tensor, masked_position: torch.Tensor | None = None) -> Beit3Output:
         return self(image=image, vision_masked_position=masked_position)
@@ -326,6 +338,17 @@ class Beit3(nn.Module):
         img = head.embed_image(self.encode_image(image).features[:, 0]) if image is not None else None
         txt = head.embed_text(self.encode_text(text_ids, padding_mask).features[:, 0]) if text_ids is not None else None
         return img, txt
+
+    def captioning_logits(self, image: torch.Tensor, text_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                          masked_position: torch.Tensor | None = None) -> torch.Tensor:
+        """Vocabulary scores of the text tokens ``[B, T, vocab]`` (or of the ``masked_position`` ones, flattened) under
+        the captioning mask: image tokens see the image, text tokens the image and the text up to themselves."""
+        n_image = self.config.num_image_tokens
+        mask = captioning_mask(n_image, text_ids.shape[1], text_ids.device)
+        text = self(text_ids, image, padding_mask, attn_mask=mask).features[:, n_image:]
+        if masked_position is not None:
+            text = text[masked_position.bool()]
+        return self._head("captioning")(text)
 
     def classify_logits(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, classes]`` from the mean of the patch tokens (CLS excluded)."""

@@ -25,8 +25,9 @@ FAMILY = "beit3"
 
 #: heads a BEiT-3 model may carry, as the unilm fine-tuning models define them: ``vqa`` (pooler + two-layer
 #: classifier), ``nlvr2`` (two-layer MLP over two image-text pairs), ``retrieval`` (vision and language projections
-#: plus ``logit_scale``), ``classify`` (mean-pooled patch tokens → LayerNorm → linear).
-KNOWN_HEADS = ("vqa", "nlvr2", "retrieval", "classify")
+#: plus ``logit_scale``), ``classify`` (mean-pooled patch tokens → LayerNorm → linear), ``captioning`` (linear
+#: vocabulary scores of the text tokens, under the captioning attention mask).
+KNOWN_HEADS = ("vqa", "nlvr2", "retrieval", "classify", "captioning")
 
 #: initialisations: ``torchscale`` = the ``BEiT3`` module's own (PyTorch defaults for linear and conv layers, sub-LN
 #: scaling of fc1/fc2/out_proj/v_proj by sqrt(log(2·depth)), text embedding N(0, width^-0.5), positions N(0, 1),
@@ -141,7 +142,7 @@ class Beit3Config:
         unknown = [h for h in self.heads if h not in KNOWN_HEADS]
         if unknown:
             out.append(f"unknown heads {unknown}; allowed: {list(KNOWN_HEADS)}")
-        text_heads = [h for h in self.heads if h in ("vqa", "nlvr2", "retrieval")]
+        text_heads = [h for h in self.heads if h in ("vqa", "nlvr2", "retrieval", "captioning")]
         if not self.language and text_heads:
             out.append(f"heads {text_heads} need the language side (language=false)")
         if not 0.0 <= self.drop_path_rate < 1.0:

@@ -110,3 +110,22 @@ class ClassifyHead(nn.Module):
 
     def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_norm(patch_tokens.mean(1)))
+
+
+class CaptioningHead(nn.Linear):
+    """Vocabulary scores of text features (``mlm_head`` of unilm's captioning model: a linear layer with bias)."""
+
+    def __init__(self, dim: int, vocab_size: int) -> None:
+        super().__init__(dim, vocab_size)
+        _init(self)
+
+
+def captioning_mask(n_image: int, n_text: int, device: torch.device | None = None) -> torch.Tensor:
+    """``[N, N]`` attention mask of unilm's captioning model, 1 = blocked: image tokens attend to image tokens only,
+    text tokens to every image token and to the text tokens up to and including themselves."""
+    n = n_image + n_text
+    allowed = torch.zeros(n, n, dtype=torch.long, device=device)
+    allowed[:n_image, :n_image] = 1
+    allowed[n_image:, :n_image] = 1
+    allowed[n_image:, n_image:] = torch.tril(torch.ones(n_text, n_text, dtype=torch.long, device=device))
+    return 1 - allowed
