@@ -28,8 +28,9 @@ def _released_head(head: str, dim: int = 32) -> dict[str, torch.Tensor]:
                 "pooler.dense.bias": (dim,), "head.0.weight": (2 * dim, dim), "head.0.bias": (2 * dim,),
                 "head.1.weight": (2 * dim,), "head.1.bias": (2 * dim,), "head.3.weight": (7, 2 * dim),
                 "head.3.bias": (7,)},
-        "nlvr2": {"head.norm1.weight": (4 * dim,), "head.norm1.bias": (4 * dim,), "head.dense1.weight": (2 * dim, 4 * dim),
-                  "head.dense1.bias": (2 * dim,), "head.norm2.weight": (2 * dim,), "head.norm2.bias": (2 * dim,),
+        "nlvr2": {"head.norm1.weight": (4 * dim,), "head.norm1.bias": (4 * dim,),
+                  "head.dense1.weight": (2 * dim, 4 * dim), "head.dense1.bias": (2 * dim,),
+                  "head.norm2.weight": (2 * dim,), "head.norm2.bias": (2 * dim,),
                   "head.dense2.weight": (2, 2 * dim), "head.dense2.bias": (2,)},
         "retrieval": {"vision_head.weight": (dim, dim), "language_head.weight": (dim, dim), "logit_scale": ()},
         "classify": {"fc_norm.weight": (dim,), "fc_norm.bias": (dim,), "head.weight": (5, dim), "head.bias": (5,)},
@@ -86,7 +87,8 @@ def test_convert_each_released_layout(tmp_path, capsys, head):
     source.load_state_dict({k.removeprefix("beit3."): v for k, v in state.items() if k.startswith("beit3.")})
     image, ids, pad = _inputs()
     with torch.no_grad():
-        assert torch.equal(model.encode_pair(image, ids, pad).features, source.eval().encode_pair(image, ids, pad).features)
+        ours, theirs = model.encode_pair(image, ids, pad), source.eval().encode_pair(image, ids, pad)
+    assert torch.equal(ours.features, theirs.features)
     # every released head key is in the converted weights, unchanged
     saved = model.state_dict()
     for key, value in (_released_head(head) if head else {}).items():
@@ -293,3 +295,9 @@ def test_captioning_head_must_score_the_vocabulary(tmp_path, capsys):
     state = _released("captioning") | {"mlm_head.weight": torch.zeros(90, 32), "mlm_head.bias": torch.zeros(90)}
     code, _, err = _convert(capsys, str(_save(tmp_path, state)), str(tmp_path / "out"))
     assert code == 2 and "the captioning head scores 90 words but the text embedding has 100" in err
+
+
+def test_blocks_must_be_numbered_from_zero(tmp_path, capsys):
+    state = {k.replace("encoder.layers.1.", "encoder.layers.2."): v for k, v in _released().items()}
+    code, _, err = _convert(capsys, str(_save(tmp_path, state)), str(tmp_path / "out"))
+    assert code == 2 and "the blocks are not numbered 0..N-1 (found [0, 2])" in err

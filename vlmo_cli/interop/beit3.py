@@ -29,6 +29,7 @@ from ..outputs import check_directory
 from .official import read_checkpoint
 
 PREFIX = "beit3."
+State = dict[str, torch.Tensor]
 
 #: head → (a key that identifies it, {released key prefix: our key prefix}, every released key of that head)
 HEAD_LAYOUTS: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
@@ -64,7 +65,7 @@ class Converted:
     """A converted checkpoint: our state dict, its config, where the fields the weights do not fix came from, and
     the keys that were dropped on request."""
 
-    state: dict[str, torch.Tensor]
+    state: State
     config: Beit3Config
     sources: dict[str, str]
     dropped: list[str] = field(default_factory=list)
@@ -83,7 +84,7 @@ def _few(items: list[str], n: int = 6) -> str:
     return f"[{', '.join(items[:n])}{', ...' if len(items) > n else ''}] ({len(items)} in all)"
 
 
-def split_released(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def split_released(state: State, source: str) -> tuple[State, State]:
     """``(backbone with torchscale names, the other keys)`` of a released or bare torchscale state dict."""
     if any(k.startswith(PREFIX) for k in state):
         backbone = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
@@ -100,10 +101,10 @@ def split_released(state: dict[str, torch.Tensor], source: str) -> tuple[dict[st
     return backbone, rest
 
 
-def map_heads(rest: dict[str, torch.Tensor], source: str):
+def map_heads(rest: State, source: str):
     """``(head weights under our names, heads found, keys that belong to no head, keys set to unilm's initial value
     because the checkpoint lacks them)``."""
-    out: dict[str, torch.Tensor] = {}
+    out: State = {}
     heads: list[str] = []
     claimed: set[str] = set()
     initial: list[str] = []
@@ -123,14 +124,14 @@ def map_heads(rest: dict[str, torch.Tensor], source: str):
     return out, heads, sorted(set(rest) - claimed), initial
 
 
-def _depth(backbone: dict[str, torch.Tensor]) -> int:
+def _depth(backbone: State, source: str) -> int:
     found = {int(m.group(1)) for k in backbone if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
     if found != set(range(len(found))):
-        raise CheckpointError(f"blocks are not numbered 0..N-1 (found {sorted(found)})")
+        raise CheckpointError(f"{source}: the blocks are not numbered 0..N-1 (found {sorted(found)})")
     return len(found)
 
 
-def _image_size(backbone: dict[str, torch.Tensor], patch: int, source: str) -> int:
+def _image_size(backbone: State, patch: int, source: str) -> int:
     rows = backbone["encoder.embed_positions.A.weight"].shape[0]
     grid = math.isqrt(max(rows - 3, 0))
     if grid < 1 or grid * grid != rows - 3:
@@ -156,13 +157,13 @@ def _num_heads(dim: int, depth: int, ffn: int, num_heads: int | None, source: st
     )
 
 
-def infer_config(backbone: dict[str, torch.Tensor], heads: dict[str, torch.Tensor], head_names: list[str],
+def infer_config(backbone: State, heads: State, head_names: list[str],
                  source: str, num_heads: int | None = None) -> tuple[Beit3Config, dict[str, str]]:
     """The :class:`Beit3Config` of the weights and the source of each field they do not fix."""
     proj = backbone["vision_embed.proj.weight"]
     dim = proj.shape[0]
     language = LANGUAGE_MARKER in backbone
-    depth = _depth(backbone)
+    depth = _depth(backbone, source)
     ffn = backbone["encoder.layers.0.ffn.A.fc1.weight"].shape[0]
     heads_n, how = _num_heads(dim, depth, ffn, num_heads, source)
     fields = dict(
@@ -196,7 +197,7 @@ def infer_config(backbone: dict[str, torch.Tensor], heads: dict[str, torch.Tenso
     return cfg, sources
 
 
-def adapt_state(state: dict[str, torch.Tensor], old: Beit3Config, new: Beit3Config) -> dict[str, torch.Tensor]:
+def adapt_state(state: State, old: Beit3Config, new: Beit3Config) -> State:
     """A copy of ``state`` whose image position table fits ``new`` (bicubic resize of the patch rows)."""
     from ..model.beit3 import resize_vision_positions
 
@@ -207,7 +208,7 @@ def adapt_state(state: dict[str, torch.Tensor], old: Beit3Config, new: Beit3Conf
     return state
 
 
-def convert_state(state: dict[str, torch.Tensor], source: str, num_heads: int | None = None,
+def convert_state(state: State, source: str, num_heads: int | None = None,
                   image_size: int | None = None, drop_unexpected: bool = False) -> Converted:
     """Pure conversion of a released (or bare torchscale) BEiT-3 state dict.
 

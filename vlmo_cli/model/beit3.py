@@ -106,7 +106,9 @@ class VisionEmbedding(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
 
     def forward(self, image: torch.Tensor, masked_position: torch.Tensor | None = None) -> torch.Tensor:
-        """``image`` ``[B, C, H, W]``; ``masked_position`` ``[B, patches]`` (1/True = masked) → ``[B, 1 + patches, D]``."""
+        """``image`` ``[B, C, H, W]``; ``masked_position`` ``[B, patches]`` (1/True = masked).
+
+        Returns ``[B, 1 + patches, D]``, CLS first."""
         if image.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"image size {tuple(image.shape[-2:])} does not match the model's {self.image_size}")
         x = self.proj(image).flatten(2).transpose(1, 2)

@@ -138,7 +138,8 @@ class Beit3Config:
         if self.image_size % self.patch_size:
             out.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.max_source_positions < 3:
-            out.append(f"max_source_positions must be at least 3 (2 offset rows + 1 token), got {self.max_source_positions}")
+            out.append("max_source_positions must be at least 3 (2 offset rows + 1 token), "
+                       f"got {self.max_source_positions}")
         unknown = [h for h in self.heads if h not in KNOWN_HEADS]
         if unknown:
             out.append(f"unknown heads {unknown}; allowed: {list(KNOWN_HEADS)}")
