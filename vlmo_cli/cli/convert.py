@@ -1,4 +1,4 @@
-"""``vlmo convert official|beit``: foreign checkpoints → model directories (config.json + model.safetensors)."""
+"""``vlmo convert official|beit|beit3``: foreign checkpoints → model directories (config.json + model.safetensors)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 convert_app = typer.Typer(
-    help="Convert official VLMo or BEiT checkpoints into model directories.", no_args_is_help=True
+    help="Convert official VLMo, BEiT or BEiT-3 checkpoints into model directories.", no_args_is_help=True
 )
 console = Console()
 OverwriteOpt = typer.Option(False, "--overwrite", help="replace a previous result of this command at OUT_DIR "
@@ -99,6 +99,31 @@ def beit(
         heads_by="option --num-heads" if num_heads else None,
     )
     _summary(out)
+
+
+@convert_app.command("beit3")
+def beit3(
+    checkpoint: Path = typer.Argument(..., help="released BEiT-3 checkpoint (.pth: pre-trained or fine-tuned)"),
+    out_dir: Path = typer.Argument(..., help="model directory to write"),
+    image_size: int = typer.Option(None, "--image-size", min=1,
+                                   help="resize the image position table to this resolution"),
+    num_heads: int = typer.Option(
+        None, "--num-heads", min=1, help="attention heads, for weights that are not a released architecture"
+    ),
+    drop_unexpected: bool = typer.Option(
+        False, "--drop-unexpected", help="convert without the keys that fit neither the backbone nor a known head"
+    ),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Convert a microsoft/unilm BEiT-3 checkpoint (backbone and its VQA, NLVR2, retrieval or classification head)
+    into a BEiT-3 model directory. The architecture comes from the weights; the head count from a released
+    architecture of the same shape or --num-heads, never guessed."""
+    from ..interop.beit3 import convert_beit3
+    from .convert_beit3_summary import beit3_summary
+
+    out = convert_beit3(checkpoint, out_dir, num_heads=num_heads, image_size=image_size,
+                        drop_unexpected=drop_unexpected, overwrite=overwrite)
+    beit3_summary(out, console)
 
 
 def register(app: typer.Typer) -> None:

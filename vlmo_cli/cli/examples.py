@@ -35,6 +35,7 @@ EXAMPLES: dict[str, str] = {
     "prepare tokenizer": "vlmo prepare tokenizer data/coco data/text --out data/tokenizer --vocab-size 30522",
     "convert official": "vlmo convert official vlmo_base_patch16_224.pt models/vlmo-base --vocab vocab.txt",
     "convert beit": "vlmo convert beit beit_base_patch16_224_pt22k.pth models/beit-base --size base",
+    "convert beit3": "vlmo convert beit3 beit3_base_patch16_480_vqa.pth models/beit3-base-vqa",
     "eval retrieval": "vlmo eval retrieval tiny --model runs/tiny-finetune-retrieval_coco --split coco-test",
     "eval vqa": "vlmo eval vqa tiny --model runs/tiny-finetune-vqa --split val",
     "eval nlvr2": "vlmo eval nlvr2 tiny --model runs/tiny-finetune-nlvr2 --split dev",

@@ -162,6 +162,8 @@ class ModelConfig:
             raise ConfigError(f"{path}: cannot read model config ({exc})") from exc
         if isinstance(data, dict):
             data.pop("model_type", None)
+            if data.get("family") == "beit3":
+                raise ConfigError(f"{path}: a BEiT-3 model (family beit3); this command works on VLMo models only")
         return cls.from_dict(data, source=str(path))
 
 
