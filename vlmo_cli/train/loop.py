@@ -23,6 +23,8 @@ from ..model.vlmo import VLMo
 from ..run_report import write_run_report
 from .checkpoint import (TrainerState, find_resume, list_checkpoints, load_training_state, restore_training_state,
                          save_checkpoint)
+from .distributed_setup import (checkpoint_payload, fsdp_note, load_optimizer_state, make_accelerator, plain_norm,
+                                prepare_for_fsdp,                                 sharded_grad_norm, unsharded_copy, uses_fsdp)
 from .environment import write_environment
 from .guards import TrainingDiverged, check_step, diverged, grad_norm, non_finite_weights, write_checkpoint
 from .init import initialise
@@ -147,15 +149,13 @@ def train(
         allow_missing_init: train backbone tensors missing from the init source from random values instead of
             refusing the source.
     """
-    from accelerate import Accelerator
-
     if stage.kind != "train" or stage.name not in STAGES:
         raise RecipeError(f"{stage.name} is not a training stage; allowed: {sorted(STAGES)}")
     run_path = run_path_for(stage, run_dir)
     log_with = resolve_trackers(stage.train.trackers)
     # without CUDA, say so: accelerate then runs torchrun / `accelerate launch` processes as a gloo group on the CPU
-    accelerator = Accelerator(mixed_precision=stage.train.precision, log_with=log_with or None,
-                              project_config=tracker_project(run_path), cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(stage.train, log_with=log_with, project_config=tracker_project(run_path),
+                                   source=str(stage.source))
     # the main process locks and prepares the folder for the whole run; a failed run that created it and left
     # nothing in it removes it again
     console = console or Console()
@@ -221,6 +221,8 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
         model.set_grad_checkpointing(True)
     fused = tcfg.fused_adamw if isinstance(tcfg.fused_adamw, bool) else accelerator.device.type == "cuda"
     model.to(accelerator.device)
+    if uses_fsdp(accelerator):
+        prepare_for_fsdp(model)
     optimizer = build_optimizer(model, tcfg, fused=fused)
     module = StageModule(model, stage_def, task, length_buckets=COMPILED_LENGTH_BUCKETS if tcfg.compile else None)
     if tcfg.compile:
@@ -230,7 +232,9 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
     state = TrainerState(stage=stage.name)
     if resume_from is not None:
         blob, state = load_training_state(resume_from)
-        notes += [n for n in (restore_training_state(blob, optimizer),) if n]
+        by_name = lambda st: load_optimizer_state(accelerator, module, optimizer, st)  # noqa: E731
+        notes += [n for n in (restore_training_state(blob, optimizer, by_name),) if n]
+    notes += [n for n in (fsdp_note(tcfg, accelerator),) if n]
     loader = loader_for(state.epoch, state.micro_batches_in_epoch)
     full_epoch = loader_for(0, 0)
     per_epoch = batches_per_epoch(full_epoch)
@@ -288,14 +292,17 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
         state.window = {"sums": dict(sums), "count": count}  # the metrics line in progress continues on resume
         accelerator.wait_for_everyone()
         path = None
-        bad = non_finite_weights(accelerator.unwrap_model(module).model)  # every process: the same weights
+        weights, optim_state, bad = checkpoint_payload(accelerator, module, optimizer)  # FSDP: gathered
+        if not uses_fsdp(accelerator):
+            bad = non_finite_weights(accelerator.unwrap_model(module).model)  # every process: the same weights
         if bad:
             raise diverged(stage.name, f"{len(bad)} weight tensors hold NaN/inf ({', '.join(bad[:3])}, …)",
                            state.step, run_path, "this checkpoint was not written")
         if main:
             path = write_checkpoint(
                 lambda: save_checkpoint(run_path, accelerator.unwrap_model(module).model, optimizer, state,
-                                        tokenizer=tokenizer, keep_last_n=tcfg.keep_last_n),
+                                        tokenizer=tokenizer, keep_last_n=tcfg.keep_last_n, weights=weights,
+                                        optimizer_state=optim_state),
                 run_path, state.step)
         accelerator.wait_for_everyone()
         return path
@@ -345,7 +352,8 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
             trained = [p for p in module.parameters() if p.requires_grad]
             norm = accelerator.clip_grad_norm_(trained, tcfg.grad_clip) if tcfg.grad_clip > 0 else None
             if norm is None and check_grads:
-                norm = grad_norm(trained)
+                norm = sharded_grad_norm(trained) if uses_fsdp(accelerator) else grad_norm(trained)
+            norm = plain_norm(norm)  # FSDP: a sharded (DTensor) norm becomes the full one
             verdict = check_step(step_losses, norm if check_grads else None, bool(stop.requested), reduce)
             if verdict.problem:
                 raise diverged(stage.name, verdict.problem, state.step + 1, run_path, "stopped before the update")
@@ -366,8 +374,10 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
                 monitor.log(_fmt(avg), state.step)
                 monitor.print(f"step {state.step}/{total}  " + format_metrics(avg))
                 sums, count, samples_since, t_log = {}, 0, 0, time.perf_counter()
-            if main and (state.step == total or (tcfg.eval_every and state.step % tcfg.eval_every == 0)):
-                val = validate(accelerator.unwrap_model(module), stage, stage_def, accelerator.device, tokenizer)
+            # FSDP: every process takes part in the forward passes (the shards are gathered)
+            if (main or uses_fsdp(accelerator)) and (state.step == total or (tcfg.eval_every and state.step % tcfg.eval_every == 0)):
+                val_module = unsharded_copy(accelerator, module)  # FSDP: full weights gathered on the main process
+                val = validate(val_module, stage, stage_def, accelerator.device, tokenizer) if main else {}
                 if val:
                     last_metrics.update(val)
                     monitor.log(_fmt(val), state.step)
