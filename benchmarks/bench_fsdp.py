@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: by GPU)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -95,7 +96,7 @@ def main() -> None:
     compute = median["forward"] + median["backward"] + median["optimizer"]
     samples_per_s = args.batch / compute  # per process
     flops = train_flops_per_sample(section, cfg, stage.task, text_len)
-    peak = default_peak_tflops(device, args.precision)
+    peak = args.peak_tflops or default_peak_tflops(device, args.precision)
     achieved = samples_per_s * flops / 1e12
     memory, kind = _peak_memory_mb(device)
     result = {"recipe": args.recipe, "stage": section, "fsdp_processes": accelerator.num_processes,

@@ -112,3 +112,17 @@ def test_unsupported_fsdp_combinations_are_refused(change, message):
     with pytest.raises(RecipeError, match=message):
         check_fsdp_settings(train_settings(**change))
     check_fsdp_settings(train_settings(fsdp=False, **change))  # without FSDP they are fine
+
+
+def test_a_by_name_optimizer_state_needs_the_loops_loader():
+    from vlmo_cli.errors import CheckpointError
+    from vlmo_cli.train.checkpoint import restore_training_state, rng_state
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))])
+    state = {"state": {}, "param_groups": []}
+    blob = {"optimizer": {"layout": "by_name", **state}, "rng": rng_state()}
+    with pytest.raises(CheckpointError, match="by parameter name"):
+        restore_training_state(blob, optimizer)
+    received = []
+    assert restore_training_state(blob, optimizer, received.append) is None
+    assert received == [state]  # the layout marker is not passed on
