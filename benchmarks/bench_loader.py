@@ -9,7 +9,8 @@ photo-like: smooth shapes plus sensor-like noise, about 100 KB each, as COCO's 6
 - ``shards``: the same images written as webdataset tar shards (``webdataset.TarWriter``, 4 shards), read with
   ``webdataset.WebDataset`` in a DataLoader: raw shard read + JPEG decode + the same train transform (no text);
 
-with 0, 2 and 4 workers, and the decoders per image: PIL (``decode_rgb``) against ``torchvision.io.decode_jpeg``
+with 0, 2 and 4 workers (and ``prepared_max320``: prepared with ``--max-size 320``, images stored re-encoded with a
+320 px shorter side), and the decoders per image: PIL (``decode_rgb``) against ``torchvision.io.decode_jpeg``
 (the pixels of both, and after the same eval transform), and how a sample's time splits into decode / transform.
 Prints one JSON object. The stage-3 step rate it compares against is stated with ``--step-rate`` (samples/s of one
 GPU; default: base at 224 px on one H100 at 45 % MFU in bf16, from the analytic FLOPs).
@@ -117,7 +118,7 @@ def shard_loader(paths: list[str], workers: int):
     return torch.utils.data.DataLoader(dataset.batched(32, partial=False), batch_size=None, num_workers=workers)
 
 
-def decoders(samples: list[tuple[bytes, str]], n: int = 48, rounds: int = 3) -> dict:
+def decoders(samples: list[tuple[bytes, str]], n: int = 48, rounds: int = 7) -> dict:
     """PIL against torchvision.io.decode_jpeg: time per image (median of ``rounds`` passes over ``n`` images, the
     variants interleaved) and the pixel differences."""
     from torchvision.io import decode_jpeg
@@ -178,6 +179,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=384)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--workers", default="0,2,4")
+    parser.add_argument("--max-size", type=int, default=320,
+                        help="also prepare with --max-size (shorter side; 320 keeps every 224 px crop of scale >= 0.5 "
+                             "a downscale) and measure that; 0 = skip")
     parser.add_argument("--step-rate", type=float, default=None, help="stage-3 samples/s of one GPU to compare with")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -194,12 +198,23 @@ def main() -> None:
 
         tokenizer = train_tokenizer([c for _, c in samples], vocab_size=200, method="words").save(root / "tok")
         prepare(FilePairsSource(tsv, "tsv"), root / "prepared", PrepareOptions(workers=1, tokenizer=tokenizer))
-        shards = write_shards(root / "shards", samples)
+        try:
+            shards = write_shards(root / "shards", samples)
+        except ImportError:
+            shards = None
+            results["shards"] = "skipped: the webdataset package is not installed"
+        if args.max_size:
+            prepare(FilePairsSource(tsv, "tsv"), root / "resized",
+                    PrepareOptions(workers=1, tokenizer=tokenizer, max_size=args.max_size))
         results["decoders"] = decoders(samples)
         for w in workers:
             results[f"prepared_w{w}"] = round(rate(prepared_loader(root / "prepared", tokenizer, w), args.batches), 1)
-            results[f"shards_w{w}"] = round(rate(shard_loader(shards, w), args.batches), 1)
-        for key in [k for k in results if k.startswith(("prepared_w", "shards_w"))]:
+            if shards:
+                results[f"shards_w{w}"] = round(rate(shard_loader(shards, w), args.batches), 1)
+            if args.max_size:
+                results[f"prepared_max{args.max_size}_w{w}"] = round(
+                    rate(prepared_loader(root / "resized", tokenizer, w), args.batches), 1)
+        for key in [k for k in results if k.startswith(("prepared_", "shards_w"))]:
             results[f"{key}_x_step"] = round(results[key] / step_rate, 3)
     print(json.dumps(results, indent=1))
 

@@ -58,6 +58,25 @@ def check_fsdp_settings(tcfg, source: str = "recipe") -> None:
                           "set one of them to false")
 
 
+#: the oldest versions with FSDP2 in Accelerate's plugin and torch's public ``fully_shard`` (tested: 1.16 / 2.14.1)
+MIN_ACCELERATE, MIN_TORCH = "1.6", "2.6"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``"2.14.1+cpu"`` -> ``(2, 14, 1)`` (the leading numeric parts)."""
+    import re
+
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def check_fsdp_versions() -> None:
+    import accelerate
+
+    if _release(accelerate.__version__) < _release(MIN_ACCELERATE) or _release(torch.__version__) < _release(MIN_TORCH):
+        raise RecipeError(f"train.fsdp = true needs accelerate >= {MIN_ACCELERATE} and torch >= {MIN_TORCH} "
+                          f"(installed: accelerate {accelerate.__version__}, torch {torch.__version__})")
+
+
 def make_accelerator(tcfg, *, log_with: list[str] | None = None, project_config=None, source: str = "recipe"):
     """The run's Accelerator. Without CUDA the processes of ``torchrun`` / ``accelerate launch`` form a gloo
     group on the CPU; with ``train.fsdp`` and more than one process the model is sharded with FSDP2 there too."""
@@ -65,6 +84,8 @@ def make_accelerator(tcfg, *, log_with: list[str] | None = None, project_config=
     from accelerate.utils import DistributedType
 
     check_fsdp_settings(tcfg, source)
+    if tcfg.fsdp:
+        check_fsdp_versions()
     plugin = fsdp_plugin(tcfg) if tcfg.fsdp else None
     cpu = not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=tcfg.precision, log_with=log_with or None,
