@@ -119,7 +119,8 @@ def save_checkpoint(
         model.config.save(tmp / CONFIG_NAME)
         from safetensors.torch import save_file
 
-        save_file(weights if weights is not None else state_dict_for_saving(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "step": str(state.step)})
+        tensors = weights if weights is not None else state_dict_for_saving(model)
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "step": str(state.step)})
         if tokenizer is not None:  # a model directory carries its tokenizer
             tokenizer.save(tmp)
         optim = optimizer_state if optimizer_state is not None else optimizer.state_dict()

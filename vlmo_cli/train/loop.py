@@ -24,7 +24,7 @@ from ..run_report import write_run_report
 from .checkpoint import (TrainerState, find_resume, list_checkpoints, load_training_state, restore_training_state,
                          save_checkpoint)
 from .distributed_setup import (checkpoint_payload, fsdp_note, load_optimizer_state, make_accelerator, plain_norm,
-                                prepare_for_fsdp,                                 sharded_grad_norm, unsharded_copy, uses_fsdp)
+                                prepare_for_fsdp, sharded_grad_norm, unsharded_copy, uses_fsdp)
 from .environment import write_environment
 from .guards import TrainingDiverged, check_step, diverged, grad_norm, non_finite_weights, write_checkpoint
 from .init import initialise
@@ -374,9 +374,10 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
                 monitor.log(_fmt(avg), state.step)
                 monitor.print(f"step {state.step}/{total}  " + format_metrics(avg))
                 sums, count, samples_since, t_log = {}, 0, 0, time.perf_counter()
-            # FSDP: every process takes part in the forward passes (the shards are gathered)
-            if (main or uses_fsdp(accelerator)) and (state.step == total or (tcfg.eval_every and state.step % tcfg.eval_every == 0)):
-                val_module = unsharded_copy(accelerator, module)  # FSDP: full weights gathered on the main process
+            # FSDP: every process takes part in gathering the full weights the main process validates with
+            if (main or uses_fsdp(accelerator)) and (
+                    state.step == total or (tcfg.eval_every and state.step % tcfg.eval_every == 0)):
+                val_module = unsharded_copy(accelerator, module)
                 val = validate(val_module, stage, stage_def, accelerator.device, tokenizer) if main else {}
                 if val:
                     last_metrics.update(val)
