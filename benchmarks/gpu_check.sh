@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU check of the stage-3 training step: VLMo-base, 224 px, bf16, a few batch sizes, the straightforward step
 # (`--reference`) for the speed-up, torch.compile on/off and activation checkpointing on/off (texts of 20-40 real
-# tokens padded to 40; the `captions` row: COCO-like 8-24 tokens, so the trimmed padding shows). Prints a table
+# tokens padded to 40; the `captions` row: COCO-like 8-24 tokens, so the trimmed padding shows), and the `fsdp` row:
+# VLMo-large (FSDP_RECIPE) sharded with FSDP2 on 1 process (torchrun, `train.fsdp` path of the training loop, through
+# benchmarks/bench_fsdp.py) with activation checkpointing: its peak memory and samples/s. Prints a table
 # (samples/s, MFU, peak memory) and writes it as JSON to ${OUT:-.}/gpu_check.json. Made for one H100/H200 and about
 # 8 minutes; runs as is from a clone with the package installed (`pip install -e .`), no data or weights needed
 # (synthetic batches, random init).
@@ -20,6 +22,8 @@ BUDGET_S="${BUDGET_S:-450}"          # all configurations together (the script i
 STEPS="${STEPS:-10}"
 WARMUP="${WARMUP:-3}"
 RECIPE="${RECIPE:-base}"
+FSDP_RECIPE="${FSDP_RECIPE:-large}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${PYTHON:-python}"
 ROWS_DIR="$(mktemp -d)"
 mkdir -p "$OUT_DIR"
@@ -31,6 +35,7 @@ CONFIGS=(
   "reference-b32|32|--reference|120"
   "eager-b64|64||90"
   "ckpt-b64|64|--checkpointing|90"
+  "fsdp-large-ckpt-b32|32|--fsdp --checkpointing|150"
   "captions-b64|64|--text-tokens 8-24|90"
   "compile-b64|64|--compile|240"
   "eager-b128|128||100"
@@ -61,10 +66,17 @@ for entry in "${CONFIGS[@]}"; do
   fi
   (( limit > left )) && limit=$left
   echo "== $name: batch $batch $flags (timeout ${limit}s, ${left}s of budget left)"
-  # shellcheck disable=SC2086
-  timeout --kill-after=10 "$limit" "$PY" -m vlmo_cli bench "$RECIPE" --stage vl --precision bf16 --batch "$batch" \
-    $flags --steps "$STEPS" --warmup "$WARMUP" "${peak_args[@]}" --json "$ROWS_DIR/$name.json" \
-    > "$ROWS_DIR/$name.log" 2>&1
+  if [[ "$flags" == --fsdp* ]]; then  # one process under torchrun: FSDP2 needs a process group
+    # shellcheck disable=SC2086
+    timeout --kill-after=10 "$limit" "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 \
+      "$HERE/bench_fsdp.py" --recipe "$FSDP_RECIPE" --batch "$batch" ${flags#--fsdp} --steps "$STEPS" \
+      --warmup "$WARMUP" "${peak_args[@]}" --json "$ROWS_DIR/$name.json" > "$ROWS_DIR/$name.log" 2>&1
+  else
+    # shellcheck disable=SC2086
+    timeout --kill-after=10 "$limit" "$PY" -m vlmo_cli bench "$RECIPE" --stage vl --precision bf16 --batch "$batch" \
+      $flags --steps "$STEPS" --warmup "$WARMUP" "${peak_args[@]}" --json "$ROWS_DIR/$name.json" \
+      > "$ROWS_DIR/$name.log" 2>&1
+  fi
   rc=$?
   if (( rc == 0 )); then
     status="ok"

@@ -31,7 +31,7 @@ def test_gpu_check_runs_end_to_end_with_a_stand_in_interpreter(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     rows = {r["name"]: r for r in report["rows"]}
-    assert list(rows)[:2] == ["eager-b32", "reference-b32"] and len(rows) == 9
+    assert list(rows)[:2] == ["eager-b32", "reference-b32"] and len(rows) == 10 and "fsdp-large-ckpt-b32" in rows
     first = rows["eager-b32"]
     assert first["status"] == "ok" and first["samples_per_s"] > 0 and first["mfu"] > 0 and first["peak_memory_gib"] > 0
     assert rows["compile-ckpt-b128"]["status"] == "skipped (time budget)"

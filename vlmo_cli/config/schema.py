@@ -288,6 +288,12 @@ class RecipeTrain:
     activation_checkpointing: bool = setting(False, help="recompute each block in backward to save memory")
     compile: bool = setting(False, help="torch.compile the model")
     fused_adamw: bool | Literal["auto"] = setting("auto", help='fused AdamW kernel: true, false or "auto" (on GPU)')
+    fsdp: bool = setting(
+        False, help="shard parameters, gradients and optimizer state over the processes (FSDP2, one unit per MoME block)"
+    )
+    fsdp_reshard_after_forward: bool = setting(
+        True, help="FSDP: free the gathered block weights after forward (ZeRO-3); false keeps them until backward"
+    )
     no_decay: Literal["fixed", "compat"] = setting(
         "fixed",
         help='params without weight decay: "fixed" = 1-D params, embeddings and scales;'

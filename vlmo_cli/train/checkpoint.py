@@ -92,18 +92,23 @@ def save_checkpoint(
     extra: dict | None = None,
     tokenizer=None,
     keep_last_n: int = 0,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
-    """Write ``run_dir/checkpoints/step_N`` atomically, point ``latest`` at it and prune old ones."""
+    """Write ``run_dir/checkpoints/step_N`` atomically, point ``latest`` at it and prune old ones. ``weights`` and
+    ``optimizer_state`` replace ``model.state_dict()`` and ``optimizer.state_dict()`` (FSDP: gathered first)."""
     root = run_dir / CHECKPOINTS_DIR
     final = root / checkpoint_name(state.step)
     with atomic_directory(final) as tmp:
         model.config.save(tmp / CONFIG_NAME)
         from safetensors.torch import save_file
 
-        save_file(state_dict_for_saving(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "step": str(state.step)})
+        tensors = weights if weights is not None else state_dict_for_saving(model)
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "step": str(state.step)})
         if tokenizer is not None:  # a model directory carries its tokenizer
             tokenizer.save(tmp)
-        blob = {"optimizer": optimizer.state_dict(), "rng": rng_state(), **(extra or {})}
+        optim = optimizer_state if optimizer_state is not None else optimizer.state_dict()
+        blob = {"optimizer": optim, "rng": rng_state(), **(extra or {})}
         scaler = scaler_of(optimizer)
         if scaler is not None:
             blob["scaler"] = scaler.state_dict()
@@ -148,10 +153,18 @@ def find_resume(run_dir: Path, resume: str) -> Path | None:
     return path
 
 
-def restore_training_state(blob: dict, optimizer) -> str | None:
+def restore_training_state(blob: dict, optimizer, load_by_name=None) -> str | None:
     """Put the optimizer, the fp16 loss scaler and the RNG streams back as ``save_checkpoint`` stored them; returns
-    a line for the log when the run now uses fp16 but the checkpoint has no scaler state."""
-    optimizer.load_state_dict(blob["optimizer"])
+    a line for the log when the run now uses fp16 but the checkpoint has no scaler state. An optimizer state stored
+    by parameter name (``"layout": "by_name"``, written under FSDP) goes through ``load_by_name``."""
+    optim = blob["optimizer"]
+    if optim.get("layout") == "by_name":
+        if load_by_name is None:
+            raise CheckpointError("the checkpoint stores its optimizer state by parameter name (FSDP); "
+                                  "resume it through the training loop")
+        load_by_name({k: v for k, v in optim.items() if k != "layout"})
+    else:
+        optimizer.load_state_dict(optim)
     set_rng_state(blob["rng"])
     scaler = scaler_of(optimizer)
     if scaler is None:

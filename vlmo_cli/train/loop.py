@@ -22,6 +22,8 @@ from ..model.vlmo import VLMo
 from .build import StageModule, StageParts, build_stage  # noqa: F401 - StageModule: its old home
 from .checkpoint import (TrainerState, find_resume, list_checkpoints, load_training_state, restore_training_state,
                          save_checkpoint)
+from .distributed_setup import (checkpoint_payload, fsdp_note, load_optimizer_state, make_accelerator, plain_norm,
+                                prepare_for_fsdp, sharded_grad_norm, unsharded_copy, uses_fsdp)
 from .environment import write_environment
 from .guards import TrainingDiverged, check_step, diverged, grad_norm, non_finite_weights, write_checkpoint
 from .init import initialise
@@ -90,12 +92,10 @@ def _already_done(run_path: Path, checkpoint: Path, state: TrainerState, total: 
 
 # ---------------------------------------------------------------------- set-up steps
 def setup_accelerator(stage, run_path: Path, log_with: list[str]):
-    """Accelerate for the recipe's precision and trackers; without CUDA it says so, and ``torchrun`` /
-    ``accelerate launch`` processes then run as a gloo group on the CPU."""
-    from accelerate import Accelerator
-
-    return Accelerator(mixed_precision=stage.train.precision, log_with=log_with or None,
-                       project_config=tracker_project(run_path), cpu=not torch.cuda.is_available())
+    """Accelerate for the recipe's precision, trackers and FSDP settings; without CUDA it says so, and ``torchrun``
+    / ``accelerate launch`` processes then run as a gloo group on the CPU."""
+    return make_accelerator(stage.train, log_with=log_with, project_config=tracker_project(run_path),
+                            source=str(stage.source))
 
 
 @dataclass
@@ -277,12 +277,16 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
     data = setup_data(stage, accelerator, init)
     resume_from = find_resume(run_path, resume) if resume else None
     parts, notes, init_report = setup_model(stage, accelerator, data, init, resume_from, allow_missing_init)
+    if uses_fsdp(accelerator):
+        prepare_for_fsdp(parts.model)
     module, optimizer = accelerator.prepare(parts.module, parts.optimizer)
 
     state = TrainerState(stage=stage.name)
     if resume_from is not None:
         blob, state = load_training_state(resume_from)
-        notes += [n for n in (restore_training_state(blob, optimizer),) if n]
+        by_name = lambda st: load_optimizer_state(accelerator, module, optimizer, st)  # noqa: E731
+        notes += [n for n in (restore_training_state(blob, optimizer, by_name),) if n]
+    notes += [n for n in (fsdp_note(stage.train, accelerator),) if n]
     loader = data.loader(state.epoch, state.micro_batches_in_epoch)
     per_epoch = batches_per_epoch(loader)
     total = count_steps(stage, per_epoch, plan.grad_accum)
@@ -353,7 +357,9 @@ class Fit:
                 monitor.advance(state.step, format_metrics(self.last_metrics, ("loss",)))
                 if state.step % tcfg.log_every == 0 or state.step == total:
                     self.log_window(monitor)
-                if self.main and (state.step == total or (tcfg.eval_every and state.step % tcfg.eval_every == 0)):
+                # FSDP: every process takes part in gathering the full weights the main process validates with
+                if (self.main or uses_fsdp(self.accelerator)) and (
+                        state.step == total or (tcfg.eval_every and state.step % tcfg.eval_every == 0)):
                     self.validate_now(monitor)
                 if tcfg.save_every and state.step % tcfg.save_every == 0 and state.step < total:
                     self.checkpoint()
@@ -407,7 +413,8 @@ class Fit:
         trained = [p for p in module.parameters() if p.requires_grad]
         norm = accelerator.clip_grad_norm_(trained, tcfg.grad_clip) if tcfg.grad_clip > 0 else None
         if norm is None and self.check_grads:
-            norm = grad_norm(trained)
+            norm = sharded_grad_norm(trained) if uses_fsdp(accelerator) else grad_norm(trained)
+        norm = plain_norm(norm)  # FSDP: a sharded (DTensor) norm becomes the full one
         verdict = check_step(step_losses, norm if self.check_grads else None, bool(stop.requested), self.reduce)
         if verdict.problem:
             raise diverged(self.stage.name, verdict.problem, state.step + 1, self.run_path,
@@ -434,9 +441,12 @@ class Fit:
         self.sums, self.count, self.samples_since, self.t_log = {}, 0, 0, time.perf_counter()
 
     def validate_now(self, monitor: Monitor) -> None:
-        """The stage's validation metrics (main process), added to the last metrics."""
-        val = validate(self.accelerator.unwrap_model(self.module), self.stage, self.stage_def,
-                       self.accelerator.device, self.tokenizer)
+        """The stage's validation metrics (main process; under FSDP every process gathers the weights first),
+        added to the last metrics."""
+        val_module = unsharded_copy(self.accelerator, self.module)
+        if not self.main:
+            return
+        val = validate(val_module, self.stage, self.stage_def, self.accelerator.device, self.tokenizer)
         if val:
             self.last_metrics.update(val)
             monitor.log(rounded_metrics(val), self.state.step)
@@ -450,14 +460,17 @@ class Fit:
         accelerator.wait_for_everyone()
         path = None
         model = accelerator.unwrap_model(self.module).model
-        bad = non_finite_weights(model)  # every process: the same weights
+        weights, optim_state, bad = checkpoint_payload(accelerator, self.module, self.optimizer)  # FSDP: gathered
+        if not uses_fsdp(accelerator):
+            bad = non_finite_weights(model)  # every process: the same weights
         if bad:
             raise diverged(self.stage.name, f"{len(bad)} weight tensors hold NaN/inf ({', '.join(bad[:3])}, …)",
                            state.step, self.run_path, "this checkpoint was not written")
         if self.main:
             path = write_checkpoint(
                 lambda: save_checkpoint(self.run_path, model, self.optimizer, state, tokenizer=self.tokenizer,
-                                        keep_last_n=self.tcfg.keep_last_n),
+                                        keep_last_n=self.tcfg.keep_last_n, weights=weights,
+                                        optimizer_state=optim_state),
                 self.run_path, state.step)
         accelerator.wait_for_everyone()
         return path
