@@ -28,6 +28,7 @@ truncated shard is counted and left after the samples read before the damage.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ STREAM_TASKS = ("pairs", "text", "images")
 #: counters every stream keeps (cumulative over the run)
 COUNTERS = ("bad_samples", "bad_shards", "refills")
 #: counters the shard reader (rather than the batch maker) keeps
-RAW_COUNTERS = ("bad_shards", "refills")
+RAW_COUNTERS = ("bad_shards",)
 _WARNED: set[str] = set()
 
 
@@ -87,6 +88,7 @@ class _Cursor:
         self.block_start = (self.pass_no, self.shard, self.offset)
         self._raw = self._raw_samples(self.pass_no, self.shard, self.offset)
         self._pending: tuple | None = None
+        self.consumed_pass = self.block_start[0]
         self._fill(first=True)
 
     # -------------------------------------------------------------- shards of this stream
@@ -110,7 +112,6 @@ class _Cursor:
                 if shard == 0:
                     raise DataError("a shard stream holds no shard")  # guarded by ShardStream's checks
                 pass_no, shard, offset = pass_no + 1, 0, 0
-                self.counts["refills"] += 1
                 continue
             got_any = False
             try:
@@ -152,6 +153,9 @@ class _Cursor:
             self._fill()
         item = self.block[self.within]
         self.within += 1
+        if item[0][0] > self.consumed_pass:  # the first sample of a refill pass
+            self.counts["refills"] += item[0][0] - self.consumed_pass
+            self.consumed_pass = item[0][0]
         return item[1], item[2], item[3]
 
     def position(self) -> dict[str, Any]:
@@ -175,7 +179,6 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.workers = max(1, workers)
         self.streams = world_size * self.workers
-        self.index = {url: i for i, url in enumerate(shards)}
         self.quota = self._quota(sizes or {})
         self.epoch, self.skip_batches, self.resume = 0, 0, {}
         self.tracker = StreamTracker()
@@ -240,10 +243,17 @@ class ShardStream(IterableDataset):
             return None
         if self.transform is not None:
             pixels = self.transform(pixels)
-        item = {"pixel_values": pixels, "image_index": self.index.get(url, 0) * 10_000_000 + _position_of(key)}
+        item = {"pixel_values": pixels, "image_index": self._image_index(url, key, members)}
         if caption is not None:
             item["text"] = caption
         return item
+
+    def _image_index(self, url: str, key: str, members: dict[str, bytes]) -> int:
+        """Equal for samples of one image (same JSON ``image_id`` within a shard folder), distinct otherwise, so that
+        contrastive losses treat another caption of the same image as a positive."""
+        image_id = _json_image_id(members)
+        name = f"{url.rsplit('/', 1)[0]}/{image_id}" if image_id is not None else f"{url}#{key}"
+        return _seed(name) & (2**62 - 1)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -278,10 +288,15 @@ class ShardStream(IterableDataset):
             yield batch
 
 
-def _position_of(key: str) -> int:
-    """A number from a sample key (its trailing digits), for image ids that differ within a shard."""
-    digits = "".join(ch for ch in key[-7:] if ch.isdigit())
-    return int(digits) if digits else abs(hash(key)) % 10_000_000
+def _json_image_id(members: dict[str, bytes]) -> str | None:
+    if "json" not in members:
+        return None
+    try:
+        meta = json.loads(members["json"])
+    except ValueError:
+        return None
+    value = meta.get("image_id") if isinstance(meta, dict) else None
+    return None if value is None else str(value)
 
 
 class StreamTracker:

@@ -31,6 +31,7 @@ from .optim import build_optimizer, lr_factor, set_lr, warmup_steps
 from .padding import COMPILED_LENGTH_BUCKETS, trim_to_longest
 from .run_dir import RunFolder, check_resume_recipe, run_path_for, write_recipe
 from .signals import StopRequest, TrainingInterrupted
+from .stream_hooks import stream_metrics, stream_options, stream_summary
 from .stages import STAGES, StageDef, StepOutput, init_tokenizer, retrieval_objective, stage_config, vl_objective
 from .trackers import resolve_trackers, tracker_init_kwargs, tracker_project
 from .validate import validate
@@ -173,7 +174,9 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
     from accelerate.utils import set_seed
 
     from ..data.loader import build_dataloader
+    from ..data.shards import names_shards
     from ..data.store import open_prepared
+    from ..data.streaming import gather_stream_state, resume_positions, set_loader_epoch, stream_tracker
 
     stage_def = STAGES[stage.name]
     tcfg, dcfg, task = stage.train, stage.data, stage.task
@@ -184,10 +187,11 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
 
     # ---------------- data
     paths = _dataset_paths(task)
-    prepared = open_prepared(paths[0])
+    streamed = names_shards(paths)  # webdataset shards: no prepared directory
+    prepared = None if streamed else open_prepared(paths[0])
     tokenizer_arg = dcfg.tokenizer or init_tokenizer(prepared, init if init is not None else stage.model.init)
 
-    def loader_for(epoch: int, skip: int):
+    def loader_for(epoch: int, skip: int, stream_state: dict | None = None):
         return build_dataloader(
             paths, task.split, stage_def.data_task, tokenizer=tokenizer_arg, image_size=dcfg.image_size,
             batch_size=plan.micro_batch_size, train=True, seed=tcfg.seed, workers=dcfg.num_workers,
@@ -196,7 +200,9 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
             mlm_budget="real" if dcfg.mlm_budget_on_real_tokens else "padded", mim=stage_def.mim,
             patch_size=stage.model.get("patch_size"), mim_ratio=dcfg.mim_mask_ratio, randaug=dcfg.randaugment,
             hflip=None if stage_def.data_task in ("vqa", "nlvr2") else dcfg.horizontal_flip,
-            pin_memory=accelerator.device.type == "cuda",
+            pin_memory=accelerator.device.type == "cuda", stream=stream_options(dcfg),
+            stream_resume=resume_positions(stream_state, accelerator.process_index, accelerator.num_processes,
+                                           dcfg.num_workers),
         )
 
     # ---------------- model
@@ -231,7 +237,8 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
     if resume_from is not None:
         blob, state = load_training_state(resume_from)
         notes += [n for n in (restore_training_state(blob, optimizer),) if n]
-    loader = loader_for(state.epoch, state.micro_batches_in_epoch)
+    loader = loader_for(state.epoch, state.micro_batches_in_epoch, state.stream)
+    stream = stream_tracker(loader)  # None for prepared data
     full_epoch = loader_for(0, 0)
     per_epoch = batches_per_epoch(full_epoch)
     if tcfg.max_steps:
@@ -286,6 +293,7 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
 
     def checkpoint() -> Path | None:
         state.window = {"sums": dict(sums), "count": count}  # the metrics line in progress continues on resume
+        state.stream = gather_stream_state(loader, accelerator)  # every process's shard-stream position
         accelerator.wait_for_everyone()
         path = None
         bad = non_finite_weights(accelerator.unwrap_model(module).model)  # every process: the same weights
@@ -321,12 +329,14 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
                 except StopIteration:
                     state.epoch += 1
                     state.micro_batches_in_epoch = 0
-                    loader.sampler.set_epoch(state.epoch, 0)
+                    set_loader_epoch(loader, state.epoch)
                     data_iter = iter(loader)
                     batch = next(data_iter)
                 state.micro_batches_in_epoch += 1
                 batch = _to_device(batch, accelerator.device)
                 batch.pop("num_skipped", None)
+                if stream is not None:
+                    stream.note(batch)
                 if accelerator.num_processes > 1:  # an unreadable image shrank some process's batch
                     rows = torch.tensor([batch_rows(batch)], device=accelerator.device)
                     batch = truncate_batch(batch, int(accelerator.gather(rows).min()))
@@ -362,6 +372,8 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
                 elapsed = time.perf_counter() - t_log
                 avg.update(lr=lr, epoch=state.epochs_done(per_epoch),
                            samples_per_s=samples_since * accelerator.num_processes / max(elapsed, 1e-9))
+                if stream is not None:  # skipped samples, unreadable shards, refilled streams: all processes
+                    avg.update(stream_metrics(stream, accelerator))
                 last_metrics = avg
                 monitor.log(_fmt(avg), state.step)
                 monitor.print(f"step {state.step}/{total}  " + format_metrics(avg))
@@ -385,6 +397,11 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
         else:
             state.last_metrics = _fmt(last_metrics)
             final_path = checkpoint()
+    if stream is not None:
+        counts = stream_metrics(stream, accelerator)
+        notes.append(stream_summary(counts))
+        if main:
+            console.print(f"  {stream_summary(counts)}", highlight=False)
     if main and log_with:
         accelerator.end_training()
     if main and tcfg.report:
