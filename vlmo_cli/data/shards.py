@@ -4,7 +4,9 @@ A dataset entry names shards (rather than a prepared directory) when it is a URL
 ``file://``, ``s3://``, ``gs://``, ``pipe:``) or ends in ``.tar`` (brace patterns ``{00000..00331}`` and globs
 allowed). Brace patterns expand with the ``webdataset`` package; ``http(s)`` shards are read with the standard library
 (bounded by a timeout), ``file://`` and local paths directly, anything else through ``webdataset.gopen`` (``s3://`` and
-``gs://`` need ``fsspec`` and its file-system package). Members are read with ``webdataset``'s tar iterator.
+``gs://`` need ``fsspec`` and its file-system package). Members are grouped into samples by ``webdataset``'s key rule;
+a member shorter than its header says, or a shard without the end-of-archive marker (both: truncated), is an error,
+which Python's streaming tar reader does not raise by itself.
 
 Sample counts come, per shard, from the first of: ``sizes.json`` next to the shards (``{"00000.tar": 10000, ...}``),
 ``_info.json`` (a ``shardlist`` of ``{"url", "nsamples"}`` entries), or the shard's img2dataset ``<stem>_stats.json``
@@ -16,6 +18,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import tarfile
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -150,26 +153,48 @@ def open_shard(url: str):
 
 
 def read_shard(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` per sample of one shard, in stored order. Errors (unreachable, truncated, not a
-    tar file) propagate after the samples read before them; members of one sample must be adjacent."""
-    from webdataset.tariterators import base_plus_ext, tar_file_iterator
+    """``(key, {extension: bytes})`` per sample of one shard, in stored order (members of a sample are adjacent;
+    the key and extensions are split as ``webdataset`` splits them). Errors (unreachable, not a tar file, a member
+    cut short) propagate after the samples read before them; the sample being read then is dropped."""
+    from webdataset.tariterators import base_plus_ext
 
-    def reraise(exc: Exception) -> bool:
-        raise exc
-
-    with open_shard(url) as stream:
+    with open_shard(url) as raw:
+        stream = _Counting(raw)
+        tar = tarfile.open(fileobj=stream, mode="r|*")
         key, members = None, {}
-        for member in tar_file_iterator(stream, handler=reraise):
-            prefix, suffix = base_plus_ext(member["fname"])
+        for info in tar:
+            if not info.isreg() or info.name.startswith("__"):
+                continue
+            handle = tar.extractfile(info)
+            data = handle.read() if handle is not None else b""
+            if len(data) != info.size:  # the stream ended inside this member: the shard is truncated
+                raise EOFError(f"{info.name}: cut short ({len(data)} of {info.size} bytes)")
+            prefix, suffix = base_plus_ext(info.name)
             if prefix is None:
                 continue
             if key is not None and prefix != key:
                 yield key, members
                 members = {}
             key = prefix
-            members[suffix.lower()] = member["data"]
+            members[suffix.lower()] = data
+        while stream.read(1 << 16):  # what follows the last member: the end-of-archive marker and padding
+            pass
+        if stream.count < tar.offset + 2 * tarfile.BLOCKSIZE:  # ended where a member header should have been
+            raise EOFError(f"ends after {stream.count} bytes without the end-of-archive marker (truncated)")
         if key is not None and members:
             yield key, members
+
+
+class _Counting:
+    """A read-only stream that counts the bytes read through it."""
+
+    def __init__(self, raw) -> None:
+        self.raw, self.count = raw, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.count += len(data)
+        return data
 
 
 def caption_of(members: dict[str, bytes], caption_key: str = "") -> str | None:
