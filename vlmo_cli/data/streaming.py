@@ -339,8 +339,10 @@ def build_stream_loader(entries, task: str, collate: Callable, transform: Callab
     dataset = ShardStream(shards, task, transform, collate, batch_size=batch_size, options=options, sizes=sizes,
                           seed=seed, rank=rank, world_size=world_size, workers=workers, shuffle=shuffle)
     dataset.set_epoch(epoch, skip_batches, resume)
+    # a generator of its own: starting an iteration must not draw from the global torch RNG (training's stream)
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      worker_init_fn=worker_init_fn, persistent_workers=False)
+                      worker_init_fn=worker_init_fn, persistent_workers=False,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
