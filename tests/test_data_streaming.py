@@ -100,7 +100,12 @@ def read_keys(dl, stop: int | None = None) -> tuple[list[list[str]], dict]:
         out.append(keys)
         if stop is not None and len(out) == stop:
             break
-    return out, json.loads(json.dumps(tracker.state()["positions"]))  # as stored in trainer_state.json
+    return out, json.loads(json.dumps(tracker.state()))  # as stored in trainer_state.json
+
+
+def counted(state: dict) -> dict[str, int]:
+    """Run-wide counters from a saved stream state (as :meth:`StreamTracker.counters` sums them)."""
+    return {k: state["carried"][k] + sum(p[k] for p in state["positions"].values()) for k in state["carried"]}
 
 
 # ------------------------------------------------------------------------------------------------ shard lists
@@ -123,6 +128,9 @@ def test_shard_entries_expand_and_count(shards, tmp_path):
     (other / "00000_stats.json").write_text(json.dumps({"successes": 3, "count": 4}))
     (other / "_info.json").write_text(json.dumps({"shardlist": [{"url": "00001.tar", "nsamples": 3}]}))
     assert shard_sizes(expand_shards(f"{other}/*.tar")) == {f"{other}/00000.tar": 3, f"{other}/00001.tar": 3}
+    (other / "00000_stats.json").unlink()
+    with pytest.raises(DataError, match="1 of 2 shard.* have no sample count"):
+        build_dataloader(f"{other}/*.tar", "train", "images", batch_size=2)
 
 
 # ------------------------------------------------------------------------------------------------ one epoch
@@ -187,14 +195,16 @@ def test_resampled_stream_draws_shards_with_replacement(shards, tok):
 def test_resumed_stream_sees_exactly_the_uninterrupted_samples(tmp_path, tok, workers):
     root = write_test_shards(tmp_path / "wds", damage={(1, 3): "bad_jpeg", (2, 5): "no_caption"})
     spec = pattern(root)
-    full, _ = read_keys(loader(spec, tok, workers=workers, batch=6))
+    full, end = read_keys(loader(spec, tok, workers=workers, batch=6))
+    assert counted(end)["bad_samples"] == 2
     for stop in (1, 7, 11):
-        head, positions = read_keys(loader(spec, tok, workers=workers, batch=6), stop=stop)
-        tail, _ = read_keys(loader(spec, tok, workers=workers, batch=6, skip=stop, resume=positions))
+        head, saved = read_keys(loader(spec, tok, workers=workers, batch=6), stop=stop)
+        tail, resumed_end = read_keys(loader(spec, tok, workers=workers, batch=6, skip=stop, resume=saved))
         assert head + tail == full, stop
+        assert counted(resumed_end) == counted(end)  # the skip counters continue too
     # a resumed epoch without saved positions for its layout is refused rather than guessed
     with pytest.raises(DataError, match="no stream position"):
-        next(iter(loader(spec, tok, workers=0, batch=6, skip=3, resume={})))
+        loader(spec, tok, workers=0, batch=6, skip=3, resume={"epoch": 0, "positions": {}})
 
 
 # ------------------------------------------------------------------------------------------------ damage

@@ -74,3 +74,17 @@ def test_two_torchrun_processes_train_from_disjoint_shards(demo_root, tmp_path):
     records = [json.loads(line) for line in (runs / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "itc_loss" in r] == [1, 2, 3]
     assert all(r["stream_bad_samples"] == 0 for r in records if "itc_loss" in r)
+
+
+@pytest.mark.slow  # three 2-step tiny runs: ~30 s
+@pytest.mark.parametrize("stage", ["pretrain.vision", "pretrain.text", "finetune.retrieval_coco"])
+def test_other_stages_train_from_shards(demo_root, tmp_path, stage):
+    shards = write_test_shards(tmp_path / "wds", 2, 12)
+    overrides = ["model.vocab_size=160", f"train.output_dir={tmp_path / 'runs'}", "train.trackers=[]",
+                 f"{stage}.dataset={shards}/{{00000..00001}}.tar", f"{stage}.init=",
+                 f"data.tokenizer={demo_root / 'demo_data' / 'tokenizer'}", "data.batch_size=8",
+                 f"{stage}.max_steps=2", "train.log_every=1"]
+    result = train(load_recipe("tiny", overrides).resolve(stage))
+    assert result.state.step == 2 and result.state.stream["ranks"][0]["positions"]
+    rows = [m for m in read_metrics(result.run_dir) if "loss" in m]
+    assert [m["step"] for m in rows] == [1, 2] and all(m["stream_bad_samples"] == 0 for m in rows)

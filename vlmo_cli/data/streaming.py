@@ -216,9 +216,17 @@ class ShardStream(IterableDataset):
         return self.quota * self.workers
 
     def set_epoch(self, epoch: int, skip_batches: int = 0, resume: dict | None = None) -> None:
-        """Start ``epoch`` after its first ``skip_batches`` batches of this process (positions from ``resume``)."""
-        self.epoch, self.skip_batches, self.resume = epoch, skip_batches, resume or {}
-        self.tracker.start_epoch(epoch, self.resume)
+        """Start ``epoch`` after its first ``skip_batches`` batches of this process; ``resume`` is what
+        :meth:`StreamTracker.state` saved (its positions, if of this epoch, and the counters of earlier epochs)."""
+        resume = resume or {}
+        positions = resume.get("positions", {}) if resume.get("epoch") == epoch else {}
+        self.epoch, self.skip_batches, self.resume = epoch, skip_batches, positions
+        for logical in range(min(skip_batches, self.workers)):  # the streams that already made a batch
+            saved = self.resume.get(str(logical)) or self.resume.get(logical)
+            if saved is None or saved.get("epoch") != epoch:
+                raise DataError("the checkpoint holds no stream position for this epoch; resume with the same "
+                                "number of processes and data.num_workers as the interrupted run")
+        self.tracker.start_epoch(epoch, positions, resume.get("carried"))
 
     def stream_shards(self, epoch: int, logical: int) -> list[str]:
         order = list(self.shards)
@@ -261,10 +269,7 @@ class ShardStream(IterableDataset):
         k = self.skip_batches
         logical = (physical + k) % self.workers  # the stream whose batch comes next, first
         done = k // self.workers + (1 if logical < k % self.workers else 0)
-        saved = self.resume.get(str(logical)) or self.resume.get(logical)
-        if done and (saved is None or saved.get("epoch") != self.epoch):
-            raise DataError("the checkpoint holds no stream position for this epoch; resume with the same "
-                            "processes and data.num_workers as the interrupted run")
+        saved = self.resume.get(str(logical)) or self.resume.get(logical)  # checked by set_epoch
         cursor = _Cursor(self, logical, self.epoch, saved if done else None)
         for number in range(done, self.quota):
             keys, items, bad = [], [], 0
@@ -307,13 +312,15 @@ class StreamTracker:
         self.positions: dict[str, dict] = {}
         self.carried = dict.fromkeys(COUNTERS, 0)
 
-    def start_epoch(self, epoch: int, resume: dict | None = None) -> None:
-        if epoch != self.epoch and not resume:
+    def start_epoch(self, epoch: int, positions: dict | None = None, carried: dict | None = None) -> None:
+        """A new epoch (the counters so far are carried over), or a resumed one (positions and carried counters
+        from the checkpoint)."""
+        if carried is not None:
+            self.carried = {k: int(carried.get(k, 0)) for k in COUNTERS}
+        elif epoch != self.epoch:
             self.carried = self.counters()
         self.epoch = epoch
-        self.positions = {str(k): dict(v) for k, v in (resume or {}).items()}
-        if resume:
-            self.carried = dict.fromkeys(COUNTERS, 0)
+        self.positions = {str(k): dict(v) for k, v in (positions or {}).items()}
 
     def note(self, batch: dict) -> None:
         """Take (pop) the stream keys of a batch before it reaches the model."""
@@ -326,7 +333,8 @@ class StreamTracker:
         return {k: self.carried[k] + sum(int(p.get(k, 0)) for p in self.positions.values()) for k in COUNTERS}
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "positions": self.positions}
+        """What a checkpoint stores for this process (JSON-ready)."""
+        return {"epoch": self.epoch, "positions": self.positions, "carried": dict(self.carried)}
 
 
 def build_stream_loader(entries, task: str, collate: Callable, transform: Callable | None, *, batch_size: int,
@@ -373,8 +381,8 @@ def gather_stream_state(loader: DataLoader, accelerator) -> dict:
 
 
 def resume_positions(stream_state: dict | None, rank: int, world_size: int, workers: int) -> dict:
-    """This process's saved positions (empty when the checkpoint holds none for this layout)."""
+    """This process's saved stream state (empty when the checkpoint holds none for this layout)."""
     if not stream_state or stream_state.get("world_size") != world_size:
         return {}
     mine = stream_state["ranks"][rank]
-    return mine["positions"] if mine.get("workers") == max(1, workers) else {}
+    return mine if mine.get("workers") == max(1, workers) else {}
