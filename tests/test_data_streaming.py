@@ -291,6 +291,10 @@ def test_pattern_matching_nothing_is_a_one_line_error(capsys, demo_root, tmp_pat
     assert "matches no webdataset shard" in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "runs" / "tiny-pretrain-vl").exists()
+    shards = write_test_shards(tmp_path / "wds", 1, 2)
+    code, out, err = run(capsys, "finetune", "vqa", "tiny", f"finetune.vqa.dataset={shards}/00000.tar",
+                         "finetune.vqa.init=", f"train.output_dir={tmp_path / 'runs'}", "train.trackers=[]")
+    assert code == 2 and "task 'vqa' cannot read webdataset shards" in err and "Traceback" not in err
 
 
 def test_prepare_writes_shards_that_stream(capsys, tmp_path, tok):

@@ -173,7 +173,8 @@ class ShardStream(IterableDataset):
                  batch_size: int, options: StreamOptions, sizes: dict[str, int] | None = None, seed: int = 0,
                  rank: int = 0, world_size: int = 1, workers: int = 0, shuffle: bool = True) -> None:
         if task not in STREAM_TASKS:
-            raise DataError(f"task {task!r} cannot read webdataset shards; allowed: {list(STREAM_TASKS)}")
+            raise DataError(f"task {task!r} cannot read webdataset shards; allowed: {list(STREAM_TASKS)} "
+                            "(images, text, image-text pairs); prepare this dataset as a directory")
         self.shards, self.task, self.transform, self.collate = shards, task, transform, collate
         self.batch_size, self.options, self.seed, self.shuffle = batch_size, options, seed, shuffle
         self.rank, self.world_size = rank, world_size
@@ -351,6 +352,15 @@ def build_stream_loader(entries, task: str, collate: Callable, transform: Callab
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       worker_init_fn=worker_init_fn, persistent_workers=False,
                       generator=torch.Generator().manual_seed(seed))
+
+
+def check_stream_source(entries, task: str) -> list[str]:
+    """The shards of a dataset value, refusing (one line each) a task shards cannot feed and a pattern matching
+    nothing; called before a run builds anything."""
+    if task not in STREAM_TASKS:
+        raise DataError(f"task {task!r} cannot read webdataset shards; allowed: {list(STREAM_TASKS)} "
+                        "(images, text, image-text pairs); prepare this dataset as a directory")
+    return expand_shards(entries)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:

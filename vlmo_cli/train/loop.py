@@ -174,9 +174,10 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
     from accelerate.utils import set_seed
 
     from ..data.loader import build_dataloader
-    from ..data.shards import expand_shards, names_shards
+    from ..data.shards import names_shards
     from ..data.store import open_prepared
-    from ..data.streaming import gather_stream_state, resume_positions, set_loader_epoch, stream_tracker
+    from ..data.streaming import (check_stream_source, gather_stream_state, resume_positions, set_loader_epoch,
+                                  stream_tracker)
 
     stage_def = STAGES[stage.name]
     tcfg, dcfg, task = stage.train, stage.data, stage.task
@@ -189,7 +190,7 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
     paths = _dataset_paths(task)
     streamed = names_shards(paths)  # webdataset shards: no prepared directory
     if streamed:
-        expand_shards(paths)  # a pattern that matches nothing stops here, before anything is built
+        check_stream_source(paths, stage_def.data_task)  # a task shards cannot feed or a pattern matching nothing
     prepared = None if streamed else open_prepared(paths[0])
     tokenizer_arg = dcfg.tokenizer or init_tokenizer(prepared, init if init is not None else stage.model.init)
 
