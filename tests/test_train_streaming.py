@@ -62,8 +62,8 @@ def test_two_torchrun_processes_train_from_disjoint_shards(demo_root, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "vlmo_cli", "pretrain-vl", "tiny", "pretrain.vl.max_steps=3", "pretrain.vl.init=",
            f"pretrain.vl.dataset={shards}/{{00000..00003}}.tar", f"data.tokenizer={demo_root}/demo_data/tokenizer",
-           "train.log_every=1", "train.save_every=2", "data.batch_size=8", f"train.output_dir={runs}",
-           "train.trackers=[]", "--run-name", "ddp"]
+           "train.log_every=1", "train.save_every=2", "train.keep_last_n=0", "data.batch_size=8",
+           f"train.output_dir={runs}", "train.trackers=[]", "--run-name", "ddp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=demo_root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
