@@ -83,7 +83,7 @@ def test_other_stages_train_from_shards(demo_root, tmp_path, stage):
     overrides = ["model.vocab_size=160", f"train.output_dir={tmp_path / 'runs'}", "train.trackers=[]",
                  f"{stage}.dataset={shards}/{{00000..00001}}.tar", f"{stage}.init=",
                  f"data.tokenizer={demo_root / 'demo_data' / 'tokenizer'}", "data.batch_size=8",
-                 f"{stage}.max_steps=2", "train.log_every=1"]
+                 f"{stage}.max_steps=2", f"{stage}.warmup=1", "train.log_every=1"]
     result = train(load_recipe("tiny", overrides).resolve(stage))
     assert result.state.step == 2 and result.state.stream["ranks"][0]["positions"]
     rows = [m for m in read_metrics(result.run_dir) if "loss" in m]
