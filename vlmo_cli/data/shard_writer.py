@@ -72,7 +72,9 @@ class _SplitShards:
             self.close_shard()
             self.name = f"{len(self.sizes):05d}.tar"
             self.sizes[self.name] = 0
-            self.writer = self.TarWriter(str(self.folder / self.name))
+            # a fixed integer mtime: reproducible shards, and plain ustar headers (a float mtime adds a PAX header to
+            # every member, which doubles the header parsing of every reader)
+            self.writer = self.TarWriter(str(self.folder / self.name), mtime=0)
         self.writer.write({"__key__": f"{self.count:09d}", **sample})
         self.sizes[self.name] += 1
         self.count += 1
