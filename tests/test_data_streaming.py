@@ -329,3 +329,12 @@ def test_prepare_writes_shards_that_stream(capsys, tmp_path, tok):
     (mine / "notes.txt").write_text("keep")
     code, _, err = run(capsys, *args[:5], "--out", str(mine), *args[7:], "--overwrite")
     assert code == 2 and "refusing" in err and (mine / "notes.txt").read_text() == "keep"
+
+
+def test_a_stream_whose_shards_all_fail_stops_with_a_message(tmp_path, tok):
+    root = write_test_shards(tmp_path / "bad", 2, 4)
+    for shard in root.glob("*.tar"):
+        shard.write_bytes(b"not a tar file at all" * 10)
+    dl = loader(pattern(root, 2), tok, batch=2)
+    with pytest.raises(DataError, match="none of the 2 shard"):
+        next(iter(dl))

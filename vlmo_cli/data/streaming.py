@@ -106,17 +106,19 @@ class _Cursor:
 
     def _raw_samples(self, pass_no: int, shard: int, offset: int) -> Iterator[tuple[tuple[int, int, int], str, str, dict]]:
         """((pass, shard, offset), shard url, key, members) from a position on, refilling passes as needed."""
+        pass_read = offset > 0  # whether this pass has read a sample (a resumed one did)
         while True:
             url = self.shard_at(pass_no, shard)
             if url is None:
-                if shard == 0:
-                    raise DataError("a shard stream holds no shard")  # guarded by ShardStream's checks
-                pass_no, shard, offset = pass_no + 1, 0, 0
+                if not pass_read:  # every shard of the pass failed: refilling would loop forever
+                    raise DataError(f"none of the {shard} shard(s) of a data stream could be read (process "
+                                    f"{self.s.rank}, stream {self.logical}); check the shard list and its access")
+                pass_no, shard, offset, pass_read = pass_no + 1, 0, 0, False
                 continue
             got_any = False
             try:
                 for position, (key, members) in enumerate(read_shard(url)):
-                    got_any = True
+                    got_any = pass_read = True
                     if position < offset:
                         continue
                     yield (pass_no, shard, position), url, key, members
