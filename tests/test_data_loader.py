@@ -122,8 +122,9 @@ def test_corrupt_image_at_read_time_is_skipped(tmp_path, demo):
 
 def test_streaming_webdataset_and_retrieval_eval(tmp_path, demo):
     shards = make_shards(tmp_path / "wds", n_shards=2, per_shard=3, broken=False)
+    (shards / "sizes.json").write_text(json.dumps({"00000.tar": 3, "00001.tar": 3}))
     loader = build_dataloader(shards, "train", "pairs", tokenizer=demo / "tokenizer", image_size=16, batch_size=2,
-                              streaming=True, train=False, workers=2)
+                              streaming=True, train=False, workers=0)
     batches = list(loader)
     assert sum(b["pixel_values"].shape[0] for b in batches) == 6
     assert len({int(i) for b in batches for i in b["image_ids"]}) == 6

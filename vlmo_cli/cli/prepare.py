@@ -34,16 +34,37 @@ OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a previous resul
 BadOpt = typer.Option(0.5, "--max-bad-fraction", help="Fail when more than this fraction of samples is bad.")
 TokOpt = typer.Option(None, "--tokenizer", help="vocab.txt / tokenizer.json / folder to store with the data.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+OutFormatOpt = typer.Option("prepared", "--out-format", help="prepared (an Arrow directory) or webdataset (tar shards "
+                                                             "with sizes.json per split, for streamed training)")
+PerShardOpt = typer.Option(5000, "--samples-per-shard", help="With --out-format webdataset: samples per shard.")
 
 
 def _run(source: Any, out: Path, workers: int, seed: int, max_size: Optional[int], overwrite: bool,
-         max_bad_fraction: float, tokenizer: Optional[Path], progress: bool, inputs: tuple = ()) -> None:
-    """Prepare ``source`` into ``out``; ``inputs`` (the source's files) may not be replaced by the output."""
+         max_bad_fraction: float, tokenizer: Optional[Path], progress: bool, inputs: tuple = (),
+         out_format: str = "prepared", samples_per_shard: int = 5000) -> None:
+    """Prepare ``source`` into ``out`` (a prepared directory or webdataset shards); ``inputs`` (the source's files)
+    may not be replaced by the output."""
     from ..data.prepare import PrepareOptions, prepare
 
+    if out_format not in ("prepared", "webdataset"):
+        raise DataError(f"--out-format {out_format!r} is not allowed; allowed: prepared, webdataset")
+    if out_format == "webdataset" and tokenizer is not None:
+        raise DataError("--tokenizer is stored with prepared directories only; with --out-format webdataset set "
+                        "data.tokenizer in the recipe")
     options = PrepareOptions(workers=workers, seed=seed, max_size=max_size, overwrite=overwrite,
                              max_bad_fraction=max_bad_fraction, progress=progress, tokenizer=tokenizer,
                              inputs=tuple(p for p in inputs if p is not None))
+    if out_format == "webdataset":
+        from ..data.shard_writer import write_shards
+
+        summary = write_shards(source, out, options, samples_per_shard)
+        splits = ", ".join(f"{k} {v['samples']} samples in {v['shards']} shard(s) ({out / v['folder']}/)"
+                           for k, v in summary["splits"].items())
+        console.print(f"[bold green]wrote shards[/] {out} ({summary['kind']}): {splits}; "
+                      f"{summary['counts']['skipped']} skipped in {summary['seconds']:.1f} s", highlight=False)
+        for reason, n in summary["skipped_by_reason"].items():
+            console.print(f"  skipped {n} x {reason} (details: shards.json 'skipped')", highlight=False)
+        return
     manifest = prepare(source, out, options)
     _print_manifest(out, manifest)
 
@@ -64,13 +85,14 @@ def coco_karpathy(
     images: Path = typer.Option(..., "--images", help="COCO root holding train2014/ and val2014/"),
     out: Path = OutOpt, workers: int = WorkersOpt, seed: int = SeedOpt, max_size: Optional[int] = MaxSizeOpt,
     overwrite: bool = OverwriteOpt, max_bad_fraction: float = BadOpt, tokenizer: Optional[Path] = TokOpt,
-    progress: bool = ProgressOpt,
+    progress: bool = ProgressOpt, out_format: str = OutFormatOpt, samples_per_shard: int = PerShardOpt,
 ) -> None:
     """COCO Karpathy splits (train/restval/val/test), one row per image with all its captions."""
     from ..data.sources import KarpathySource
 
     _run(KarpathySource(annotations, images, dataset="coco"), out, workers, seed, max_size, overwrite,
-         max_bad_fraction, tokenizer, progress, inputs=(annotations, images))
+         max_bad_fraction, tokenizer, progress, inputs=(annotations, images), out_format=out_format,
+         samples_per_shard=samples_per_shard)
 
 
 @prepare_app.command("flickr30k-karpathy")
@@ -79,13 +101,14 @@ def flickr30k_karpathy(
     images: Path = typer.Option(..., "--images", help="flickr30k-images/ folder"),
     out: Path = OutOpt, workers: int = WorkersOpt, seed: int = SeedOpt, max_size: Optional[int] = MaxSizeOpt,
     overwrite: bool = OverwriteOpt, max_bad_fraction: float = BadOpt, tokenizer: Optional[Path] = TokOpt,
-    progress: bool = ProgressOpt,
+    progress: bool = ProgressOpt, out_format: str = OutFormatOpt, samples_per_shard: int = PerShardOpt,
 ) -> None:
     """Flickr30k Karpathy splits (train/val/test), one row per image with its captions."""
     from ..data.sources import KarpathySource
 
     _run(KarpathySource(annotations, images, dataset="flickr30k"), out, workers, seed, max_size, overwrite,
-         max_bad_fraction, tokenizer, progress, inputs=(annotations, images))
+         max_bad_fraction, tokenizer, progress, inputs=(annotations, images), out_format=out_format,
+         samples_per_shard=samples_per_shard)
 
 
 @prepare_app.command("vqav2")
@@ -139,7 +162,7 @@ def pairs(
     val_fraction: float = typer.Option(0.0, "--val-fraction", help="Seeded fraction of rows held out as 'val', whole images at a time"),
     out: Path = OutOpt, workers: int = WorkersOpt, seed: int = SeedOpt, max_size: Optional[int] = MaxSizeOpt,
     overwrite: bool = OverwriteOpt, max_bad_fraction: float = BadOpt, tokenizer: Optional[Path] = TokOpt,
-    progress: bool = ProgressOpt,
+    progress: bool = ProgressOpt, out_format: str = OutFormatOpt, samples_per_shard: int = PerShardOpt,
 ) -> None:
     """Image-text pairs for pre-training or your own task (grouped per image; labelled with --label-col)."""
     from ..data.sources import FilePairsSource, HfPairsSource, VisualGenomeSource, WebDatasetSource
@@ -158,7 +181,8 @@ def pairs(
     else:
         raise DataError(f"--format {fmt!r} is not allowed; allowed: tsv, csv, json, jsonl, vg, hf, webdataset")
     _run(source, out, workers, seed, max_size, overwrite, max_bad_fraction, tokenizer, progress,
-         inputs=(path, images) if fmt != "webdataset" else (images,))
+         inputs=(path, images) if fmt != "webdataset" else (images,), out_format=out_format,
+         samples_per_shard=samples_per_shard)
 
 
 @prepare_app.command("images")
@@ -166,12 +190,13 @@ def images_cmd(
     root: Path = typer.Argument(..., help="Folder tree of images (train/ val/ test/ sub-folders become splits)"),
     out: Path = OutOpt, workers: int = WorkersOpt, seed: int = SeedOpt, max_size: Optional[int] = MaxSizeOpt,
     overwrite: bool = OverwriteOpt, max_bad_fraction: float = BadOpt, progress: bool = ProgressOpt,
+    out_format: str = OutFormatOpt, samples_per_shard: int = PerShardOpt,
 ) -> None:
     """Images only, for vision pre-training."""
     from ..data.sources import ImageFolderSource
 
     _run(ImageFolderSource(root), out, workers, seed, max_size, overwrite, max_bad_fraction, None, progress,
-         inputs=(root,))
+         inputs=(root,), out_format=out_format, samples_per_shard=samples_per_shard)
 
 
 @prepare_app.command("text")
@@ -180,13 +205,15 @@ def text_cmd(
     mode: str = typer.Option("lines", "--mode", help="lines (one segment per line) or paragraphs (blank-line separated)"),
     val_fraction: float = typer.Option(0.0, "--val-fraction", help="Seeded fraction of segments held out as 'val'"),
     out: Path = OutOpt, seed: int = SeedOpt, overwrite: bool = OverwriteOpt, max_bad_fraction: float = BadOpt,
-    tokenizer: Optional[Path] = TokOpt, progress: bool = ProgressOpt,
+    tokenizer: Optional[Path] = TokOpt, progress: bool = ProgressOpt, out_format: str = OutFormatOpt,
+    samples_per_shard: int = PerShardOpt,
 ) -> None:
     """A plain-text corpus, for language pre-training."""
     from ..data.sources import TextCorpusSource
 
     source = TextCorpusSource(list(paths), mode=mode, val_fraction=val_fraction, seed=seed)
-    _run(source, out, 0, seed, None, overwrite, max_bad_fraction, tokenizer, progress, inputs=tuple(paths))
+    _run(source, out, 0, seed, None, overwrite, max_bad_fraction, tokenizer, progress, inputs=tuple(paths),
+         out_format=out_format, samples_per_shard=samples_per_shard)
 
 
 @prepare_app.command("demo")

@@ -259,6 +259,18 @@ class RecipeData:
     mim_mask_ratio: float = setting(0.4, help="fraction of image patches masked for masked-image modelling", gt=0, lt=1)
     randaugment: bool = setting(True, help="RandAugment(2, 7) in the training transform (official)")
     horizontal_flip: bool = setting(True, help="random horizontal flip in the training transform (official)")
+    stream_samples_per_epoch: int = setting(
+        0, help="webdataset shards: samples in one epoch; 0 = from the shards' sizes.json/_info.json/*_stats.json", ge=0
+    )
+    stream_shuffle_buffer: int = setting(
+        1000, help="webdataset shards: samples shuffled together (seeded); 0 = stored order", ge=0
+    )
+    stream_resampled: bool = setting(
+        False, help="webdataset shards: draw shards with replacement, endlessly (needs stream_samples_per_epoch)"
+    )
+    stream_caption_key: str = setting(
+        "", help='webdataset shards: JSON field holding the caption; "" = the .txt member, else JSON caption/text'
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -316,7 +328,9 @@ class TrainTask:
     """Settings every training stage has: where its data lives."""
 
     dataset: tuple[str, ...] = setting(
-        help="prepared dataset directory, or a list of them (concatenated)", check=_check_nonempty_paths
+        help="prepared dataset directory, or a list of them (concatenated); or webdataset shards: .tar paths, brace"
+        " patterns (/data/{00000..00331}.tar), globs or URLs (https://, file://, s3://, gs://), one or a list",
+        check=_check_nonempty_paths
     )
     split: str = setting("train", help='split(s) to train on; several joined by "+" (e.g. "train+restval")')
     val_dataset: str = setting("", help='prepared dataset directory for validation; "" = the first training dataset')

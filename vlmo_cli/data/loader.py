@@ -30,12 +30,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from ..errors import DataError
 from .collate import TASKS, CollateConfig, Collator
 from .images import decode_rgb
+from .shards import names_shards
 from .store import PreparedDataset, open_prepared
+from .streaming import StreamOptions, build_stream_loader
 from .tokenizer import TextTokenizer, load_tokenizer
 from .transforms import build_transform
 
@@ -242,68 +244,6 @@ class ResumableSampler(Sampler[int]):
         return len(self.indices())
 
 
-class StreamingPairs(IterableDataset, _Images):
-    """Image-caption pairs read straight from webdataset tar shards (no prepare step), for corpora too large to copy.
-
-    Shards are shuffled per epoch (seeded) and split over ``rank``/``world_size`` and DataLoader workers; a shuffle
-    buffer mixes samples within the stream. ``image_index`` is unique per sample (shard number * 10^7 + position).
-    """
-
-    def __init__(self, shards, transform: Callable | None, *, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 1000, shuffle: bool = True) -> None:
-        from .sources.webdataset import list_shards
-
-        self.shards = list_shards(shards)
-        self.transform = transform
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.shuffle_buffer = shuffle_buffer if shuffle else 0
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _my_shards(self) -> list[tuple[int, Path]]:
-        order = list(enumerate(self.shards))
-        if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(order)
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        total, me = self.world_size * workers, self.rank * workers + worker
-        return order[me::total]
-
-    def _samples(self) -> Iterator[dict[str, Any]]:
-        from .sources.webdataset import iter_shard_samples, sample_to_pair
-
-        for number, shard in self._my_shards():
-            for position, (key, members) in enumerate(iter_shard_samples(shard)):
-                image, captions, reason = sample_to_pair(members)
-                if reason is not None:
-                    self.skipped += 1
-                    continue
-                pixels = self._pixels({"bytes": image}, f"{shard.name}:{key}")
-                if pixels is None:
-                    continue
-                yield {"pixel_values": pixels, "text": captions[0], "image_index": number * 10_000_000 + position}
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        if not self.shuffle_buffer:
-            yield from self._samples()
-            return
-        info = get_worker_info()
-        rng = random.Random(hash((self.seed, self.epoch, self.rank, info.id if info else 0)))
-        buffer: list[dict[str, Any]] = []
-        for sample in self._samples():
-            if len(buffer) < self.shuffle_buffer:
-                buffer.append(sample)
-                continue
-            slot = rng.randrange(len(buffer))
-            buffer[slot], sample = sample, buffer[slot]
-            yield sample
-        rng.shuffle(buffer)
-        yield from buffer
-
-
 def resolve_tokenizer(tokenizer: TextTokenizer | str | Path | None, prepared: PreparedDataset | None
                       ) -> TextTokenizer | None:
     """A tokenizer object from an object, a path, or the one stored in the prepared directory."""
@@ -379,12 +319,14 @@ def build_dataloader(path: str | Path | list, split: str, task: str, *, tokenize
                      mlm_probability: float = 0.15, mlm_budget: str = "padded", mim: bool = False,
                      patch_size: int = 16, mim_ratio: float = 0.4, randaug: bool = True, hflip: bool | None = None,
                      drop_last: bool | None = None, shuffle: bool | None = None, streaming: bool = False,
-                     pin_memory: bool = False) -> DataLoader:
+                     pin_memory: bool = False, stream: StreamOptions | None = None,
+                     stream_resume: dict | None = None) -> DataLoader:
     """A DataLoader yielding collated batches (keys: :mod:`vlmo_cli.data.collate`).
 
     Args:
         path: prepared directory, or a list of them (concatenated; the first one's tokenizer and answers are used),
-            or, with ``streaming=True``, webdataset shards: a folder, glob or file.
+            or webdataset shards (entries ending in ``.tar`` or URLs: :mod:`vlmo_cli.data.streaming`;
+            ``streaming=True`` also reads a folder of ``*.tar``).
         split: split name; ``"a+b"`` concatenates splits.
         task: one of ``pairs``, ``text``, ``images``, ``vqa``, ``nlvr2``, ``classify``.
         tokenizer: object or path; default: the prepared directory's ``tokenizer/``.
@@ -397,6 +339,7 @@ def build_dataloader(path: str | Path | list, split: str, task: str, *, tokenize
         rank / world_size: shard the data over processes.
         max_text_len / padding / mlm* / mim* / patch_size: collation (:class:`~vlmo_cli.data.collate.CollateConfig`).
         randaug / hflip: train augmentation; ``hflip=None`` follows the manifest's ``flip_ok`` (off for vqa/nlvr2).
+        stream / stream_resume: shard-stream options and this process's saved stream positions (shards only).
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; allowed: {list(TASKS)}")
@@ -410,6 +353,9 @@ def build_dataloader(path: str | Path | list, split: str, task: str, *, tokenize
     if not paths:
         raise DataError("no dataset directory given")
     path = paths[0]
+    if streaming and len(paths) == 1 and Path(path).is_dir():
+        paths = [str(p) for p in sorted(Path(path).glob("*.tar"))] or [f"{path}/*.tar"]
+    streaming = streaming or names_shards(paths)
     prepared = None if streaming else open_prepared(path, TASK_KINDS.get(task))
     tok = resolve_tokenizer(tokenizer, prepared)
     config = CollateConfig(max_text_len=max_text_len, padding=padding, mlm=mlm, mlm_probability=mlm_probability,
@@ -419,13 +365,13 @@ def build_dataloader(path: str | Path | list, split: str, task: str, *, tokenize
     generator = torch.Generator().manual_seed(seed * 1000 + epoch)
     common = dict(batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
                   worker_init_fn=_seed_worker, generator=generator, persistent_workers=False)
-    if streaming:
-        if task != "pairs":
-            raise DataError("streaming webdataset shards supports task 'pairs' only")
+    if streaming:  # webdataset shards: batches are made (and collated) inside the stream
         transform = build_transform(image_size, train, randaug=randaug, hflip=True if hflip is None else hflip)
-        dataset = StreamingPairs(path, transform, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle)
-        dataset.set_epoch(epoch)
-        return DataLoader(dataset, drop_last=drop_last, **common)
+        return build_stream_loader(paths, task, collate, transform if TASKS[task][0] else None,
+                                   batch_size=batch_size, options=stream or StreamOptions(), seed=seed, rank=rank,
+                                   world_size=world_size, workers=workers, epoch=epoch, skip_batches=skip_batches,
+                                   resume=stream_resume, shuffle=shuffle, pin_memory=pin_memory,
+                                   worker_init_fn=_seed_worker)
     datasets = [build_dataset(p, split, task, image_size=image_size, train=train, randaug=randaug, hflip=hflip)
                 for p in paths]
     if len(datasets) > 1:  # several corpora: one index space, and image ids that stay distinct across corpora

@@ -44,6 +44,7 @@ class TrainerState:
     stage: str = ""
     last_metrics: dict = field(default_factory=dict)
     window: dict = field(default_factory=dict)
+    stream: dict = field(default_factory=dict)  # shard-stream positions per process (streamed data only)
 
     def epochs_done(self, batches_per_epoch: int | None) -> float:
         """Passes over the data so far, with the fraction of the current one (whole epochs when its length is

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from ..data.streaming import gather_stream_state, set_loader_epoch, stream_tracker
 from ..errors import RecipeError
 from ..model.vlmo import VLMo
 from .build import StageModule, StageParts, build_stage  # noqa: F401 - StageModule: its old home
@@ -32,6 +33,7 @@ from .optim import lr_factor, set_lr, warmup_steps
 from .report import write_run_report
 from .run_dir import RunFolder, check_resume_recipe, run_path_for, write_recipe
 from .signals import StopRequest, TrainingInterrupted
+from .stream_hooks import stream_metrics, stream_options, stream_summary
 from .stages import STAGE_DEFS, StageDef, init_tokenizer
 from .trackers import resolve_trackers, tracker_init_kwargs, tracker_project
 from .validate import validate
@@ -101,7 +103,7 @@ def setup_accelerator(stage, run_path: Path, log_with: list[str]):
 @dataclass
 class StageData:
     """The stage's training data: its prepared directories (the first one opened, for the answer and class
-    counts) and the tokenizer the loader uses."""
+    counts) or webdataset shards (``prepared`` is then ``None``), and the tokenizer the loader uses."""
 
     stage: Any
     accelerator: Any
@@ -109,9 +111,11 @@ class StageData:
     prepared: Any
     tokenizer: str | None
 
-    def loader(self, epoch: int, skip: int):
-        """The training DataLoader of this process, starting ``skip`` micro-batches into ``epoch``."""
+    def loader(self, epoch: int, skip: int, stream_state: dict | None = None):
+        """The training DataLoader of this process, starting ``skip`` micro-batches into ``epoch`` (streamed data:
+        at the positions ``stream_state`` saved with the checkpoint)."""
         from ..data.loader import build_dataloader
+        from ..data.streaming import resume_positions
 
         stage, accelerator = self.stage, self.accelerator
         stage_def, task, dcfg = STAGE_DEFS[stage.name], stage.task, stage.data
@@ -124,16 +128,24 @@ class StageData:
             mlm_budget="real" if dcfg.mlm_budget_on_real_tokens else "padded", mim=stage_def.mim,
             patch_size=stage.model.get("patch_size"), mim_ratio=dcfg.mim_mask_ratio, randaug=dcfg.randaugment,
             hflip=None if stage_def.data_task in ("vqa", "nlvr2") else dcfg.horizontal_flip,
-            pin_memory=accelerator.device.type == "cuda",
+            pin_memory=accelerator.device.type == "cuda", stream=stream_options(dcfg),
+            stream_resume=resume_positions(stream_state, accelerator.process_index, accelerator.num_processes,
+                                           dcfg.num_workers),
         )
 
 
 def setup_data(stage, accelerator, init: str) -> StageData:
-    """Open the stage's prepared data; the tokenizer is the recipe's, the prepared data's, or the init model's."""
+    """Open the stage's prepared data (or check its shards: a task shards cannot feed, or a pattern matching nothing,
+    is refused here); the tokenizer is the recipe's, the prepared data's, or the init model's."""
+    from ..data.shards import names_shards
     from ..data.store import open_prepared
+    from ..data.streaming import check_stream_source
 
     paths = list(stage.task.dataset)
-    prepared = open_prepared(paths[0])
+    streamed = names_shards(paths)
+    if streamed:
+        check_stream_source(paths, STAGE_DEFS[stage.name].data_task)
+    prepared = None if streamed else open_prepared(paths[0])
     tokenizer = stage.data.tokenizer or init_tokenizer(prepared, init)
     return StageData(stage, accelerator, paths, prepared, tokenizer)
 
@@ -287,7 +299,7 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
         by_name = lambda st: load_optimizer_state(accelerator, module, optimizer, st)  # noqa: E731
         notes += [n for n in (restore_training_state(blob, optimizer, by_name),) if n]
     notes += [n for n in (fsdp_note(stage.train, accelerator),) if n]
-    loader = data.loader(state.epoch, state.micro_batches_in_epoch)
+    loader = data.loader(state.epoch, state.micro_batches_in_epoch, state.stream)
     per_epoch = batches_per_epoch(loader)
     total = count_steps(stage, per_epoch, plan.grad_accum)
     if resume_from is not None and state.step >= total:
@@ -307,6 +319,11 @@ def _train(stage, accelerator, folder: RunFolder, log_with: list[str], *, init: 
 
     fit = Fit(stage, accelerator, module, optimizer, loader, state, run_path, tokenizer, total, per_epoch)
     final_path = fit.run(console, stop_after)
+    if fit.stream is not None:
+        counts = stream_metrics(fit.stream, accelerator)
+        notes.append(stream_summary(counts))
+        if main:
+            console.print(f"  {stream_summary(counts)}", highlight=False)
     if main and log_with:
         accelerator.end_training()
     if main and stage.train.report:
@@ -334,6 +351,7 @@ class Fit:
         self.warm = warmup_steps(self.tcfg.warmup, total)
         self.end_factor = self.tcfg.end_lr / self.tcfg.lr
         self.data_iter = iter(loader)
+        self.stream = stream_tracker(loader)  # None for prepared data
         # the metrics line in progress (continued from the checkpoint when resuming)
         self.sums: dict[str, float] = dict(state.window.get("sums", {}))
         self.count = int(state.window.get("count", 0))
@@ -380,12 +398,14 @@ class Fit:
         except StopIteration:
             state.epoch += 1
             state.micro_batches_in_epoch = 0
-            self.loader.sampler.set_epoch(state.epoch, 0)
+            set_loader_epoch(self.loader, state.epoch)
             self.data_iter = iter(self.loader)
             batch = next(self.data_iter)
         state.micro_batches_in_epoch += 1
         batch = _to_device(batch, accelerator.device)
         batch.pop("num_skipped", None)
+        if self.stream is not None:
+            self.stream.note(batch)
         if accelerator.num_processes > 1:  # an unreadable image shrank some process's batch
             rows = torch.tensor([batch_rows(batch)], device=accelerator.device)
             batch = truncate_batch(batch, int(accelerator.gather(rows).min()))
@@ -435,6 +455,8 @@ class Fit:
         elapsed = time.perf_counter() - self.t_log
         avg.update(lr=self.lr, epoch=state.epochs_done(self.per_epoch),
                    samples_per_s=self.samples_since * accelerator.num_processes / max(elapsed, 1e-9))
+        if self.stream is not None:  # skipped samples, unreadable shards, refilled streams: all processes
+            avg.update(stream_metrics(self.stream, accelerator))
         self.last_metrics = avg
         monitor.log(rounded_metrics(avg), state.step)
         monitor.print(f"step {state.step}/{self.total}  " + format_metrics(avg))
@@ -457,6 +479,7 @@ class Fit:
         accelerator, state = self.accelerator, self.state
         state.last_metrics = rounded_metrics(self.last_metrics)
         state.window = {"sums": dict(self.sums), "count": self.count}  # the metrics line in progress continues on resume
+        state.stream = gather_stream_state(self.loader, accelerator)  # every process's shard-stream position
         accelerator.wait_for_everyone()
         path = None
         model = accelerator.unwrap_model(self.module).model

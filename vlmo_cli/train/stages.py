@@ -318,7 +318,7 @@ def init_tokenizer(prepared, init: str) -> str | None:
     from ..errors import CheckpointError
     from ..layout import resolve_model_dir, tokenizer_files
 
-    if prepared.tokenizer_path is not None or not init or not Path(init).is_dir():
+    if (prepared is not None and prepared.tokenizer_path is not None) or not init or not Path(init).is_dir():
         return None
     try:
         model_dir = resolve_model_dir(init)

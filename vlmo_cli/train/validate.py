@@ -16,10 +16,13 @@ def validate(module, stage, stage_def, device, tokenizer, max_batches: int = MAX
     """Mean of the objective's metrics over up to ``max_batches`` validation batches (eval transforms, fixed order);
     ``val_tr_r1`` … for ``pretrain.vl`` and retrieval fine-tuning. Empty when the dataset has no such split."""
     from ..data.loader import build_dataloader
+    from ..data.shards import is_shard_entry
     from ..data.store import open_prepared
 
     task, dcfg = stage.task, stage.data
     path = task.val_dataset or task.dataset[0]
+    if is_shard_entry(path):  # streamed training data: validation needs a prepared val_dataset
+        return {}
     prepared = open_prepared(path)
     if task.val_split not in prepared.splits:
         return {}

@@ -1,8 +1,8 @@
 """img2dataset-style webdataset tar shards (``<key>.jpg|png|webp`` + ``<key>.txt`` + ``<key>.json``).
 
-:func:`iter_shard_samples` reads shards sequentially (members of one sample are adjacent, as webdataset requires) and
-is shared by :class:`WebDatasetSource` (convert once, kind ``pairs``) and the streaming loader
-(:class:`vlmo_cli.data.loader.StreamingPairs`), which reads shards in place for corpora too large to copy.
+:func:`iter_shard_samples` reads shards sequentially (members of one sample are adjacent, as webdataset requires) for
+:class:`WebDatasetSource` (convert once, kind ``pairs``). Training can also read shards in place, without converting
+them (:mod:`vlmo_cli.data.streaming`).
 Captions come from ``.txt``, else from the ``caption``/``text`` field of ``.json``. A truncated shard is reported and
 the samples read before the damage are kept.
 """
