@@ -164,6 +164,16 @@ def _sibling(report_path: Path, suffix: str) -> Path:
     return sibling_path(report_path, suffix)
 
 
+def _check_examples(examples: int) -> None:
+    if examples < 0:
+        raise DataError(f"--examples must be >= 0, got {examples}")
+
+
+def _examples_suffix(examples: int) -> list[str]:
+    """The side file ``--examples N`` adds to a report (none for 0)."""
+    return ["-examples.png"] if examples else []
+
+
 def _header(task: str, model: InferenceModel | None, target: EvalTarget | None) -> dict[str, Any]:
     from .. import __version__
 
@@ -359,6 +369,7 @@ def run_vqa(
     out: str | Path | None = None,
     submission: bool | None = None,
     evaluator: str | None = None,
+    examples: int = 0,
     device: str | None = None,
     tokenizer=None,
     overwrite: bool = False,
@@ -370,7 +381,7 @@ def run_vqa(
     majority-answer baseline on the same questions; the results file is written too when ``submission`` (default:
     the recipe's ``submission``). Without answers, ``<report>-submission.json`` is written (one entry per question
     id, de-duplicated, coverage of the split checked). ``evaluator``: ``official`` / ``legacy`` (default: the
-    recipe's ``evaluator``).
+    recipe's ``evaluator``). ``examples``: draw this many questions into ``<report>-examples.png``.
     """
     from ..data.store import open_prepared
     from .vqa_metrics import write_submission
@@ -379,6 +390,7 @@ def run_vqa(
 
     if evaluator is not None:
         check_evaluator(evaluator)
+    _check_examples(examples)
     prepared = open_prepared(target.dataset, "vqa")
     check_split(prepared, target.split)
     answers = prepared.answers
@@ -389,7 +401,8 @@ def run_vqa(
                               f"{target.dataset}/answers.json has {len(answers)}; evaluate on the answer vocabulary "
                               "the model was fine-tuned with")
     report_path = Path(out) if out else default_report_path(loaded.path, "vqa")
-    check_report_outputs(report_path, ["-submission.json", "-results.json"], overwrite=overwrite,
+    check_report_outputs(report_path, ["-submission.json", "-results.json"] + _examples_suffix(examples),
+                         overwrite=overwrite,
                          inputs=[target.dataset, loaded.path])
     t0 = time.perf_counter()
     pairs, soft_score = predict_vqa(loaded, target, answers)
@@ -422,6 +435,13 @@ def run_vqa(
         report.update(labelled=True, metrics=metrics, vqa_score=round(100 * soft_score, 2),
                       majority_baseline={"answer": majority, "overall": baseline["overall"]},
                       num_unlabelled_questions=len(split_ids) - len(labelled))
+    if examples:
+        from .examples_vqa import save_vqa_split_examples
+        from .vqa_metrics import DEFAULT_EVALUATOR
+
+        report["examples"] = str(save_vqa_split_examples(prepared, target.split, pairs, examples,
+                                                         _sibling(report_path, "-examples.png"),
+                                                         evaluator=evaluator or DEFAULT_EVALUATOR))
     write_report(report, report_path)
     return report, report_path
 
@@ -490,20 +510,24 @@ def run_nlvr2(
     target: EvalTarget,
     *,
     out: str | Path | None = None,
+    examples: int = 0,
     device: str | None = None,
     tokenizer=None,
     overwrite: bool = False,
 ) -> tuple[dict[str, Any], Path]:
-    """NLVR2 accuracy and consistency on a prepared split; predictions go to ``<report>-predictions.csv``."""
+    """NLVR2 accuracy and consistency on a prepared split; predictions go to ``<report>-predictions.csv``, and
+    ``examples`` pairs (both images, statement, prediction vs label) to ``<report>-examples.png``."""
     from ..data.store import open_prepared
     from .nlvr2_metrics import nlvr2_metrics, write_nlvr2_predictions
 
+    _check_examples(examples)
     prepared = open_prepared(target.dataset, "nlvr2")
     check_split(prepared, target.split)
     loaded = _load(model, target, device, tokenizer)
     _need_head(loaded, "nlvr2", "fine-tune it with `vlmo finetune nlvr2`")
     report_path = Path(out) if out else default_report_path(loaded.path, "nlvr2")
-    check_report_outputs(report_path, ["-predictions.csv"], overwrite=overwrite, inputs=[target.dataset, loaded.path])
+    check_report_outputs(report_path, ["-predictions.csv"] + _examples_suffix(examples), overwrite=overwrite,
+                         inputs=[target.dataset, loaded.path])
     t0 = time.perf_counter()
     predictions = predict_nlvr2(loaded, target)
     seconds = time.perf_counter() - t0
@@ -513,6 +537,11 @@ def run_nlvr2(
     report = _header("nlvr2", loaded, target)
     report.update(metrics=nlvr2_metrics(predictions, labels), predictions=str(csv_path),
                   timings_s={"predict": seconds})
+    if examples:
+        from .examples_nlvr2 import save_nlvr2_split_examples
+
+        report["examples"] = str(save_nlvr2_split_examples(prepared, target.split, predictions, examples,
+                                                           _sibling(report_path, "-examples.png")))
     write_report(report, report_path)
     return report, report_path
 
