@@ -186,3 +186,61 @@ def test_nlvr2_accuracy_and_consistency(in_demo, models, tmp_path, capsys):
     lines = Path(report["predictions"]).read_text().splitlines()
     assert len(lines) == 200 and lines[0].split(",")[1] in ("True", "False")
     assert "consistency" in stdout
+
+
+def test_vqa_examples_picture_beside_the_report(in_demo, models, tmp_path, capsys):
+    from PIL import Image
+
+    from vlmo_cli.evaluate.examples_vqa import vqa_examples_size
+
+    out = tmp_path / "v.json"
+    code, stdout, err = run(capsys, "eval", "vqa", "--model", str(models["itm"]), "tiny", "--examples", "3",
+                            "--out", str(out), "eval.vqa.batch_size=200", "eval.vqa.image_size=32")
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["examples"] == str(tmp_path / "v-examples.png")
+    with Image.open(report["examples"]) as picture:
+        assert picture.format == "PNG"
+        assert picture.size == vqa_examples_size(3, evaluator=report["metrics"]["evaluator"])
+    assert "examples:" in stdout
+    # a second run refuses the previous picture without --overwrite, and replaces it with it
+    code, _, err = run(capsys, "eval", "vqa", "--model", str(models["itm"]), "tiny", "--examples", "3",
+                       "--out", str(out), "eval.vqa.batch_size=200", "eval.vqa.image_size=32")
+    assert code == 2 and "--overwrite" in err
+    # a file eval did not write is never replaced, even with --overwrite
+    other = tmp_path / "w.json"
+    (tmp_path / "w-examples.png").write_text("my notes")
+    code, _, err = run(capsys, "eval", "vqa", "--model", str(models["itm"]), "tiny", "--examples", "2",
+                       "--out", str(other), "--overwrite", "eval.vqa.batch_size=200", "eval.vqa.image_size=32")
+    assert code == 2 and "w-examples.png" in err.replace("\n", "")
+    assert (tmp_path / "w-examples.png").read_text() == "my notes" and not other.exists()
+
+
+def test_vqa_examples_need_a_model_and_a_count_of_zero_or_more(in_demo, models, capsys, tmp_path):
+    code, _, err = run(capsys, "eval", "vqa", "--predictions", str(tmp_path / "r.json"), "--annotations",
+                       str(tmp_path / "a.json"), "--examples", "2")
+    assert code == 2 and "--examples needs --model" in err
+    code, _, err = run(capsys, "eval", "nlvr2", "--model", str(models["nlvr2"]), "tiny", "--examples", "-1",
+                       "--out", str(tmp_path / "n.json"))
+    assert code == 2 and "--examples must be >= 0" in err
+
+
+def test_nlvr2_examples_picture_beside_the_report(in_demo, models, tmp_path, capsys):
+    from PIL import Image
+
+    from vlmo_cli.evaluate.examples_nlvr2 import nlvr2_examples_size
+
+    out = tmp_path / "n.json"
+    code, stdout, err = run(capsys, "eval", "nlvr2", "--model", str(models["nlvr2"]), "tiny", "--examples", "4",
+                            "--out", str(out), "eval.nlvr2.batch_size=100")
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["examples"] == str(tmp_path / "n-examples.png")
+    with Image.open(report["examples"]) as picture:
+        assert picture.size == nlvr2_examples_size(4)
+    # --overwrite replaces the report and its picture
+    code, _, err = run(capsys, "eval", "nlvr2", "--model", str(models["nlvr2"]), "tiny", "--examples", "2",
+                       "--out", str(out), "--overwrite", "eval.nlvr2.batch_size=100")
+    assert code == 0, err
+    with Image.open(tmp_path / "n-examples.png") as picture:
+        assert picture.size == nlvr2_examples_size(2)

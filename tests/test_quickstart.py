@@ -49,6 +49,9 @@ def test_every_step_ran_and_left_its_outputs(quickstart):
     assert len(html_reports) == 6  # every stage and fine-tuning run
     page = (out / "runs" / "tiny-finetune-retrieval_coco" / "report.html").read_text()
     assert "retrieval.json" in page and "retrieval-examples.png" in page  # re-written after the evaluation
+    for run_name, task in (("tiny-finetune-vqa", "vqa"), ("tiny-finetune-nlvr2", "nlvr2")):
+        assert (out / "runs" / run_name / "eval" / f"{task}-examples.png").is_file()
+        assert f"{task}-examples.png" in (out / "runs" / run_name / "report.html").read_text()
 
 
 def test_learning_margins_over_chance(quickstart):

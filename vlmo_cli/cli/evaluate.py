@@ -187,6 +187,8 @@ def vqa(
                                        "default: the recipe's eval.vqa.evaluator, official"),
     dedupe: str = typer.Option(None, "--dedupe", help="with --predictions: keep the first or last answer of a "
                                                       "question id given several different ones (default: refuse)"),
+    examples: int = typer.Option(0, "--examples", help="save a PNG of N questions: image, question, predicted and "
+                                                       "gold answers with their VQA scores (with --model)"),
     out: Path = OutOpt,
     device: str = DeviceOpt,
     image_size: int = ImageSizeOpt,
@@ -200,6 +202,8 @@ def vqa(
     if predictions is not None:
         if model:
             raise VlmoError("give either --model (predict and score) or --predictions (score a results file), not both")
+        if examples:
+            raise VlmoError("--examples needs --model: a results file has no images to draw")
         if annotations is None:
             raise VlmoError("--predictions needs --annotations (and usually --questions): the official JSON files")
         report, path = score_vqa_predictions(predictions, questions, annotations, out=out, evaluator=evaluator,
@@ -210,8 +214,8 @@ def vqa(
         if dedupe is not None:
             raise VlmoError("--dedupe applies to --predictions files; a model's own predictions have one answer each")
         target = _target("vqa", recipe, overrides, split, image_size, model)
-        report, path = run_vqa(model, target, out=out, submission=submission, evaluator=evaluator, device=device,
-                               tokenizer=tokenizer, overwrite=overwrite)
+        report, path = run_vqa(model, target, out=out, submission=submission, evaluator=evaluator,
+                               examples=examples, device=device, tokenizer=tokenizer, overwrite=overwrite)
     _show(report, path)
 
 
@@ -221,6 +225,8 @@ def nlvr2(
     overrides: list[str] = OverridesArg,
     model: str = ModelOpt,
     split: str = typer.Option(None, "--split", help="dev or test1 (a split of the prepared NLVR2 data)"),
+    examples: int = typer.Option(0, "--examples", help="save a PNG of N examples: both images, the statement, "
+                                                       "prediction vs label"),
     out: Path = OutOpt,
     device: str = DeviceOpt,
     image_size: int = ImageSizeOpt,
@@ -231,7 +237,8 @@ def nlvr2(
     from ..evaluate.nlvr2 import run_nlvr2
 
     target = _target("nlvr2", recipe, overrides, split, image_size, model)
-    report, path = run_nlvr2(model, target, out=out, device=device, tokenizer=tokenizer, overwrite=overwrite)
+    report, path = run_nlvr2(model, target, out=out, examples=examples, device=device, tokenizer=tokenizer,
+                             overwrite=overwrite)
     _show(report, path)
 
 

@@ -106,9 +106,9 @@ def run_quickstart(app: typer.Typer, out: str | Path = "vlmo-quickstart", recipe
         run("eval retrieval", ["eval", "retrieval", "--model", "runs/tiny-finetune-retrieval_coco", recipe, *extra,
                                "--split", "coco-test", "--examples", "4", "--out", reports["retrieval"],
                                "--overwrite"])
-        run("eval vqa", ["eval", "vqa", "--model", "runs/tiny-finetune-vqa", recipe, *extra, "--out", reports["vqa"],
-                         "--overwrite"])
-        run("eval nlvr2", ["eval", "nlvr2", "--model", "runs/tiny-finetune-nlvr2", recipe, *extra,
+        run("eval vqa", ["eval", "vqa", "--model", "runs/tiny-finetune-vqa", recipe, *extra, "--examples", "4",
+                         "--out", reports["vqa"], "--overwrite"])
+        run("eval nlvr2", ["eval", "nlvr2", "--model", "runs/tiny-finetune-nlvr2", recipe, *extra, "--examples", "4",
                            "--out", reports["nlvr2"], "--overwrite"])
         run("export", ["export", "runs/tiny-finetune-retrieval_coco", "exported/tiny-retrieval", "--format",
                        "safetensors", "--overwrite"])

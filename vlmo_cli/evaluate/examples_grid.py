@@ -11,37 +11,17 @@ and images in the result cells; image -> text retrieval the other way round.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
-from vlmo_cli.outputs import atomic_file
+from .examples_draw import (BACKGROUND, HIT_COLOUR, MISS_COLOUR, PAD, QUERY_COLOUR, TEXT, Cell, default_font,
+                            line_height, paste_tile, save_png, wrap_text)
 
 if TYPE_CHECKING:
     from PIL import Image, ImageDraw, ImageFont
 
-    Cell = Union[str, bytes, Path, Image.Image]
-else:
-    Cell = object
-
-PAD = 4
 CAPTION_LINES = 3
-HIT_COLOUR = (40, 160, 60)
-MISS_COLOUR = (200, 50, 50)
-QUERY_COLOUR = (60, 90, 200)
-BACKGROUND = (255, 255, 255)
-
-
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    from PIL import ImageFont
-
-    return ImageFont.load_default()
-
-
-def _line_height(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
-    left, top, right, bottom = font.getbbox("Ag|")
-    return int(bottom - min(top, 0)) + 2
 
 
 def grid_size(num_queries: int, k: int, *, tile_size: int = 160, truth_column: bool = False) -> tuple[int, int]:
@@ -50,56 +30,15 @@ def grid_size(num_queries: int, k: int, *, tile_size: int = 160, truth_column: b
     Each cell is a ``tile_size`` square above ``CAPTION_LINES`` lines of text; cells are separated and surrounded
     by ``PAD`` pixels. With ``truth_column`` the grid has one more column (the ground truth) and a legend line on top.
     """
-    line_height = _line_height(_font())
-    cell_height = tile_size + CAPTION_LINES * line_height
+    step = line_height(default_font())
+    cell_height = tile_size + CAPTION_LINES * step
     width = (k + 1 + int(truth_column)) * (tile_size + PAD) + PAD
-    height = num_queries * (cell_height + PAD) + PAD + (line_height + PAD if truth_column else 0)
+    height = num_queries * (cell_height + PAD) + PAD + (step + PAD if truth_column else 0)
     return width, height
 
 
 LEGEND = ("blue: the query   green frame: a ground-truth match   red frame: not a match   "
           "last column: the ground truth when it is not in the top K")
-
-
-def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int, max_lines: int) -> list[str]:
-    """Greedy word wrap to ``width`` pixels; the last kept line ends with an ellipsis if text was cut."""
-    lines: list[str] = []
-    current = ""
-    for word in text.split():
-        candidate = f"{current} {word}".strip()
-        if font.getlength(candidate) <= width or not current:
-            current = candidate
-        else:
-            lines.append(current)
-            current = word
-    if current:
-        lines.append(current)
-    lines = [_fit(line, font, width) for line in lines]
-    if len(lines) > max_lines:
-        lines = lines[:max_lines]
-        lines[-1] = _fit(lines[-1] + " ...", font, width)
-    return lines
-
-
-def _fit(line: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
-    """Cut a line that is too wide (e.g. one very long word) to ``width`` pixels, ending it with '...'."""
-    if font.getlength(line) <= width:
-        return line
-    while line and font.getlength(line + "...") > width:
-        line = line[:-1]
-    return line + "..."
-
-
-def _as_image(cell: Cell) -> Image.Image | None:
-    from PIL import Image
-
-    if isinstance(cell, Image.Image):
-        return cell
-    if isinstance(cell, (bytes, bytearray, memoryview)):
-        return Image.open(io.BytesIO(bytes(cell)))
-    if isinstance(cell, Path):
-        return Image.open(cell)
-    return None
 
 
 def _draw_cell(
@@ -113,22 +52,9 @@ def _draw_cell(
     font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
 ) -> None:
     x, y = origin
-    line_height = _line_height(font)
-    image = _as_image(cell)
-    if image is not None:
-        from PIL import ImageOps
-
-        thumb = ImageOps.contain(image.convert("RGB"), (tile_size, tile_size))  # scale up or down, keep aspect
-        canvas.paste(thumb, (x + (tile_size - thumb.width) // 2, y + (tile_size - thumb.height) // 2))
-    else:  # a caption fills the tile as wrapped text on a light panel
-        draw.rectangle([x, y, x + tile_size - 1, y + tile_size - 1], fill=(240, 240, 240))
-        lines = _wrap(str(cell), font, tile_size - 2 * PAD, max(1, (tile_size - 2 * PAD) // line_height))
-        for row, line in enumerate(lines):
-            draw.text((x + PAD, y + PAD + row * line_height), line, fill=(0, 0, 0), font=font)
-    if border is not None:
-        draw.rectangle([x, y, x + tile_size - 1, y + tile_size - 1], outline=border, width=3)
-    for row, line in enumerate(_wrap(caption, font, tile_size, CAPTION_LINES)):
-        draw.text((x, y + tile_size + row * line_height), line, fill=(0, 0, 0), font=font)
+    paste_tile(canvas, draw, cell, origin, tile_size, font, border)
+    for row, line in enumerate(wrap_text(caption, font, tile_size, CAPTION_LINES)):
+        draw.text((x, y + tile_size + row * line_height(font)), line, fill=TEXT, font=font)
 
 
 def save_retrieval_grid(
@@ -172,15 +98,15 @@ def save_retrieval_grid(
     if tile_size < 16:
         raise ValueError(f"tile_size must be >= 16 pixels, got {tile_size}")
     k = max((len(row) for row in results), default=0)
-    font = _font()
+    font = default_font()
     width, height = grid_size(len(queries), k, tile_size=tile_size, truth_column=truths is not None)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    cell_height = tile_size + CAPTION_LINES * _line_height(font)
+    cell_height = tile_size + CAPTION_LINES * line_height(font)
     top = PAD
     if truths is not None:
-        draw.text((PAD, PAD), LEGEND, fill=(0, 0, 0), font=font)
-        top += _line_height(font) + PAD
+        draw.text((PAD, PAD), LEGEND, fill=TEXT, font=font)
+        top += line_height(font) + PAD
     for row, query in enumerate(queries):
         y = top + row * (cell_height + PAD)
         label = query_labels[row] if query_labels is not None else f"query {row}"
@@ -201,7 +127,4 @@ def save_retrieval_grid(
             else:
                 _draw_cell(canvas, draw, truths[row], f"ground truth: not in the top {k}", (x, y), tile_size,
                            HIT_COLOUR, font)
-    target = Path(path)
-    with atomic_file(target) as temp:
-        canvas.save(temp, format="PNG")
-    return target
+    return save_png(canvas, path)

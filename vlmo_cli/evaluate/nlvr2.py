@@ -10,7 +10,8 @@ from typing import Any
 from ..errors import DataError
 from ..factory import InferenceModel
 from .report import check_report_outputs, sibling_path, write_report
-from .target import EvalTarget, check_split, default_report_path, load_for, report_header, text_length
+from .target import (EvalTarget, check_examples, check_split, default_report_path, examples_suffix, load_for,
+                     report_header, text_length)
 
 
 class _WithIdentifiers:
@@ -76,20 +77,24 @@ def run_nlvr2(
     target: EvalTarget,
     *,
     out: str | Path | None = None,
+    examples: int = 0,
     device: str | None = None,
     tokenizer=None,
     overwrite: bool = False,
 ) -> tuple[dict[str, Any], Path]:
-    """NLVR2 accuracy and consistency on a prepared split; predictions go to ``<report>-predictions.csv``."""
+    """NLVR2 accuracy and consistency on a prepared split; predictions go to ``<report>-predictions.csv``, and
+    ``examples`` pairs (both images, statement, prediction vs label) to ``<report>-examples.png``."""
     from ..data.store import open_prepared
     from .nlvr2_metrics import nlvr2_metrics, write_nlvr2_predictions
 
+    check_examples(examples)
     prepared = open_prepared(target.dataset, "nlvr2")
     check_split(prepared, target.split)
     loaded = load_for(model, target, device, tokenizer)
     loaded.require_head("nlvr2", "fine-tune it with `vlmo finetune nlvr2`")
     report_path = Path(out) if out else default_report_path(loaded.path, "nlvr2")
-    check_report_outputs(report_path, ["-predictions.csv"], overwrite=overwrite, inputs=[target.dataset, loaded.path])
+    check_report_outputs(report_path, ["-predictions.csv"] + examples_suffix(examples), overwrite=overwrite,
+                         inputs=[target.dataset, loaded.path])
     t0 = time.perf_counter()
     predictions = predict_nlvr2(loaded, target)
     seconds = time.perf_counter() - t0
@@ -99,5 +104,10 @@ def run_nlvr2(
     report = report_header("nlvr2", loaded, target)
     report.update(metrics=nlvr2_metrics(predictions, labels), predictions=str(csv_path),
                   timings_s={"predict": seconds})
+    if examples:
+        from .examples_nlvr2 import save_nlvr2_split_examples
+
+        report["examples"] = str(save_nlvr2_split_examples(prepared, target.split, predictions, examples,
+                                                           sibling_path(report_path, "-examples.png")))
     write_report(report, report_path)
     return report, report_path

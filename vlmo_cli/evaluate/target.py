@@ -176,3 +176,14 @@ def load_for(model, target: EvalTarget, device, tokenizer) -> InferenceModel:
 def text_length(model: InferenceModel, target: EvalTarget) -> int:
     """The text length to encode at: the target's, capped at the model's."""
     return min(target.max_text_len, model.model.config.max_text_len)
+
+
+def check_examples(examples: int) -> None:
+    """``--examples N`` must not be negative."""
+    if examples < 0:
+        raise DataError(f"--examples must be >= 0, got {examples}")
+
+
+def examples_suffix(examples: int) -> list[str]:
+    """The side file ``--examples N`` adds to a report (none for 0)."""
+    return ["-examples.png"] if examples else []

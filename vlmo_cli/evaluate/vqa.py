@@ -13,7 +13,8 @@ from typing import Any
 from ..errors import CheckpointError
 from ..factory import InferenceModel
 from .report import check_report_outputs, sibling_path, write_report
-from .target import EvalTarget, check_split, default_report_path, load_for, report_header, text_length
+from .target import (EvalTarget, check_examples, check_split, default_report_path, examples_suffix, load_for,
+                     report_header, text_length)
 
 
 def vqa_files_report(results, questions, annotations, *, evaluator: str | None = None,
@@ -91,6 +92,7 @@ def run_vqa(
     out: str | Path | None = None,
     submission: bool | None = None,
     evaluator: str | None = None,
+    examples: int = 0,
     device: str | None = None,
     tokenizer=None,
     overwrite: bool = False,
@@ -102,13 +104,14 @@ def run_vqa(
     majority-answer baseline on the same questions; the results file is written too when ``submission`` (default:
     the recipe's ``submission``). Without answers, ``<report>-submission.json`` is written (one entry per question
     id, de-duplicated, coverage of the split checked). ``evaluator``: ``official`` / ``legacy`` (default: the
-    recipe's ``evaluator``).
+    recipe's ``evaluator``). ``examples``: draw this many questions into ``<report>-examples.png``.
     """
     from ..data.store import open_prepared
     from .vqa_metrics import check_evaluator, write_submission
 
     if evaluator is not None:
         check_evaluator(evaluator)
+    check_examples(examples)
     prepared = open_prepared(target.dataset, "vqa")
     check_split(prepared, target.split)
     answers = prepared.answers
@@ -119,8 +122,8 @@ def run_vqa(
                               f"{target.dataset}/answers.json has {len(answers)}; evaluate on the answer vocabulary "
                               "the model was fine-tuned with")
     report_path = Path(out) if out else default_report_path(loaded.path, "vqa")
-    check_report_outputs(report_path, ["-submission.json", "-results.json"], overwrite=overwrite,
-                         inputs=[target.dataset, loaded.path])
+    check_report_outputs(report_path, ["-submission.json", "-results.json"] + examples_suffix(examples),
+                         overwrite=overwrite, inputs=[target.dataset, loaded.path])
     t0 = time.perf_counter()
     pairs, soft_score = predict_vqa(loaded, target, answers)
     seconds = time.perf_counter() - t0
@@ -152,5 +155,12 @@ def run_vqa(
         report.update(labelled=True, metrics=metrics, vqa_score=round(100 * soft_score, 2),
                       majority_baseline={"answer": majority, "overall": baseline["overall"]},
                       num_unlabelled_questions=len(split_ids) - len(labelled))
+    if examples:
+        from .examples_vqa import save_vqa_split_examples
+        from .vqa_metrics import DEFAULT_EVALUATOR
+
+        report["examples"] = str(save_vqa_split_examples(prepared, target.split, pairs, examples,
+                                                         sibling_path(report_path, "-examples.png"),
+                                                         evaluator=evaluator or DEFAULT_EVALUATOR))
     write_report(report, report_path)
     return report, report_path

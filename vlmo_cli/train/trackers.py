@@ -11,13 +11,37 @@ from ..errors import ConfigError
 from ..config.schema import TRACKER_PACKAGES
 
 
+#: the oldest release of a tracker's package that Accelerate's tracker works with, and why
+MIN_VERSIONS = {"mlflow": ("1.28", "Accelerate's MLflow tracker calls mlflow.search_experiments, new in 1.28")}
+
+
+def _too_old(name: str) -> str | None:
+    """Why the installed package of tracker ``name`` is too old, or ``None``."""
+    import importlib.metadata
+
+    from packaging.version import Version
+
+    if name not in MIN_VERSIONS:
+        return None
+    oldest, why = MIN_VERSIONS[name]
+    installed = importlib.metadata.version(TRACKER_PACKAGES[name])
+    if Version(installed) < Version(oldest):
+        package = TRACKER_PACKAGES[name]
+        return f"{package} {installed} is installed; {why}: pip install '{package}>={oldest}'"
+    return None
+
+
 def resolve_trackers(names: tuple[str, ...] | list[str]) -> list[str]:
-    """The trackers to start; a tracker whose package is missing is an error naming the install command."""
+    """The trackers to start; a tracker whose package is missing or too old is an error naming the install command."""
     missing = [n for n in names if importlib.util.find_spec(TRACKER_PACKAGES[n]) is None]
     if missing:
         packages = " ".join(TRACKER_PACKAGES[n] for n in missing)
         raise ConfigError(f"train.trackers names {missing}, which is not installed: pip install {packages} "
                           "(or remove it from train.trackers)")
+    for name in names:
+        reason = _too_old(name)
+        if reason:
+            raise ConfigError(f"train.trackers names {name!r}, but {reason} (or remove it from train.trackers)")
     return list(names)
 
 
@@ -25,8 +49,9 @@ TRACKER_FOLDER = "trackers"
 
 
 def tracker_project(run_dir: Path):
-    """Accelerate's project settings: tracker files (TensorBoard events, aim/mlflow stores) go to
-    ``RUN/trackers/<run name>/``."""
+    """Accelerate's project settings: TensorBoard events go to ``RUN/trackers/<run name>/``, W&B's offline runs to
+    ``RUN/trackers/wandb/`` and an aim repository to ``RUN/trackers/.aim``; MLflow writes to its tracking URI
+    (``MLFLOW_TRACKING_URI``, by default ``./mlruns``), with artifacts under ``RUN/trackers``."""
     from accelerate.utils import ProjectConfiguration
 
     return ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / TRACKER_FOLDER))
