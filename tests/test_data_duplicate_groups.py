@@ -51,6 +51,15 @@ def test_same_group_never_drawn_when_excluded():
         assert (GROUPS[index] != GROUPS).all()  # neither a text of the image's scene nor an image of the text's
 
 
+def test_same_image_exclusion_is_the_same_rule_on_image_ids():
+    """``itm_exclude_same_image`` passes the images' ids the same way: equal ids are never drawn."""
+    logits = 30.0 * (GROUPS[:, None] == GROUPS[None, :]).float()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        neg = sample_hard_negatives(logits, logits.t(), len(GROUPS), generator=g, image_ids=GROUPS)
+        assert (GROUPS[neg.text_index] != GROUPS).all() and (GROUPS[neg.image_index] != GROUPS).all()
+
+
 def test_without_groups_the_same_scene_dominates():
     texts, images = draws(None)
     repeated = torch.tensor([0, 1, 2, 4, 5])
