@@ -218,3 +218,26 @@ def test_recipe_key_is_typed_and_validated():
     assert recipe.resolve("finetune.retrieval_coco").task.itm_exclude_same_group is True
     with pytest.raises(RecipeError, match="itm_exclude_same_group"):
         load_recipe("tiny", ["pretrain.vl.itm_exclude_same_group=sometimes"])
+
+
+def test_demo_stage3_with_the_option_draws_no_same_scene_negative(demo_root, monkeypatch, tmp_path):
+    """From ``vlmo prepare demo`` through the loader to the stage-3 objective: the scene groups arrive in every batch
+    and no drawn negative shows the positive's scene."""
+    from vlmo_cli.train.loop import train
+
+    drawn = []
+    real = stages.sample_hard_negatives
+
+    def spy(*args, **kwargs):
+        neg = real(*args, **kwargs)
+        groups = kwargs["group_ids"]
+        drawn.append(((groups[neg.text_index] == groups) | (groups[neg.image_index] == groups)).any().item())
+        return neg
+
+    monkeypatch.setattr(stages, "sample_hard_negatives", spy)
+    monkeypatch.chdir(demo_root)
+    stage = load_recipe("tiny", ["model.vocab_size=160", f"train.output_dir={tmp_path / 'runs'}", "data.batch_size=32",
+                                 "pretrain.vl.max_steps=3", "pretrain.vl.init=", "pretrain.vl.warmup=1",
+                                 "pretrain.vl.itm_exclude_same_group=true"]).resolve("pretrain.vl")
+    assert train(stage).state.step == 3
+    assert len(drawn) >= 3 and not any(drawn)
