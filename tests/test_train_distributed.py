@@ -105,8 +105,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         expected = [gather(local["pixel_values"])[index], gather(local["input_ids"])[index]]
         results[f"fetch_local_first={local_first}_rank{rank}"] = all(torch.equal(a, b) for a, b in zip(fetched, expected))
     results.update(_same_text_exclusion(rank))
+    results.update(_same_group_exclusion(rank))
     flags = [None] * WORLD
-    dist.all_gather_object(flags, {k: v for k, v in results.items() if k.startswith(("fetch", "same_text"))})
+    dist.all_gather_object(flags, {k: v for k, v in results.items()
+                                   if k.startswith(("fetch", "same_text", "same_group"))})
     if rank == 0:
         for f in flags:
             results.update(f)
@@ -142,6 +144,28 @@ def _same_text_exclusion(rank: int) -> dict[str, bool]:
     return {f"same_text_excluded_rank{rank}": hits["on"] == 0.0, f"same_text_dominates_without_rank{rank}": hits["off"] > 0.9}
 
 
+def _same_group_exclusion(rank: int) -> dict[str, bool]:
+    """Inside a worker: with ``itm_exclude_same_group`` the group ids gathered from both processes keep every pair of
+    the positive's duplicate group (also the other process's) out of the draws, both ways; without them such pairs
+    dominate. The captions are all different here: only the group says they are duplicates."""
+    from vlmo_cli.objectives.distributed import gather_local_first
+    from vlmo_cli.objectives.matching import sample_hard_negatives
+
+    groups = CAPTION_GROUPS.chunk(WORLD)[rank]
+    pool_groups = gather_local_first(groups)
+    logits = 30.0 * (groups[:, None] == pool_groups[None, :]).float()
+    keys = stages.negative_exclusions({"group_ids": groups}, gather_local_first, False, False, True)
+    g = torch.Generator().manual_seed(0)
+    hits = {}
+    for name, exclusions in (("on", keys), ("off", {})):
+        picked = [sample_hard_negatives(logits, logits, len(groups), generator=g, **exclusions) for _ in range(30)]
+        same = [(pool_groups[p.text_index] == groups) | (pool_groups[p.image_index] == groups) for p in picked]
+        repeated = (groups[:, None] == CAPTION_GROUPS[None, :]).sum(1) > 1
+        hits[name] = torch.stack(same)[:, repeated].float().mean().item()
+    return {f"same_group_excluded_rank{rank}": hits["on"] == 0.0,
+            f"same_group_dominates_without_rank{rank}": hits["off"] > 0.9}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -174,6 +198,11 @@ def test_hard_negatives_fetch_only_the_chosen_rows_exactly(ddp_results):
 
 def test_same_caption_pairs_of_every_process_are_excluded_from_the_negatives(ddp_results):
     flags = {k: v for k, v in ddp_results.items() if k.startswith("same_text")}
+    assert len(flags) == 2 * WORLD and all(flags.values()), flags
+
+
+def test_same_group_pairs_of_every_process_are_excluded_from_the_negatives(ddp_results):
+    flags = {k: v for k, v in ddp_results.items() if k.startswith("same_group")}
     assert len(flags) == 2 * WORLD and all(flags.values()), flags
 
 

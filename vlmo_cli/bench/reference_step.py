@@ -185,7 +185,8 @@ def reference_vl_step(
     with torch.no_grad():
         pool_ids, pool_mask, pool_pixels = (gather(t) for t in (ids, mask, pixels))
     exclusions = negative_exclusions(batch, gather, task.itm_exclude_same_image,
-                                     getattr(task, "itm_exclude_same_text", False))
+                                     getattr(task, "itm_exclude_same_text", False),
+                                     getattr(task, "itm_exclude_same_group", False))
     neg = sampler(plain.logits_i2t, plain.logits_t2i, b, positives=plain.labels, **exclusions)
     if batched_itm:
         pooled, _ = reference_pair(model, torch.cat([ids, ids, pool_ids[neg.text_index]]),

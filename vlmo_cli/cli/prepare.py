@@ -79,10 +79,15 @@ def _print_manifest(out: Path, manifest: dict[str, Any]) -> None:
         console.print(f"  skipped {n} x {reason} (details: manifest.json 'skipped')", highlight=False)
 
 
+GroupFieldOpt = typer.Option(None, "--group-field", help="Image-entry field whose equal values mark duplicates "
+                             "(stored as 'group'; see pretrain.vl.itm_exclude_same_group)")
+
+
 @prepare_app.command("coco-karpathy")
 def coco_karpathy(
     annotations: Path = typer.Option(..., "--annotations", help="dataset_coco.json"),
     images: Path = typer.Option(..., "--images", help="COCO root holding train2014/ and val2014/"),
+    group_field: Optional[str] = GroupFieldOpt,
     out: Path = OutOpt, workers: int = WorkersOpt, seed: int = SeedOpt, max_size: Optional[int] = MaxSizeOpt,
     overwrite: bool = OverwriteOpt, max_bad_fraction: float = BadOpt, tokenizer: Optional[Path] = TokOpt,
     progress: bool = ProgressOpt, out_format: str = OutFormatOpt, samples_per_shard: int = PerShardOpt,
@@ -90,8 +95,8 @@ def coco_karpathy(
     """COCO Karpathy splits (train/restval/val/test), one row per image with all its captions."""
     from ..data.sources import KarpathySource
 
-    _run(KarpathySource(annotations, images, dataset="coco"), out, workers, seed, max_size, overwrite,
-         max_bad_fraction, tokenizer, progress, inputs=(annotations, images), out_format=out_format,
+    _run(KarpathySource(annotations, images, dataset="coco", group_field=group_field), out, workers, seed, max_size,
+         overwrite, max_bad_fraction, tokenizer, progress, inputs=(annotations, images), out_format=out_format,
          samples_per_shard=samples_per_shard)
 
 
@@ -99,6 +104,7 @@ def coco_karpathy(
 def flickr30k_karpathy(
     annotations: Path = typer.Option(..., "--annotations", help="dataset_flickr30k.json"),
     images: Path = typer.Option(..., "--images", help="flickr30k-images/ folder"),
+    group_field: Optional[str] = GroupFieldOpt,
     out: Path = OutOpt, workers: int = WorkersOpt, seed: int = SeedOpt, max_size: Optional[int] = MaxSizeOpt,
     overwrite: bool = OverwriteOpt, max_bad_fraction: float = BadOpt, tokenizer: Optional[Path] = TokOpt,
     progress: bool = ProgressOpt, out_format: str = OutFormatOpt, samples_per_shard: int = PerShardOpt,
@@ -106,9 +112,9 @@ def flickr30k_karpathy(
     """Flickr30k Karpathy splits (train/val/test), one row per image with its captions."""
     from ..data.sources import KarpathySource
 
-    _run(KarpathySource(annotations, images, dataset="flickr30k"), out, workers, seed, max_size, overwrite,
-         max_bad_fraction, tokenizer, progress, inputs=(annotations, images), out_format=out_format,
-         samples_per_shard=samples_per_shard)
+    _run(KarpathySource(annotations, images, dataset="flickr30k", group_field=group_field), out, workers, seed,
+         max_size, overwrite, max_bad_fraction, tokenizer, progress, inputs=(annotations, images),
+         out_format=out_format, samples_per_shard=samples_per_shard)
 
 
 @prepare_app.command("vqav2")
@@ -158,6 +164,9 @@ def pairs(
     id_col: Optional[str] = typer.Option(None, "--id-col", help="Group rows with equal ids into one image"),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="Class label column: labelled pairs for classification"),
     split_col: Optional[str] = typer.Option(None, "--split-col", help="Take the split of each row from this column"),
+    group_col: Optional[str] = typer.Option(None, "--group-col", help="Duplicate-group column (tsv/csv/json/jsonl): "
+                                            "images with equal values are never each other's ITM hard negatives "
+                                            "under pretrain.vl.itm_exclude_same_group"),
     split: str = typer.Option("train", "--split", help="Split name for all rows"),
     val_fraction: float = typer.Option(0.0, "--val-fraction", help="Seeded fraction of rows held out as 'val', whole images at a time"),
     out: Path = OutOpt, workers: int = WorkersOpt, seed: int = SeedOpt, max_size: Optional[int] = MaxSizeOpt,
@@ -168,9 +177,11 @@ def pairs(
     from ..data.sources import FilePairsSource, HfPairsSource, VisualGenomeSource, WebDatasetSource
 
     grouped = dict(split=split, val_fraction=val_fraction, seed=seed, label_col=label_col)
+    if group_col is not None and fmt not in ("tsv", "csv", "json", "jsonl"):
+        raise DataError(f"--group-col works with --format tsv, csv, json or jsonl, not {fmt!r}")
     if fmt in ("tsv", "csv", "json", "jsonl"):
         source = FilePairsSource(path, fmt, images=images, image_col=image_col, caption_col=caption_col,
-                                 id_col=id_col, split_col=split_col, **grouped)
+                                 id_col=id_col, split_col=split_col, group_col=group_col, **grouped)
     elif fmt == "vg":
         source = VisualGenomeSource(path, images if images is not None else path.parent, **grouped)
     elif fmt == "hf":

@@ -367,6 +367,10 @@ class PretrainVLTask(TrainTask):
         False, help="never sample a pair whose caption equals the positive's (same tokens) as an ITM hard negative, "
                     "text for an image or image for a text (official: false)"
     )
+    itm_exclude_same_group: bool = setting(
+        False, help="never sample a pair of the positive's duplicate group (the data's 'group' column: "
+                    "`prepare --group-field`, the demo's scene) as an ITM hard negative, both ways (official: false)"
+    )
     gather_with_grad: bool = setting(
         False, help="let gradients flow through the features gathered from other processes for ITC"
     )
@@ -395,6 +399,10 @@ class FinetuneRetrievalTask(TrainTask):
     """Image-text retrieval fine-tuning as a dual encoder (ITC), optionally with an ITM head for re-ranking."""
 
     with_itm: bool = setting(False, help="also train an ITM head (enables eval rerank_k > 0); official: false")
+    itm_exclude_same_group: bool = setting(
+        False, help="with_itm: never sample a pair of the positive's duplicate group (the data's 'group' column) as "
+                    "an ITM hard negative, both ways (official: false)"
+    )
     gather_with_grad: bool = setting(
         False, help="let gradients flow through the features gathered from other processes"
     )

@@ -18,6 +18,7 @@ key                shape / dtype               meaning
 ``patch_mask``     ``[B, N]`` bool             with ``mim=True``: BEiT blockwise mask over the N patches
 ``image_ids``      ``[B]`` int64               index of the image within the split: equal ids = same image
                                                (other captions of one image are positives, not negatives)
+``group_ids``      ``[B]`` int64               pairs with a ``group`` column: equal ids = same duplicate group
 ``vqa_targets``    ``[B, num_answers]`` float  soft scores (0.3/0.6/0.9/1.0) at the answer labels, 0 elsewhere
 ``question_ids``   ``[B]`` int64               vqa: official question ids (for submission files)
 ``labels``         ``[B]`` int64               nlvr2 (1 = statement true) and classify: class index
@@ -106,6 +107,8 @@ class Collator:
                 batch["patch_mask"] = self.block_mask.batch(len(kept))
         if kept and "image_index" in kept[0]:
             batch["image_ids"] = torch.tensor([i["image_index"] for i in kept], dtype=torch.int64)
+        if kept and "group_index" in kept[0]:
+            batch["group_ids"] = torch.tensor([i["group_index"] for i in kept], dtype=torch.int64)
         if self.has_text:
             self._text(batch, [i["text"] for i in kept])
         if self.task == "vqa":

@@ -10,7 +10,7 @@ minutes.
     DIR/demo.json            what is where (subsets, sizes, the world's vocabulary)
     DIR/tokenizer/           WordPiece vocabulary built deterministically from all demo texts (one token per word)
     DIR/pairs/               kind pairs: train (1500 images x 2 captions), val (100), test (144: one image per
-                             distinct scene, so retrieval ground truth is unambiguous)
+                             distinct scene, so retrieval ground truth is unambiguous); ``group`` = the scene
     DIR/vqa/                 kind vqa: train (1000 images x 4 questions), val (200 x 4); answers.json
     DIR/nlvr2/               kind nlvr2: train 1000, dev 200 statements about image pairs, labels balanced
     DIR/images/              kind images: train 600, val 100 (vision-only pre-training)
@@ -53,6 +53,12 @@ class Scene:
 
 def all_scenes() -> list[Scene]:
     return [Scene(c, s, n, p) for c in COLORS for s in SHAPES for n in (1, 2, 3) for p in POSITIONS]
+
+
+def scene_key(scene: Scene) -> str:
+    """The duplicate group of a pair: images of one scene differ only by jitter and their captions are rewordings,
+    so each is a false negative for the others (the pairs' ``group`` column)."""
+    return f"{scene.count} {scene.color} {scene.shape} {scene.position}"
 
 
 def random_scene(rng: random.Random) -> Scene:
@@ -174,6 +180,7 @@ class _DemoSource(Source):
     def __init__(self, kind: str, make: Callable[[], Iterator[Record]], extra: dict[str, Any] | None = None,
                  estimate: int | None = None) -> None:
         self.kind = kind
+        self.with_group = kind == "pairs"  # the scene of each pair (see scene_key)
         self.image_table = kind == "vqa"
         self._make, self._extra, self._estimate = make, extra or {}, estimate
 
@@ -202,12 +209,12 @@ def _pairs(seed: int) -> Iterator[Record]:
         for i in range(n):
             rng = _rng(seed, "pairs", split, i)
             scene = random_scene(rng)
-            yield Record(split, {"image_id": f"{split}-{i}", "captions": captions(scene, rng), "split": split},
-                         {"image": render(scene, rng)}, f"pairs/{split}/{i}")
+            yield Record(split, {"image_id": f"{split}-{i}", "captions": captions(scene, rng), "split": split,
+                                 "group": scene_key(scene)}, {"image": render(scene, rng)}, f"pairs/{split}/{i}")
     for i, scene in enumerate(all_scenes()):  # one image per distinct scene: unambiguous retrieval ground truth
         rng = _rng(seed, "pairs", "test", i)
-        yield Record("test", {"image_id": f"test-{i}", "captions": captions(scene, rng), "split": "test"},
-                     {"image": render(scene, rng)}, f"pairs/test/{i}")
+        yield Record("test", {"image_id": f"test-{i}", "captions": captions(scene, rng), "split": "test",
+                              "group": scene_key(scene)}, {"image": render(scene, rng)}, f"pairs/test/{i}")
 
 
 def _vqa_items(seed: int) -> list[tuple[str, int, Scene, list[dict[str, Any]]]]:

@@ -73,6 +73,21 @@ class _Images:
         return self.transform(image) if self.transform is not None else image
 
 
+def group_indices(ds) -> np.ndarray:
+    """Per row, an integer in ``[0, rows)`` for its ``group`` string: equal strings, equal integers; a row without a
+    group (null) is a group of its own."""
+    import pyarrow.compute as pc
+
+    column = ds.data.column("group")
+    codes = pc.dictionary_encode(column).combine_chunks().indices.to_numpy(zero_copy_only=False)
+    codes = np.asarray(codes, dtype=np.float64)  # nulls arrive as NaN
+    missing = np.isnan(codes)
+    out = np.where(missing, 0, codes).astype(np.int64)
+    distinct = int(out[~missing].max()) + 1 if (~missing).any() else 0
+    out[missing] = distinct + np.arange(int(missing.sum()))
+    return out
+
+
 def _caption_offsets(ds) -> np.ndarray:
     """Cumulative caption counts per row (``offsets[r]`` = first flat index of row ``r``), computed in Arrow."""
     import pyarrow.compute as pc
@@ -94,6 +109,7 @@ class PairsDataset(Dataset, _Images):
         if with_label and "label" not in self.ds.column_names:
             raise DataError(f"{prepared.root}: task 'classify' needs a 'label' column (prepare pairs with --label-col)")
         self.offsets = _caption_offsets(self.ds)
+        self.groups = group_indices(self.ds) if "group" in self.ds.column_names else None
 
     def __len__(self) -> int:
         return len(self.ds) if self.per_image else int(self.offsets[-1])
@@ -110,6 +126,8 @@ class PairsDataset(Dataset, _Images):
         if pixels is None:
             return None
         out = {"pixel_values": pixels, "text": item["captions"][cap], "image_index": row}
+        if self.groups is not None:
+            out["group_index"] = int(self.groups[row])
         if self.with_label:
             out["label"] = int(item["label"])
         return out
@@ -297,7 +315,8 @@ def _num_images(dataset: Dataset) -> int:
 
 
 class _OffsetImages(Dataset):
-    """A dataset whose ``image_index`` values are shifted, so that concatenated corpora never share an image id."""
+    """A dataset whose ``image_index`` (and ``group_index``, which lies in the same ``[0, rows)`` range) values are
+    shifted, so that concatenated corpora never share an image or group id."""
 
     def __init__(self, dataset: Dataset, offset: int) -> None:
         self.dataset, self.offset = dataset, offset
@@ -309,6 +328,8 @@ class _OffsetImages(Dataset):
         item = self.dataset[index]
         if item is not None and "image_index" in item:
             item = {**item, "image_index": item["image_index"] + self.offset}
+            if "group_index" in item:
+                item["group_index"] = item["group_index"] + self.offset
         return item
 
 

@@ -128,7 +128,7 @@ def prepare(source: Source, out: str | Path, options: PrepareOptions | None = No
         tokenizer_info = {"path": "tokenizer", "source": options.tokenizer_name or str(options.tokenizer),
                           **tokenizer_obj.describe()}
 
-    features = kind_features(source.kind, with_label=source.with_label)
+    features = kind_features(source.kind, with_label=source.with_label, with_group=source.with_group)
     writer = StoreWriter(out, source.kind, features, image_table=source.image_table, overwrite=options.overwrite,
                          inputs=inputs)
     log = SkipLog()

@@ -16,7 +16,9 @@ Layout (schema version 1)::
 Row schemas per kind (image columns are ``datasets.Image()``: encoded bytes):
 
 - ``pairs``  : ``image``, ``image_id`` (str), ``captions`` (list[str]), ``split`` (source split name);
-               optional ``label`` (int) for classification.
+               optional ``label`` (int) for classification; optional ``group`` (str or null): rows with the same
+               group show the same thing (a duplicate group: one scene, one near-duplicate image), never each
+               other's ITM hard negatives under ``itm_exclude_same_group``.
 - ``vqa``    : ``image_row`` (int), ``image_id`` (str), ``question``, ``question_id`` (int), ``answers`` (list[str], the
                raw annotator answers), ``labels`` (list[int]), ``scores`` (list[float]), ``answer_type``,
                ``question_type``.
@@ -49,7 +51,7 @@ PREPARED = DirKind("vlmo prepare",
                    frozenset({MANIFEST, "data", "image_table", "answers.json", "labels.json", "tokenizer"}), MANIFEST)
 
 
-def kind_features(kind: str, *, with_label: bool = False):
+def kind_features(kind: str, *, with_label: bool = False, with_group: bool = False):
     """The ``datasets.Features`` of a row of ``kind`` (see the module docstring)."""
     from datasets import Features, Image, List, Value
 
@@ -57,6 +59,8 @@ def kind_features(kind: str, *, with_label: bool = False):
         cols = {"image": Image(), "image_id": Value("string"), "captions": List(Value("string")), "split": Value("string")}
         if with_label:
             cols["label"] = Value("int64")
+        if with_group:
+            cols["group"] = Value("string")
         return Features(cols)
     if kind == "vqa":
         return Features(

@@ -2,8 +2,8 @@
 
 For every local text one negative image, and for every local image one negative text, are drawn from the softmax of
 the plain ITC similarities over the batch gathered from all processes; the exact positive is excluded (optionally
-every caption of the same image, and every pair whose caption is token-for-token the positive's, which the official
-code does not do).
+every caption of the same image, every pair whose caption is token-for-token the positive's, and every pair of the
+positive's duplicate group, which the official code does not do).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def sample_hard_negatives(
     generator: torch.Generator | None = None,
     positives: torch.Tensor | None = None,
     text_keys: torch.Tensor | None = None,
+    group_ids: torch.Tensor | None = None,
 ) -> HardNegatives:
     """Draw one negative per local row from ``softmax(ITC logits)`` with the positive (diagonal) excluded.
 
@@ -39,6 +40,8 @@ def sample_hard_negatives(
         image_ids: gathered image ids; when given, every pair showing the same image is excluded too.
         text_keys: gathered :func:`text_keys` of the pool's captions; when given, every pair whose caption equals the
             positive's is excluded too (as the text of an image, and through its image for a text).
+        group_ids: gathered duplicate-group ids (pairs that show the same thing, e.g. one scene or one near-duplicate
+            web image, share an id); when given, every pair of the positive's group is excluded too, both ways.
         generator: RNG for the draws.
     """
     with torch.no_grad():
@@ -52,6 +55,8 @@ def sample_hard_negatives(
             exclude |= image_ids[:local_batch, None] == image_ids[None, :]
         if text_keys is not None:
             exclude |= same_rows(text_keys[:local_batch], text_keys)
+        if group_ids is not None:
+            exclude |= group_ids[:local_batch, None] == group_ids[None, :]
         # a non-finite logit turns its row into NaN: draw that row uniformly instead of failing inside multinomial,
         # so that the step's loss (non-finite from the same logits) stops the run with its own message
         w_i2t = torch.nan_to_num(w_i2t, nan=0.0).masked_fill(exclude, 0)

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from ..config.schema import STAGES as SCHEMA_STAGES
+from ..errors import DataError
 from ..model.config import ModelConfig
 from ..model.flops import path_flops
 from ..model.vlmo import VLMo
@@ -58,26 +59,33 @@ def text_mlm_objective(model: VLMo, batch: Batch, task) -> StepOutput:
     return StepOutput(loss, {"mlm_loss": loss.detach(), "mlm_acc": acc})
 
 
-def negative_exclusions(batch: Batch, gather, same_image: bool, same_text: bool = False) -> dict[str, torch.Tensor]:
+def negative_exclusions(batch: Batch, gather, same_image: bool, same_text: bool = False,
+                        same_group: bool = False) -> dict[str, torch.Tensor]:
     """The hard-negative sampler's optional exclusion keys, gathered in the pool's order: ``image_ids`` (pairs of the
-    same image) and ``text_keys`` (pairs with the same caption); only the enabled ones are passed."""
+    same image), ``text_keys`` (pairs with the same caption) and ``group_ids`` (pairs of one duplicate group, from the
+    data's ``group`` column); only the enabled ones are passed."""
     keys: dict[str, torch.Tensor] = {}
+    if same_group and "group_ids" not in batch:
+        raise DataError("itm_exclude_same_group needs a duplicate-group key in the data, which this dataset has not: "
+                        "prepare it with --group-field (or `vlmo prepare demo`), or turn the option off")
     with torch.no_grad():
         if same_image and "image_ids" in batch:
             keys["image_ids"] = gather(batch["image_ids"])
         if same_text:
             keys["text_keys"] = gather(text_keys(batch["input_ids"], batch["attention_mask"]))
+        if same_group:
+            keys["group_ids"] = gather(batch["group_ids"])
     return keys
 
 
 def _itm_rows(batch: Batch, itc: ContrastiveResult, exclude_same_image: bool,
-              exclude_same_text: bool = False) -> tuple[torch.Tensor, ...]:
+              exclude_same_text: bool = False, exclude_same_group: bool = False) -> tuple[torch.Tensor, ...]:
     """Fusion inputs ``(ids, mask, pixels)`` of ITM: B positives, B (text, hard-negative image), B (hard-negative
     text, image), drawn from the gathered pool (official ``compute_itm_hardneg``)."""
     ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
     b = ids.shape[0]
     gather = gather_local_first if itc.local_first else gather_rank_order  # the pool in the logits' column order
-    exclusions = negative_exclusions(batch, gather, exclude_same_image, exclude_same_text)
+    exclusions = negative_exclusions(batch, gather, exclude_same_image, exclude_same_text, exclude_same_group)
     neg = sample_hard_negatives(itc.logits_i2t, itc.logits_t2i, b, positives=itc.labels, **exclusions)
     # only the chosen negatives travel between processes (the official code all-gathers every raw image)
     (neg_pixels,) = fetch_pool_rows([pixels], neg.image_index, itc.local_first)
@@ -85,9 +93,10 @@ def _itm_rows(batch: Batch, itc: ContrastiveResult, exclude_same_image: bool,
     return torch.cat([ids, ids, neg_ids]), torch.cat([mask, mask, neg_mask]), torch.cat([pixels, neg_pixels, pixels])
 
 
-def _itm(model: VLMo, batch: Batch, itc: ContrastiveResult, exclude_same_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _itm(model: VLMo, batch: Batch, itc: ContrastiveResult, exclude_same_image: bool,
+         exclude_same_group: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """ITM with global hard negatives; positive and both negative sets go through ONE batched fusion pass."""
-    fused = model.forward_pair(*_itm_rows(batch, itc, exclude_same_image))
+    fused = model.forward_pair(*_itm_rows(batch, itc, exclude_same_image, exclude_same_group=exclude_same_group))
     return itm_loss(model.itm_logits(fused.pooled), batch["input_ids"].shape[0])
 
 
@@ -108,7 +117,8 @@ def vl_objective(model: VLMo, batch: Batch, task) -> StepOutput:
     # runs faster than two; measured in benchmarks/bench_train.py)
     b = ids.shape[0]
     itm_ids, itm_mask, itm_pixels = _itm_rows(batch, plain, task.itm_exclude_same_image,
-                                                 getattr(task, "itm_exclude_same_text", False))
+                                                 getattr(task, "itm_exclude_same_text", False),
+                                                 getattr(task, "itm_exclude_same_group", False))
     fused = model.forward_pair(torch.cat([itm_ids, batch["mlm_input_ids"]]), torch.cat([itm_mask, mask]),
                                torch.cat([itm_pixels, pixels]))
     itm, itm_acc = itm_loss(model.itm_logits(fused.pooled[: 3 * b]), b)
@@ -146,7 +156,8 @@ def retrieval_objective(model: VLMo, batch: Batch, task) -> StepOutput:
     metrics = {"irtr_loss": itc.loss.detach(), "itc_i2t_acc": itc.accuracy_i2t, "itc_t2i_acc": itc.accuracy_t2i}
     total = itc.loss
     if task.with_itm:
-        itm, acc = _itm(model, batch, itc, exclude_same_image=True)
+        itm, acc = _itm(model, batch, itc, exclude_same_image=True,
+                        exclude_same_group=getattr(task, "itm_exclude_same_group", False))
         total = total + itm
         metrics.update(itm_loss=itm.detach(), itm_acc=acc)
     return StepOutput(total, metrics)

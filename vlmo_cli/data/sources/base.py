@@ -113,6 +113,8 @@ class Source:
     format: str = ""
     #: pairs only: rows carry an integer ``label`` column
     with_label: bool = False
+    #: pairs only: rows carry a ``group`` (duplicate group) column
+    with_group: bool = False
     #: rows reference a shared per-split image table (see :attr:`Record.image_key`)
     image_table: bool = False
 

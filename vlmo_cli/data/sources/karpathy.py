@@ -4,6 +4,9 @@ One row per image with *every* caption (``sentences[*].raw``; a few COCO images 
 file's own ``train`` / ``restval`` / ``val`` / ``test``; read ``"train+restval"`` for the usual 113k training set.
 Image path: ``<images>/<filepath>/<filename>`` for COCO, ``<images>/<filename>`` for Flickr30k (a ``filepath`` field
 is honoured when present; for COCO ``<images>/<filename>`` is tried too, for flat folders).
+``group_field`` (``--group-field``) names an image-level field whose value is stored as the duplicate-group key
+(``group`` column: images sharing it are never each other's ITM hard negatives under ``itm_exclude_same_group``);
+an entry without it is a group of its own, a field no entry has is an error.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ class KarpathySource(Source):
     kind = "pairs"
 
     def __init__(self, annotations: str | Path, images: str | Path, *, dataset: str = "coco",
-                 splits: tuple[str, ...] | None = None) -> None:
+                 splits: tuple[str, ...] | None = None, group_field: str | None = None) -> None:
         self.annotations = Path(annotations)
         self.images = Path(images)
         self.dataset = dataset
@@ -30,12 +33,18 @@ class KarpathySource(Source):
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
             raise DataError(f"{self.annotations}: expected an object with an 'images' list (Karpathy split format)")
         self.entries: list[Any] = data["images"]
+        self.group_field = group_field
+        self.with_group = group_field is not None
+        if group_field is not None and not any(isinstance(e, dict) and group_field in e for e in self.entries):
+            first = next((sorted(e) for e in self.entries if isinstance(e, dict)), [])
+            raise DataError(f"{self.annotations}: no image entry has the field {group_field!r} (--group-field); "
+                            f"fields are {first}")
         if not self.images.is_dir():
             raise DataError(f"{self.images}: image folder not found")
 
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "annotations": str(self.annotations), "images": str(self.images),
-                "splits": list(self.splits) if self.splits else None}
+                "splits": list(self.splits) if self.splits else None, "group_field": self.group_field}
 
     def estimate(self) -> int:
         return len(self.entries)
@@ -78,5 +87,8 @@ class KarpathySource(Source):
             if not captions:
                 log.add(split, where, "no captions")
                 continue
-            yield Record(split, {"image_id": filename, "captions": captions, "split": split},
-                         {"image": self._path(entry)}, where)
+            fields = {"image_id": filename, "captions": captions, "split": split}
+            if self.with_group:
+                value = entry.get(self.group_field)
+                fields["group"] = None if value is None or isinstance(value, (dict, list)) else str(value)
+            yield Record(split, fields, {"image": self._path(entry)}, where)

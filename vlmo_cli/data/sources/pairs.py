@@ -17,6 +17,9 @@ Rows naming the same image (or the same ``--id-col`` value) are grouped into one
 class names go to ``labels.json``. Relative image paths are resolved against ``--images`` (default: the file's
 folder). ``--split-col`` takes splits from a column, otherwise everything goes to ``split`` with an optional seeded
 ``val_fraction`` hold-out: whole images, as close to that fraction of the rows as the grouping allows.
+``--group-col`` (tsv/csv/json/jsonl) stores a duplicate-group key per image (the ``group`` column): images whose
+rows name the same value show the same thing and are kept out of each other's ITM hard negatives under
+``itm_exclude_same_group``; an empty or missing value makes an image a group of its own.
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ PAIR_FORMATS = ("tsv", "csv", "json", "jsonl", "vg", "hf", "webdataset")
 
 
 class _Row:
-    __slots__ = ("key", "image", "captions", "label", "split", "where")
+    __slots__ = ("key", "image", "captions", "label", "split", "where", "group")
 
-    def __init__(self, key, image, captions, label, split, where) -> None:
+    def __init__(self, key, image, captions, label, split, where, group=None) -> None:
         self.key, self.image, self.captions, self.label, self.split, self.where = key, image, captions, label, split, where
+        self.group = group
 
 
 class GroupedPairsSource(Source):
@@ -49,8 +53,10 @@ class GroupedPairsSource(Source):
     kind = "pairs"
 
     def __init__(self, *, split: str = "train", val_fraction: float = 0.0, seed: int = 0,
-                 label_col: str | None = None, group: bool = True) -> None:
+                 label_col: str | None = None, group: bool = True, group_col: str | None = None) -> None:
         self.split = split
+        self.group_col = group_col
+        self.with_group = group_col is not None
         self.val_fraction = val_fraction
         self.seed = seed
         self.label_col = label_col
@@ -83,7 +89,18 @@ class GroupedPairsSource(Source):
             fields: dict[str, Any] = {"image_id": r.key, "captions": r.captions, "split": split}
             if self.with_label:
                 fields["label"] = self.labels(r.label)
+            if self.with_group:
+                fields["group"] = r.group
             yield Record(split, fields, {"image": r.image}, r.where)
+
+
+def _group_value(value: Any) -> str | None:
+    """A duplicate-group cell -> its text (numbers too), or ``None`` (a group of its own) when empty or null."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, (dict, list)):
+        raise Malformed(f"malformed group: {json_type(value)}, not text or a number")
+    return str(value).strip()
 
 
 class FilePairsSource(GroupedPairsSource):
@@ -107,7 +124,8 @@ class FilePairsSource(GroupedPairsSource):
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "path": str(self.path), "images": str(self.images),
                 "image_col": self.image_col, "caption_col": self.caption_col, "id_col": self.id_col,
-                "label_col": self.label_col, "split_col": self.split_col, "val_fraction": self.val_fraction}
+                "label_col": self.label_col, "split_col": self.split_col, "group_col": self.group_col,
+                "val_fraction": self.val_fraction}
 
     def _resolve(self, value: Any) -> str:
         path = Path(str(value))
@@ -120,6 +138,7 @@ class FilePairsSource(GroupedPairsSource):
             label = as_label(get(self.label_col)) if self.label_col is not None else None
             split = str(get(self.split_col)) if self.split_col is not None else self.split
             key = str(get(self.id_col)) if self.id_col is not None else str(image)
+            group = _group_value(get(self.group_col)) if self.group_col is not None else None
         except (KeyError, IndexError):
             log.add(self.split, where, "malformed row: missing column")
             return None
@@ -141,7 +160,7 @@ class FilePairsSource(GroupedPairsSource):
         if self.with_label and label in (None, ""):
             log.add(split, where, "malformed row: no label")
             return None
-        return _Row(key, self._resolve(image), captions or [""], label, split, where)
+        return _Row(key, self._resolve(image), captions or [""], label, split, where, group)
 
     def rows(self, log: SkipLog) -> Iterator[_Row]:
         if self.fmt in ("tsv", "csv"):
@@ -162,7 +181,8 @@ class FilePairsSource(GroupedPairsSource):
         where = str(self.path)
         self.image_col = pick_column(columns, self.image_col, IMAGE_COLUMNS, "image", where)
         self.caption_col = pick_column(columns, self.caption_col, CAPTION_COLUMNS, "caption", where)
-        for name, col in (("label", self.label_col), ("id", self.id_col), ("split", self.split_col)):
+        for name, col in (("label", self.label_col), ("id", self.id_col), ("split", self.split_col),
+                          ("group", self.group_col)):
             if col is not None:
                 pick_column(columns, col, (), name, where)
 
