@@ -35,9 +35,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from vlmo_cli.bench import BenchSettings, _peak_memory_mb, build_training, default_peak_tflops, device_name, \
-        synthetic_batch, train_flops_per_sample
-    from vlmo_cli.recipe import load_recipe
+    from vlmo_cli.bench import BenchSettings, build_training, default_peak_tflops, device_name, synthetic_batch, \
+        train_flops_per_sample
+    from vlmo_cli.bench.common import peak_memory_mb
+    from vlmo_cli.config.recipe import load_recipe
     from vlmo_cli.train.distributed_setup import make_accelerator, prepare_for_fsdp, sharded_grad_norm, uses_fsdp
 
     section = "pretrain.vl"
@@ -48,7 +49,8 @@ def main() -> None:
         raise SystemExit("bench_fsdp: FSDP is not active (launch with torchrun --nproc_per_node N)")
     device = accelerator.device
     settings = BenchSettings(recipe=args.recipe, stage="vl", batch=args.batch, fused_adamw=device.type == "cuda")
-    cfg, stage_def, model, module, optimizer, _ = build_training(settings, section, stage, device)
+    parts = build_training(settings, section, stage, device)
+    cfg, stage_def, model, module, optimizer = parts.cfg, parts.stage_def, parts.model, parts.module, parts.optimizer
     prepare_for_fsdp(model)
     model.set_grad_checkpointing(args.checkpointing)
     module, optimizer = accelerator.prepare(module, optimizer)
@@ -98,7 +100,7 @@ def main() -> None:
     flops = train_flops_per_sample(section, cfg, stage.task, text_len)
     peak = args.peak_tflops or default_peak_tflops(device, args.precision)
     achieved = samples_per_s * flops / 1e12
-    memory, kind = _peak_memory_mb(device)
+    memory, kind = peak_memory_mb(device)
     result = {"recipe": args.recipe, "stage": section, "fsdp_processes": accelerator.num_processes,
               "batch_per_process": args.batch, "checkpointing": args.checkpointing, "precision": args.precision,
               "samples_per_s": samples_per_s, "flops_per_sample": flops, "achieved_tflops": achieved,

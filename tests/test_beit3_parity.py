@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from vlmo_cli.interop.beit3 import convert_state
 from vlmo_cli.model.beit3_heads import captioning_mask
-from vlmo_cli.model.beit3_io import build_beit3
+from vlmo_cli.factory import build_beit3
 
 #: golden data of torchscale 0.3.0 (tests/fixtures/beit3-tiny/README.md says how they were made)
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "beit3-tiny"

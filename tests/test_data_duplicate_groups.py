@@ -17,10 +17,10 @@ from vlmo_cli.data.sources import FilePairsSource, KarpathySource
 from vlmo_cli.data.store import open_prepared
 from vlmo_cli.errors import DataError, RecipeError
 from vlmo_cli.objectives.matching import sample_hard_negatives
-from vlmo_cli.recipe import load_recipe
-from vlmo_cli.recipe_schema import FinetuneRetrievalTask, PretrainVLTask
+from vlmo_cli.config.recipe import load_recipe
+from vlmo_cli.config.schema import FinetuneRetrievalTask, PretrainVLTask
 from vlmo_cli.train import stages
-from vlmo_cli.train.loop import StageModule
+from vlmo_cli.train.build import StageModule
 
 from helpers import run
 

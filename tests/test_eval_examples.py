@@ -182,7 +182,7 @@ def test_nlvr2_examples_picked_from_a_prepared_split(demo_root):
 
 # --------------------------------------------------------------------------------------------- HTML report
 def test_run_report_embeds_the_vqa_and_nlvr2_pictures(tmp_path):
-    from vlmo_cli.run_report import render_run_report
+    from vlmo_cli.train.report import render_run_report
 
     run = tmp_path / "runs" / "ft"
     (run / "eval").mkdir(parents=True)

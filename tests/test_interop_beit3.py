@@ -14,7 +14,7 @@ from safetensors import safe_open
 from vlmo_cli.interop.beit3 import HEAD_LAYOUTS, convert_state
 from vlmo_cli.model.beit3 import Beit3
 from vlmo_cli.model.beit3_config import get_beit3_config
-from vlmo_cli.model.beit3_io import is_beit3_dir, load_beit3
+from vlmo_cli.factory import is_beit3_dir, load_beit3
 
 #: tiny backbone: width 32, 2 blocks, 32 px images in 8 px patches, 100-word vocabulary, 20 text positions
 SHAPE = dict(embed_dim=32, depth=2, num_heads=4, ffn_dim=64, vocab_size=100, max_source_positions=20)
@@ -269,7 +269,7 @@ def test_vision_only_classification_layout(tmp_path, capsys):
 def test_vlmo_commands_name_a_beit3_directory(tmp_path, capsys):
     """A command that works on VLMo models says so about a BEiT-3 directory, in one line."""
     from vlmo_cli.errors import CheckpointError
-    from vlmo_cli.model.io import load_model
+    from vlmo_cli.factory import load_model
 
     assert _convert(capsys, str(_save(tmp_path, _released())), str(tmp_path / "out"))[0] == 0
     with pytest.raises(CheckpointError, match="a BEiT-3 model \\(family beit3\\); this command works on VLMo models"):

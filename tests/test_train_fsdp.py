@@ -16,7 +16,7 @@ from test_train_distributed import CASES, WORLD, _free_port, assert_grads, harde
 from vlmo_cli.errors import RecipeError
 from vlmo_cli.train import stages
 from vlmo_cli.train.distributed_setup import check_fsdp_settings
-from vlmo_cli.train.loop import StageModule
+from vlmo_cli.train.build import StageModule
 
 FSDP_CASES = ("full_with_grad", "itm_mlm")
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlmo_cli.recipe import load_recipe
+from vlmo_cli.config.recipe import load_recipe
 from vlmo_cli.train.loop import train
 from vlmo_cli.train.monitor import read_metrics
 

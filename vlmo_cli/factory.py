@@ -177,6 +177,72 @@ def convert_beit_to_dir(
                       inputs=inputs, metadata=metadata)
 
 
+# ---------------------------------------------------------------------------------------------------- BEiT-3
+CONVERT_BEIT3 = "vlmo convert beit3"
+
+
+def build_beit3(state: dict[str, torch.Tensor], cfg, source: str, strict: bool = True, **config_overrides):
+    """A :class:`~vlmo_cli.model.beit3.Beit3` of ``cfg`` holding ``state``; ``image_size`` among
+    ``config_overrides`` resizes the image position table, other overrides must not change a weight's shape."""
+    import torch
+
+    from .interop.beit3 import adapt_state
+    from .model.beit3 import Beit3
+    from .model.weights import load_state_dict_checked
+
+    if config_overrides:
+        new = cfg.replace(**config_overrides)
+        state, cfg = adapt_state(state, cfg, new), new
+    if strict:  # every weight comes from ``state``: skip the random initialisation
+        with torch.device("meta"):
+            model = Beit3(cfg).to_empty(device="cpu")
+    else:
+        model = Beit3(cfg)
+    load_state_dict_checked(model, state, source=source, strict=strict)
+    return model
+
+
+def is_beit3_dir(path: str | Path) -> bool:
+    """Whether ``path`` resolves to a model directory whose config is a BEiT-3 one (``"family": "beit3"``)."""
+    from .model.beit3_config import is_beit3_config
+
+    try:
+        data = json.loads((resolve_model_dir(path) / CONFIG_NAME).read_text())
+    except (CheckpointError, OSError, json.JSONDecodeError):
+        return False
+    return is_beit3_config(data)
+
+
+def load_beit3(path: str | Path, device: str | torch.device = "cpu", **config_overrides):
+    """Load a BEiT-3 model directory (or a run folder / ``latest`` pointer resolving to one)."""
+    from .model.beit3_config import Beit3Config
+    from .model.weights import read_weights
+
+    directory = resolve_model_dir(path)
+    try:
+        cfg = Beit3Config.load(directory / CONFIG_NAME)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+    return build_beit3(read_weights(directory / WEIGHTS_NAME), cfg, str(directory), **config_overrides).to(device)
+
+
+def convert_beit3(checkpoint: str | Path, out_dir: str | Path, *, num_heads: int | None = None,
+                  image_size: int | None = None, drop_unexpected: bool = False, overwrite: bool = False) -> Path:
+    """Convert a released BEiT-3 checkpoint file (:mod:`vlmo_cli.interop.beit3`) into a model directory
+    (config.json with ``family: "beit3"``, model.safetensors); ``out_dir`` follows :mod:`vlmo_cli.outputs`."""
+    from .interop.beit3 import convert_state
+    from .interop.official import read_checkpoint
+
+    kind, inputs = model_dir_kind(CONVERT_BEIT3), [checkpoint]
+    check_directory(out_dir, kind, overwrite=overwrite, inputs=inputs)
+    state, _ = read_checkpoint(checkpoint)
+    converted = convert_state(state, str(checkpoint), num_heads=num_heads, image_size=image_size,
+                              drop_unexpected=drop_unexpected)
+    model = build_beit3(converted.state, converted.config, str(checkpoint))
+    metadata = {"source": f"beit3:{Path(checkpoint).name}", "inferred": converted.describe()}
+    return save_model(model, out_dir, command=CONVERT_BEIT3, overwrite=overwrite, inputs=inputs, metadata=metadata)
+
+
 # ---------------------------------------------------------------------------------------------------- init sources
 def read_init_source(source: str, target: ModelConfig) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """``(state_dict, its config)`` of a training init source: ``beit:PATH`` (BEiT weights mapped onto ``target``),

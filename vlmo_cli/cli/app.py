@@ -10,7 +10,7 @@ import typer
 
 from . import (bench, convert, embed, evaluate, export, finetune, model, prepare, pretrain, quickstart, recipes,
                report, serve)
-from .common import USAGE_ERROR, err_console, invoke  # noqa: F401 - USAGE_ERROR, err_console: their old home
+from .common import invoke
 from .examples import add_examples
 
 #: the command modules, in the order ``vlmo --help`` lists their commands

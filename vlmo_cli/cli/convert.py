@@ -118,7 +118,7 @@ def beit3(
     """Convert a microsoft/unilm BEiT-3 checkpoint (backbone and its VQA, NLVR2, retrieval or classification head)
     into a BEiT-3 model directory. The architecture comes from the weights; the head count from a released
     architecture of the same shape or --num-heads, never guessed."""
-    from ..interop.beit3 import convert_beit3
+    from ..factory import convert_beit3
     from .convert_beit3_summary import beit3_summary
 
     out = convert_beit3(checkpoint, out_dir, num_heads=num_heads, image_size=image_size,

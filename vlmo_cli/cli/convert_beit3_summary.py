@@ -12,7 +12,7 @@ def beit3_summary(out: Path, console: Console) -> None:
     from safetensors import safe_open
 
     from ..model.beit3_config import Beit3Config
-    from ..model.io import CONFIG_NAME, WEIGHTS_NAME
+    from ..layout import CONFIG_NAME, WEIGHTS_NAME
 
     cfg = Beit3Config.load(out / CONFIG_NAME)
     with safe_open(str(out / WEIGHTS_NAME), framework="pt") as f:

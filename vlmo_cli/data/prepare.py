@@ -57,7 +57,7 @@ def _resolve(job: tuple[dict[str, Any], int | None]) -> dict[str, tuple[bytes | 
     return {name: load_image_bytes(ref, max_size) for name, ref in images.items()}
 
 
-class _Pool:
+class RecordPool:
     """Ordered, bounded parallel map over record chunks (or in-process when ``workers == 0``)."""
 
     def __init__(self, workers: int) -> None:
@@ -86,7 +86,7 @@ class _Pool:
             self.pool.join()
 
 
-def _chunks(records: Iterator[Record], max_size: int | None, seen_keys: set[str], buffer: list[list[Record]]):
+def record_chunks(records: Iterator[Record], max_size: int | None, seen_keys: set[str], buffer: list[list[Record]]):
     """Record chunks -> job chunks; images of already-queued ``image_key`` s are not decoded twice."""
     chunk: list[Record] = []
     for record in records:
@@ -137,16 +137,16 @@ def prepare(source: Source, out: str | Path, options: PrepareOptions | None = No
     seen: set[str] = set()
     buffer: list[list[Record]] = []
     started = time.perf_counter()
-    pool = _Pool(options.workers)
+    pool = RecordPool(options.workers)
     progress = _Progress(options.progress, source)
     try:
-        for results in pool.map_chunks(_chunks(source.records(log), options.max_size, seen, buffer)):
+        for results in pool.map_chunks(record_chunks(source.records(log), options.max_size, seen, buffer)):
             chunk = buffer.pop(0)
             for record, resolved in zip(chunk, results):
                 _emit(record, resolved, writer, log, counts, table_rows)
             progress.advance(len(chunk), counts["rows"], len(log))
-            _check_bad(counts["rows"], log, options.max_bad_fraction, early=True)
-        _check_bad(counts["rows"], log, options.max_bad_fraction, early=False)
+            check_bad_fraction(counts["rows"], log, options.max_bad_fraction, early=True)
+        check_bad_fraction(counts["rows"], log, options.max_bad_fraction, early=False)
         if counts["rows"] == 0:
             raise DataError(f"{source.format}: no usable samples" + (f": {log.summary()}" if len(log) else ""))
         extra = dict(source.extra_files())
@@ -210,7 +210,7 @@ def _emit(record: Record, resolved: dict, writer: StoreWriter, log: SkipLog, cou
         counts["captions"] = counts.get("captions", 0) + len(row["captions"])
 
 
-def _check_bad(rows: int, log: SkipLog, limit: float, *, early: bool) -> None:
+def check_bad_fraction(rows: int, log: SkipLog, limit: float, *, early: bool) -> None:
     total = rows + len(log)
     if total == 0 or (early and total < EARLY_CHECK):
         return

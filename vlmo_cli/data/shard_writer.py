@@ -28,7 +28,7 @@ from typing import Any
 from .. import __version__
 from ..errors import DataError
 from ..outputs import DirectoryOutput, DirKind
-from .prepare import PrepareOptions, _check_bad, _chunks, _Pool
+from .prepare import PrepareOptions, check_bad_fraction, record_chunks, RecordPool
 from .sources.base import SkipLog, Source
 
 SHARDS = DirKind("vlmo prepare --out-format webdataset", frozenset(), "shards.json")
@@ -118,10 +118,10 @@ def write_shards(source: Source, out: str | Path, options: PrepareOptions | None
     splits: dict[str, _SplitShards] = {}
     rows = samples = 0
     buffer: list = []
-    pool = _Pool(options.workers)
+    pool = RecordPool(options.workers)
     try:
         with DirectoryOutput(out, SHARDS, overwrite=options.overwrite, inputs=options.inputs) as tmp:
-            for results in pool.map_chunks(_chunks(source.records(log), options.max_size, set(), buffer)):
+            for results in pool.map_chunks(record_chunks(source.records(log), options.max_size, set(), buffer)):
                 for record, resolved in zip(buffer.pop(0), results):
                     errors = [e for _, e in resolved.values() if e is not None]
                     if errors:
@@ -134,8 +134,8 @@ def write_shards(source: Source, out: str | Path, options: PrepareOptions | None
                         splits[record.split].write(sample)
                         samples += 1
                     rows += 1
-                _check_bad(rows, log, options.max_bad_fraction, early=True)
-            _check_bad(rows, log, options.max_bad_fraction, early=False)
+                check_bad_fraction(rows, log, options.max_bad_fraction, early=True)
+            check_bad_fraction(rows, log, options.max_bad_fraction, early=False)
             if rows == 0:
                 raise DataError(f"{source.format}: no usable samples" + (f": {log.summary()}" if len(log) else ""))
             for shards in splits.values():

@@ -279,13 +279,3 @@ def describe_sources(state: dict[str, torch.Tensor], cfg: ModelConfig, config_by
         f"max_text_len_of_initckpt {cfg.max_text_len_of_initckpt} ({config_by}); "
         "width, depth, patch size, MLP width and layer scale from the weights"
     )
-
-
-def __getattr__(name: str):
-    """``convert_beit_to_dir`` and ``CONVERT_BEIT`` moved to :mod:`vlmo_cli.factory`; kept here until the redesign
-    lands."""
-    if name in ("convert_beit_to_dir", "CONVERT_BEIT"):
-        from .. import factory
-
-        return getattr(factory, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

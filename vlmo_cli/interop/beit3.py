@@ -1,4 +1,5 @@
-"""Released BEiT-3 checkpoints (microsoft/unilm ``beit3/``) → (state dict, :class:`Beit3Config`) → model directory.
+"""Released BEiT-3 checkpoints (microsoft/unilm ``beit3/``) → (state dict, :class:`Beit3Config`), pure functions
+(:func:`vlmo_cli.factory.convert_beit3` writes the model directory).
 
 The released files (``beit3_base_patch16_224.pth``, ``beit3_large_patch16_224.pth``, the fine-tuned VQA, NLVR2,
 COCO/Flickr retrieval and ImageNet models) hold the state dict of a unilm fine-tuning model under ``model`` (or
@@ -18,15 +19,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..model.beit3_config import OFFICIAL_SHAPES, Beit3Config, get_beit3_config
-from ..model.io import model_dir_kind, save_model
-from ..outputs import check_directory
-from .official import read_checkpoint
 
 PREFIX = "beit3."
 State = dict[str, torch.Tensor]
@@ -250,22 +247,3 @@ def _backbone_keys(cfg: Beit3Config) -> set[str]:
     with torch.device("meta"):
         model = Beit3(cfg.replace(heads=[]))
     return set(model.state_dict())
-
-
-CONVERT_BEIT3 = "vlmo convert beit3"
-
-
-def convert_beit3(checkpoint: str | Path, out_dir: str | Path, *, num_heads: int | None = None,
-                  image_size: int | None = None, drop_unexpected: bool = False, overwrite: bool = False) -> Path:
-    """Convert a released BEiT-3 checkpoint file into a model directory (config.json with ``family: "beit3"``,
-    model.safetensors). ``out_dir`` follows :mod:`vlmo_cli.outputs`, as ``vlmo convert official`` does."""
-    from ..model.beit3_io import build_beit3
-
-    kind, inputs = model_dir_kind(CONVERT_BEIT3), [checkpoint]
-    check_directory(out_dir, kind, overwrite=overwrite, inputs=inputs)
-    state, _ = read_checkpoint(checkpoint)
-    converted = convert_state(state, str(checkpoint), num_heads=num_heads, image_size=image_size,
-                              drop_unexpected=drop_unexpected)
-    model = build_beit3(converted.state, converted.config, str(checkpoint))
-    metadata = {"source": f"beit3:{Path(checkpoint).name}", "inferred": converted.describe()}
-    return save_model(model, out_dir, command=CONVERT_BEIT3, overwrite=overwrite, inputs=inputs, metadata=metadata)

@@ -292,13 +292,3 @@ def read_official(path: str | Path, num_heads: int | None = None, text_table_len
     inferred = infer_architecture(state, official, str(path), num_heads=num_heads, text_table_len=text_table_len,
                                   grid_of_index=grid)
     return state, official, inferred
-
-
-def __getattr__(name: str):
-    """``load_official``, ``convert_official`` and ``CONVERT_OFFICIAL`` moved to :mod:`vlmo_cli.factory`; kept here
-    until the redesign lands."""
-    if name in ("load_official", "convert_official", "CONVERT_OFFICIAL"):
-        from .. import factory
-
-        return getattr(factory, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,8 +17,6 @@ import torch
 
 from ..errors import CheckpointError
 from ..factory import read_init_source
-from ..factory import read_init_source as read_source  # noqa: F401 - the old name, kept until the redesign lands
-from ..layout import resolve_model_dir  # noqa: F401 - re-exported here before the redesign; kept until it lands
 from ..model.resize import adapt_state_dict
 from ..model.vlmo import VLMo
 

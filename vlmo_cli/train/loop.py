@@ -20,7 +20,7 @@ from rich.console import Console
 from ..data.streaming import gather_stream_state, set_loader_epoch, stream_tracker
 from ..errors import RecipeError
 from ..model.vlmo import VLMo
-from .build import StageModule, StageParts, build_stage  # noqa: F401 - StageModule: its old home
+from .build import StageParts, build_stage
 from .checkpoint import (TrainerState, find_resume, list_checkpoints, load_training_state, restore_training_state,
                          save_checkpoint)
 from .distributed_setup import (checkpoint_payload, fsdp_note, load_optimizer_state, make_accelerator, plain_norm,

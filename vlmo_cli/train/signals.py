@@ -12,7 +12,7 @@ import signal
 import threading
 from pathlib import Path
 
-from ..stop_signals import STOP_SIGNALS, ignore_stop_signals  # noqa: F401 - ignore_stop_signals: its old home
+from ..stop_signals import STOP_SIGNALS
 
 
 class TrainingInterrupted(Exception):

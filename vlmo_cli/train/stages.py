@@ -319,8 +319,6 @@ def check_stage_defs() -> None:
 
 
 check_stage_defs()
-#: the table's name before the redesign (it clashed with config.schema.STAGES); kept until the redesign lands
-STAGES = STAGE_DEFS
 
 
 def init_tokenizer(prepared, init: str) -> str | None:
