@@ -1,33 +1,10 @@
-"""Input embeddings: image patches (+ image CLS), BERT-style text embeddings and modality (token-type) embeddings."""
+"""Input embeddings: BERT-style text embeddings and modality (token-type) embeddings. Image patches are embedded
+by ``timm.layers.PatchEmbed`` (a non-overlapping ``patch_size`` convolution named ``proj``, as the official model's)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` convolution; ``[B, 3, H, W] -> [B, D, H/p, W/p]``.
-
-    Args:
-        image_size: expected input resolution (checked: the position information is built for it).
-        patch_size: patch size.
-        dim: output width.
-    """
-
-    def __init__(self, image_size: int, patch_size: int, dim: int, in_chans: int = 3) -> None:
-        super().__init__()
-        self.image_size = image_size
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        h, w = pixel_values.shape[-2:]
-        if h != self.image_size or w != self.image_size:
-            raise ValueError(
-                f"image of size {h}x{w} given to a model built for {self.image_size}x{self.image_size}; "
-                "resize the images or load the model at that resolution"
-            )
-        return self.proj(pixel_values)
 
 
 class TextEmbeddings(nn.Module):

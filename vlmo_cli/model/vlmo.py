@@ -18,10 +18,11 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from timm.layers import PatchEmbed
 from torch import nn
 
 from .config import LOGIT_SCALE_INIT, ModelConfig
-from .embeddings import PatchEmbed, TextEmbeddings
+from .embeddings import TextEmbeddings
 from .heads import ITMHead, MIMHead, MLMHead, Pooler, Projection, classifier
 from .layers import Modality, MoMEBlock
 from .position import (
@@ -83,7 +84,8 @@ class MultiwayTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         d = cfg.embed_dim
-        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, d)
+        # [B, 3, H, W] -> [B, D, H/p, W/p]; the input size is checked in VLMo.embed_image (a readable message)
+        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, 3, d, flatten=False, strict_img_size=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = None if cfg.relative_position else nn.Parameter(torch.zeros(1, cfg.num_image_tokens, d))
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear 0 → rate
@@ -251,6 +253,11 @@ class VLMo(nn.Module):
         ``patch_mask`` (``[B, P]`` bool, masked-image modelling) replaces the masked patches by the MIM mask token.
         """
         t = self.transformer
+        h, w = pixel_values.shape[-2:]
+        size = self.config.image_size
+        if h != size or w != size:
+            raise ValueError(f"image of size {h}x{w} given to a model built for {size}x{size}; "
+                             "resize the images or load the model at that resolution")
         x = t.patch_embed(pixel_values).flatten(2).transpose(1, 2)
         if patch_mask is not None:
             if self.mim_head is None:
