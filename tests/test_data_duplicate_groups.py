@@ -102,7 +102,7 @@ def test_stage3_objective_passes_groups_only_when_on(monkeypatch):
     seen = _spy(monkeypatch)
     model = _model(["pooler", "itc", "itc_vl", "itm", "mlm"])
     for on in (False, True):
-        StageModule(model, stages.STAGES["pretrain.vl"], PretrainVLTask(dataset=("unused",),
+        StageModule(model, stages.STAGE_DEFS["pretrain.vl"], PretrainVLTask(dataset=("unused",),
                                                                         itm_exclude_same_group=on))(_batch())
     assert seen[0] is None and torch.equal(seen[1], GROUPS)
 
@@ -111,7 +111,7 @@ def test_retrieval_with_itm_passes_groups_when_on(monkeypatch):
     seen = _spy(monkeypatch)
     model = _model(["pooler", "itc", "itm"])
     task = FinetuneRetrievalTask(dataset=("unused",), with_itm=True, itm_exclude_same_group=True)
-    StageModule(model, stages.STAGES["finetune.retrieval_coco"], task)(_batch())
+    StageModule(model, stages.STAGE_DEFS["finetune.retrieval_coco"], task)(_batch())
     assert torch.equal(seen[0], GROUPS)
 
 
@@ -120,7 +120,7 @@ def test_option_on_without_groups_in_the_data_is_one_clear_error():
     del batch["group_ids"]
     task = PretrainVLTask(dataset=("unused",), itm_exclude_same_group=True)
     with pytest.raises(DataError, match="--group-field"):
-        StageModule(_model(["pooler", "itc", "itc_vl", "itm", "mlm"]), stages.STAGES["pretrain.vl"], task)(batch)
+        StageModule(_model(["pooler", "itc", "itc_vl", "itm", "mlm"]), stages.STAGE_DEFS["pretrain.vl"], task)(batch)
 
 
 # ------------------------------------------------------------------------------------------ prepare + loader

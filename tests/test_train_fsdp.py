@@ -43,7 +43,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         model = make_model()
         initial = {k: v.clone() for k, v in model.state_dict().items()}
         prepare_for_fsdp(model)
-        module = StageModule(model, stages.STAGES["pretrain.vl"], task(**CASES[name]))
+        module = StageModule(model, stages.STAGE_DEFS["pretrain.vl"], task(**CASES[name]))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         module, optimizer = accelerator.prepare(module, optimizer)
         blocks = list(accelerator.unwrap_model(module).model.transformer.blocks)
