@@ -197,19 +197,25 @@ class _Counting:
         return data
 
 
-def caption_of(members: dict[str, bytes], caption_key: str = "") -> str | None:
-    """The caption of a sample: the named ``json`` field when ``caption_key`` is set, else ``txt``, else the ``json``
-    ``caption``/``text`` field. None when there is none (or the JSON is malformed)."""
-    if not caption_key and "txt" in members:
-        text = members["txt"].decode("utf-8", errors="replace").strip()
-        return text or None
+def json_meta(members: dict[str, bytes]) -> dict | None:
+    """A sample's ``json`` member as a dict; None when it has none, or it is malformed or not an object."""
     if "json" not in members:
         return None
     try:
         meta = json.loads(members["json"])
     except ValueError:
         return None
-    if not isinstance(meta, dict):
+    return meta if isinstance(meta, dict) else None
+
+
+def caption_of(members: dict[str, bytes], caption_key: str = "") -> str | None:
+    """The caption of a sample: the named ``json`` field when ``caption_key`` is set, else ``txt``, else the ``json``
+    ``caption``/``text`` field. None when there is none (or the JSON is malformed)."""
+    if not caption_key and "txt" in members:
+        text = members["txt"].decode("utf-8", errors="replace").strip()
+        return text or None
+    meta = json_meta(members)
+    if meta is None:
         return None
     value = meta.get(caption_key) if caption_key else (meta.get("caption") or meta.get("text"))
     return str(value).strip() or None if value is not None else None

@@ -28,7 +28,6 @@ truncated shard is counted and left after the samples read before the damage.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import DataError
 from .images import decode_rgb
-from .shards import caption_of, expand_shards, image_of, read_shard, shard_sizes
+from .shards import caption_of, expand_shards, image_of, json_meta, read_shard, shard_sizes
 
 log = logging.getLogger(__name__)
 
@@ -297,13 +296,8 @@ class ShardStream(IterableDataset):
 
 
 def _json_image_id(members: dict[str, bytes]) -> str | None:
-    if "json" not in members:
-        return None
-    try:
-        meta = json.loads(members["json"])
-    except ValueError:
-        return None
-    value = meta.get("image_id") if isinstance(meta, dict) else None
+    meta = json_meta(members)
+    value = meta.get("image_id") if meta is not None else None
     return None if value is None else str(value)
 
 

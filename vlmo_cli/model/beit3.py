@@ -32,7 +32,8 @@ from timm.layers import DropPath
 from torch import nn
 
 from .beit3_config import Beit3Config
-from .beit3_heads import CaptioningHead, ClassifyHead, NLVR2Head, RetrievalHead, VQAHead, captioning_mask
+from .beit3_heads import (CaptioningHead, ClassifyHead, NLVR2Head, RetrievalHead, VQAHead, captioning_mask,
+                          unilm_init)
 
 #: parameters of the encoder that torchscale's sub-LN initialisation multiplies by sqrt(log(2 · depth))
 SUBLN_SCALED = ("fc1", "fc2", "out_proj", "v_proj")
@@ -355,18 +356,6 @@ class Beit3(nn.Module):
     def classify_logits(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, classes]`` from the mean of the patch tokens (CLS excluded)."""
         return self._head("classify")(self.encode_image(image).features[:, 1:])
-
-
-def unilm_init(module: nn.Module) -> None:
-    """The unilm BEiT-3 wrapper's ``_init_weights``: linear weights ~ N(0, 0.02²) truncated at ±0.02, zero biases;
-    LayerNorms to ones and zeros."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.02, b=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def resize_vision_positions(table: torch.Tensor, new_grid: int) -> torch.Tensor:

@@ -19,7 +19,9 @@ from torch import nn
 SMALL_INIT = 0.001
 
 
-def _init(module: nn.Module) -> None:
+def unilm_init(module: nn.Module) -> None:
+    """The unilm BEiT-3 wrapper's ``_init_weights``: linear weights ~ N(0, 0.02²) truncated at ±0.02, zero biases;
+    LayerNorms to ones and zeros."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02, a=-0.02, b=0.02)
         if module.bias is not None:
@@ -56,7 +58,7 @@ class VQAHead(nn.Module):
         self.pooler = Pooler(dim)
         self.head = nn.Sequential(nn.Linear(dim, dim * 2), nn.LayerNorm(dim * 2), nn.GELU(),
                                   nn.Linear(dim * 2, num_answers))
-        self.apply(_init)
+        self.apply(unilm_init)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(self.pooler(features))
@@ -72,7 +74,7 @@ class NLVR2Head(nn.Module):
         self.dense1 = nn.Linear(dim * 4, dim * 2)
         self.norm2 = nn.LayerNorm(dim * 2)
         self.dense2 = nn.Linear(dim * 2, num_classes)
-        self.apply(_init)
+        self.apply(unilm_init)
         _shrink(self.dense1, self.dense2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,8 +90,8 @@ class RetrievalHead(nn.Module):
         self.language_head = nn.Linear(dim, dim, bias=False)
         self.vision_head = nn.Linear(dim, dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.language_head.apply(_init)
-        self.vision_head.apply(_init)
+        self.language_head.apply(unilm_init)
+        self.vision_head.apply(unilm_init)
 
     def embed_image(self, cls: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.vision_head(cls), dim=-1)
@@ -105,7 +107,7 @@ class ClassifyHead(nn.Module):
         super().__init__()
         self.fc_norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
-        self.apply(_init)
+        self.apply(unilm_init)
         _shrink(self.head)
 
     def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
@@ -117,7 +119,7 @@ class CaptioningHead(nn.Linear):
 
     def __init__(self, dim: int, vocab_size: int) -> None:
         super().__init__(dim, vocab_size)
-        _init(self)
+        unilm_init(self)
 
 
 def captioning_mask(n_image: int, n_text: int, device: torch.device | None = None) -> torch.Tensor:
