@@ -63,6 +63,8 @@ METRICS_NAME = "metrics.jsonl"
 TRAINER_STATE_NAME = "trainer_state.json"
 TRAINING_STATE_NAME = "training_state.pt"
 EVAL_DIR = "eval"
+ENVIRONMENT_NAME = "environment.json"
+RUN_REPORT_NAME = "report.html"
 
 
 def checkpoint_name(step: int) -> str:

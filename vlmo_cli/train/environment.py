@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..layout import ENVIRONMENT_NAME
+
 
 def environment_info(accelerator: Any = None) -> dict[str, Any]:
     """Versions, host, device and process layout of this process (the main one when called there)."""
@@ -39,6 +41,6 @@ def environment_info(accelerator: Any = None) -> dict[str, Any]:
 
 def write_environment(run_dir: Path, accelerator: Any = None) -> Path:
     """Write ``environment.json`` into ``run_dir`` (overwritten at each start, so a resume records its own)."""
-    path = Path(run_dir) / "environment.json"
+    path = Path(run_dir) / ENVIRONMENT_NAME
     path.write_text(json.dumps(environment_info(accelerator), indent=1) + "\n", encoding="utf-8")
     return path

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..layout import (CHECKPOINTS_DIR, ENVIRONMENT_NAME, EVAL_DIR, LATEST_NAME, METRICS_NAME, RECIPE_NAME,
+                      RUN_REPORT_NAME, TRAINER_STATE_NAME)
 from ..outputs import FileKind, writing_file
 
-REPORT_NAME = "report.html"
+REPORT_NAME = RUN_REPORT_NAME
 GENERATOR = '<meta name="generator" content="vlmo report">'
-ENVIRONMENT_FILE = "environment.json"
+ENVIRONMENT_FILE = ENVIRONMENT_NAME
 
 # Fields of a metrics.jsonl row that are bookkeeping, not measurements.
 _NOT_PLOTTED = {"step", "time", "epoch"}
@@ -68,7 +70,7 @@ def group_metrics(keys: list[str]) -> list[Panel]:
 
 def read_metric_rows(run_dir: Path) -> list[dict]:
     """The rows of ``metrics.jsonl``; a line that is not JSON (a run killed mid-write) is skipped."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_NAME
     if not path.exists():
         return []
     rows = []
@@ -179,10 +181,10 @@ def _summary_section(run_dir: Path, rows: list[dict]) -> str:
 
 
 def _latest_trainer_state(run_dir: Path) -> dict:
-    pointer = run_dir / "checkpoints" / "latest"
+    pointer = run_dir / CHECKPOINTS_DIR / LATEST_NAME
     if not pointer.is_file():
         return {}
-    path = run_dir / "checkpoints" / pointer.read_text().strip() / "trainer_state.json"
+    path = run_dir / CHECKPOINTS_DIR / pointer.read_text().strip() / TRAINER_STATE_NAME
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -202,7 +204,7 @@ def _environment_section(run_dir: Path) -> str:
 
 
 def _recipe_section(run_dir: Path) -> str:
-    files = sorted(run_dir.glob("recipe*.toml"), key=lambda p: (p.name != "recipe.toml", p.name))
+    files = sorted(run_dir.glob("recipe*.toml"), key=lambda p: (p.name != RECIPE_NAME, p.name))
     if not files:
         return _section("recipe", "<p>No recipe.toml in the run folder.</p>")
     blocks = "".join(
@@ -213,10 +215,10 @@ def _recipe_section(run_dir: Path) -> str:
 
 
 def _checkpoints_section(run_dir: Path) -> str:
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS_DIR
     if not root.is_dir():
         return _section("checkpoints", "<p>No checkpoints folder.</p>")
-    latest = (root / "latest").read_text().strip() if (root / "latest").is_file() else ""
+    latest = (root / LATEST_NAME).read_text().strip() if (root / LATEST_NAME).is_file() else ""
     rows = []
     for ckpt in sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: _step_of(p.name)):
         size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
@@ -231,7 +233,7 @@ def _step_of(name: str) -> int:
 
 
 def _eval_section(run_dir: Path) -> str:
-    reports = sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []
+    reports = sorted((run_dir / EVAL_DIR).glob("*.json")) if (run_dir / EVAL_DIR).is_dir() else []
     blocks = []
     for path in reports:
         try:
@@ -286,7 +288,7 @@ def render_run_report(run_dir: str | Path) -> str:
     run = Path(run_dir)
     if not run.is_dir():
         raise DataError(f"{run}: not a folder (expected a run folder written by vlmo pretrain-*/finetune)")
-    if not (run / "metrics.jsonl").exists() and not (run / "recipe.toml").exists():
+    if not (run / METRICS_NAME).exists() and not (run / RECIPE_NAME).exists():
         raise DataError(f"{run}: not a run folder (it has neither metrics.jsonl nor recipe.toml)")
     rows = read_metric_rows(run)
     title = f"vlmo run report: {run.resolve().name}"
