@@ -16,26 +16,44 @@ OverwriteOpt = typer.Option(False, "--overwrite", help="replace a previous resul
                                                         "(a folder holding anything else is never replaced)")
 
 
-def _summary(out: Path) -> None:
-    """One line describing the written directory (read from its files; no model is built)."""
+def _written(out: Path) -> tuple[int, str | None]:
+    """The number of weights in ``out``'s model.safetensors and what its metadata says was inferred (read from the
+    file header; no model is built)."""
     from safetensors import safe_open
 
-    from ..model.config import ModelConfig
-    from ..layout import CONFIG_NAME, WEIGHTS_NAME
+    from ..layout import WEIGHTS_NAME
 
-    cfg = ModelConfig.load(out / CONFIG_NAME)
     with safe_open(str(out / WEIGHTS_NAME), framework="pt") as f:
         n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-        inferred = (f.metadata() or {}).get("inferred")
-    console.print(
-        f"wrote {out}: {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, VL-FFN from block {cfg.vlffn_start}, "
-        f"{'relative' if cfg.relative_position else 'absolute'} positions, {cfg.image_size}px, "
-        f"heads {cfg.heads}, {n:,} weights",
-        highlight=False,
-        soft_wrap=True,
-    )
+        return n, (f.metadata() or {}).get("inferred")
+
+
+def _print_summary(out: Path, description: str) -> None:
+    """One line describing the written directory, and where its architecture came from."""
+    n, inferred = _written(out)
+    console.print(f"wrote {out}: {description}, {n:,} weights", highlight=False, soft_wrap=True, markup=False)
     if inferred:
-        console.print(f"architecture: {inferred}", highlight=False, soft_wrap=True)
+        console.print(f"architecture: {inferred}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _summary(out: Path) -> None:
+    from ..layout import CONFIG_NAME
+    from ..model.config import ModelConfig
+
+    cfg = ModelConfig.load(out / CONFIG_NAME)
+    _print_summary(out, f"{cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, VL-FFN from block {cfg.vlffn_start}, "
+                        f"{'relative' if cfg.relative_position else 'absolute'} positions, {cfg.image_size}px, "
+                        f"heads {cfg.heads}")
+
+
+def _beit3_summary(out: Path) -> None:
+    from ..layout import CONFIG_NAME
+    from ..model.beit3_config import Beit3Config
+
+    cfg = Beit3Config.load(out / CONFIG_NAME)
+    _print_summary(out, f"BEiT-3 {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, FFN {cfg.ffn_dim}, "
+                        f"{cfg.image_size}px, vocabulary {cfg.vocab_size}, final norm "
+                        f"{'yes' if cfg.normalize_output else 'no'}, heads {cfg.heads}")
 
 
 @convert_app.command("official")
@@ -119,11 +137,10 @@ def beit3(
     into a BEiT-3 model directory. The architecture comes from the weights; the head count from a released
     architecture of the same shape or --num-heads, never guessed."""
     from ..factory import convert_beit3
-    from .convert_beit3_summary import beit3_summary
 
     out = convert_beit3(checkpoint, out_dir, num_heads=num_heads, image_size=image_size,
                         drop_unexpected=drop_unexpected, overwrite=overwrite)
-    beit3_summary(out, console)
+    _beit3_summary(out)
 
 
 def register(app: typer.Typer) -> None:

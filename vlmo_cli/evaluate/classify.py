@@ -10,31 +10,16 @@ from typing import Any
 from ..errors import CheckpointError, DataError
 from ..factory import InferenceModel
 from .report import check_report_outputs, write_report
-from .target import EvalTarget, check_split, default_report_path, load_for, report_header, text_length
+from .target import EvalTarget, check_split, default_report_path, load_for, pooled_pairs, report_header
 
 
 def predict_classify(model: InferenceModel, target: EvalTarget) -> tuple[list[int], list[int]]:
     """Arg-max class per labelled (image, caption) of the split, and the true classes, in split order."""
-    import torch
-
-    from ..data.collate import trim_text_padding
-    from ..data.loader import build_dataloader
-
-    loader = build_dataloader(target.dataset, target.split, "classify", tokenizer=model.tokenizer,
-                              image_size=model.image_size, batch_size=target.batch_size, train=False,
-                              max_text_len=text_length(model, target))
-    net, device = model.model, model.device
     predictions: list[int] = []
     labels: list[int] = []
-    with torch.no_grad():
-        for batch in loader:
-            if not batch["labels"].numel():
-                continue
-            batch = trim_text_padding(batch)
-            pooled = net.forward_pair(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                      batch["pixel_values"].to(device)).pooled
-            predictions += net.classify_logits(pooled).argmax(1).tolist()
-            labels += batch["labels"].tolist()
+    for batch, pooled in pooled_pairs(model, target, "classify", "labels"):
+        predictions += model.model.classify_logits(pooled).argmax(1).tolist()
+        labels += batch["labels"].tolist()
     return predictions, labels
 
 

@@ -178,6 +178,28 @@ def text_length(model: InferenceModel, target: EvalTarget) -> int:
     return min(target.max_text_len, model.model.config.max_text_len)
 
 
+def pooled_pairs(model: InferenceModel, target: EvalTarget, task: str, rows_key: str):
+    """``(batch, pooled)`` for every non-empty batch of the target split, in split order: the fusion encoder's pooled
+    output of each (image, text) pair, padding columns trimmed, without gradients. ``rows_key`` is a batch key that is
+    empty when the batch holds no usable row."""
+    import torch
+
+    from ..data.collate import trim_text_padding
+    from ..data.loader import build_dataloader
+
+    loader = build_dataloader(target.dataset, target.split, task, tokenizer=model.tokenizer,
+                              image_size=model.image_size, batch_size=target.batch_size, train=False,
+                              max_text_len=text_length(model, target))
+    net, device = model.model, model.device
+    with torch.no_grad():
+        for batch in loader:
+            if not batch[rows_key].numel():
+                continue
+            batch = trim_text_padding(batch)
+            yield batch, net.forward_pair(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                          batch["pixel_values"].to(device)).pooled
+
+
 def check_examples(examples: int) -> None:
     """``--examples N`` must not be negative."""
     if examples < 0:

@@ -14,7 +14,7 @@ from ..errors import CheckpointError
 from ..factory import InferenceModel
 from .report import check_report_outputs, sibling_path, write_report
 from .target import (EvalTarget, check_examples, check_split, default_report_path, examples_suffix, load_for,
-                     report_header, text_length)
+                     pooled_pairs, report_header)
 
 
 def vqa_files_report(results, questions, annotations, *, evaluator: str | None = None,
@@ -60,28 +60,14 @@ def _vqa_official(rows: Mapping[str, list]) -> tuple[list[dict], list[dict]]:
 
 def predict_vqa(model: InferenceModel, target: EvalTarget, answers: Sequence[str]) -> tuple[list[tuple[int, str]], float]:
     """Arg-max answers ``[(question_id, answer)]`` in split order, and VLMo's soft VQA score (0..1)."""
-    import torch
-
-    from ..data.collate import trim_text_padding
-    from ..data.loader import build_dataloader
     from .vqa_metrics import SoftVQAScore
 
-    loader = build_dataloader(target.dataset, target.split, "vqa", tokenizer=model.tokenizer,
-                              image_size=model.image_size, batch_size=target.batch_size, train=False,
-                              max_text_len=text_length(model, target))
-    net, device = model.model, model.device
     pairs: list[tuple[int, str]] = []
     soft = SoftVQAScore()
-    with torch.no_grad():
-        for batch in loader:
-            if not batch["question_ids"].numel():
-                continue
-            batch = trim_text_padding(batch)
-            pooled = net.forward_pair(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                      batch["pixel_values"].to(device)).pooled
-            logits = net.vqa_logits(pooled).float().cpu()
-            soft.update(logits, batch["vqa_targets"])
-            pairs += [(int(q), answers[int(i)]) for q, i in zip(batch["question_ids"], logits.argmax(1))]
+    for batch, pooled in pooled_pairs(model, target, "vqa", "question_ids"):
+        logits = model.model.vqa_logits(pooled).float().cpu()
+        soft.update(logits, batch["vqa_targets"])
+        pairs += [(int(q), answers[int(i)]) for q, i in zip(batch["question_ids"], logits.argmax(1))]
     return pairs, soft.compute()
 
 
