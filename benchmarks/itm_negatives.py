@@ -25,14 +25,15 @@ from vlmo_cli.objectives.matching import sample_hard_negatives
 ATTRIBUTES = ("count", "colour", "shape", "position")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, collections.Counter]:
+    """Print the table; returns ``{sampler: Counter(tuple of differing attributes → negatives)}``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="stage-3 run folder or model directory")
     parser.add_argument("--pairs", default="demo_data/pairs", help="the demo's prepared pairs")
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from datasets import load_from_disk
 
@@ -70,6 +71,7 @@ def main() -> None:
         cells = [share(lambda d: not d), share(lambda d: len(d) == 1)]
         cells += [share(lambda d, a=a: a in d) for a in ("colour", "count", "shape", "position")]
         print(f"| {kind} | " + " | ".join(cells) + " |")
+    return counts
 
 
 if __name__ == "__main__":
