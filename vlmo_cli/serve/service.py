@@ -119,9 +119,11 @@ class SearchService:
     def embed_images(self, pixels: Sequence[torch.Tensor]) -> torch.Tensor:
         import torch
 
+        from ..model.family import image_embeddings
+
         with self._no_grad():
             batch = torch.stack(list(pixels)).to(self.model.device)
-            return self.model.model.encode_image(batch).float().cpu()
+            return image_embeddings(self.model.model, batch).float().cpu()
 
     def score(self, pairs: Sequence[tuple[str, torch.Tensor]]) -> list[dict[str, float | None]]:
         """ITC cosine similarity and ITM match probability (``None`` without an ITM head) of (text, image) pairs."""
