@@ -244,8 +244,9 @@ def embed(
     inputs = [*(images or []), *([texts] if texts is not None else [])]
     check_embeddings_output(out, overwrite=overwrite, inputs=inputs)
     loaded = as_inference_model(model, device=device, image_size=image_size)
-    loaded.require_head("itc", "embeddings come from the ITC projections, and this model has none; use a stage-3 "
-                               "pre-trained or retrieval fine-tuned model")
+    loaded.require_head("retrieval", "embeddings come from the dual encoder's projections (VLMo: the ITC heads, "
+                        "BEiT-3: the retrieval head), and this model has none; use a stage-3 pre-trained or a "
+                        "retrieval fine-tuned model")
     if texts is not None:
         lines = read_text_lines(texts)
         if not lines:
