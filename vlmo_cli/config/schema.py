@@ -181,8 +181,7 @@ def model_specs() -> dict[str, FieldSpec]:
     out = {
         "family": FieldSpec("family", str, default="vlmo", help="model family: vlmo (VLMo) or beit3 (BEiT-3)",
                             choices=FAMILIES),
-        "size": FieldSpec("size", str, REQUIRED, help="named model size of the family (vlmo: "
-                          f"{', '.join(model_sizes())}; beit3: {', '.join(beit3_sizes())})",
+        "size": FieldSpec("size", str, REQUIRED, help="named model size",
                           choices=tuple(dict.fromkeys([*model_sizes(), *beit3_sizes()]))),
         "init": FieldSpec(
             "init",
@@ -336,6 +335,10 @@ class RecipeTrain:
     schedule: Literal["linear", "cosine"] = setting("linear", help="decay after warmup, down to end_lr")
     end_lr: float = setting(0.0, help="learning rate at the last step", ge=0)
     lr_mult_heads: float = setting(1.0, help="learning-rate multiplier of the task heads (VQA/NLVR2 classifier)", gt=0)
+    layer_decay: float = setting(
+        1.0, help="layer-wise lr decay: block i trains at lr * layer_decay ** (depth - i), the embeddings at "
+        "lr * layer_decay ** (depth + 1), the heads at lr (BEiT-3's --layer_decay); 1 = off", gt=0, le=1
+    )
     grad_clip: float = setting(0.0, help="max gradient norm; 0 = no clipping", ge=0)
     grad_accum: int = setting(1, help="micro-batches per optimizer step (must agree with micro_batch_size)", ge=1)
     precision: Literal["no", "bf16", "fp16"] = setting("no", help="mixed precision of the forward pass")

@@ -280,6 +280,11 @@ class Beit3(nn.Module):
             self.encoder.apply(unilm_init)
             self.vision_embed.apply(unilm_init)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW does not decay besides the 1-D ones: the image position table and CLS token (the unilm
+        wrapper's ``no_weight_decay``)."""
+        return {"encoder.embed_positions.A.weight", "vision_embed.cls_token"}
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass (``--checkpoint_activations`` of the unilm scripts)."""
         self.encoder.grad_checkpointing = enable
