@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import export_pairs, run
+from PIL import Image
 from test_embed_search import write_images
 
 from vlmo_cli.factory import load_inference_model
@@ -126,3 +127,38 @@ def test_vqa_and_nlvr2_finetune_then_eval_on_the_demo(demo_root, tmp_path, monke
     assert code == 0, err
     report = json.loads((nlvr2 / "eval" / "nlvr2.json").read_text())
     assert 0 <= report["metrics"]["accuracy"] <= 100 and report["metrics"]["num_examples"] == 200
+
+
+def test_export_and_serve_a_beit3_model(retrieval_run, tmp_path, capsys):
+    """``vlmo export`` (a model directory with its card) and the search service of ``vlmo serve`` on a BEiT-3
+    retrieval model."""
+    from vlmo_cli.errors import VlmoError
+    from vlmo_cli.serve.service import SearchService
+
+    code, _, err = run(capsys, "export", str(retrieval_run), str(tmp_path / "exported"))
+    assert code == 0, err
+    card = (tmp_path / "exported" / "README.md").read_text()
+    assert card.startswith("# BEiT-3 tiny") and "| heads | retrieval |" in card and "head: retrieval_head" in card
+    assert isinstance(load_inference_model(tmp_path / "exported", device="cpu").model, Beit3)
+
+    paths = write_images(tmp_path / "gallery", 3)
+    service, _ = SearchService.open(retrieval_run, index=tmp_path / "gallery", device="cpu")
+    with Image.open(paths[1]) as img:
+        pixels = service.pixels(img.convert("RGB"))
+    [score] = service.score([("a red circle", pixels)])
+    expected = float(service.embed_texts(["a red circle"])[0] @ service.embed_images([pixels])[0])
+    assert score["similarity"] == pytest.approx(expected, abs=1e-5) and score["itm_probability"] is None
+    found = service.nearest(service.embed_images([pixels]), 1)[0]
+    assert service.index.path_of(found[0][0]).name == "img_1.png"
+    with pytest.raises(VlmoError, match="no VQA or classification head"):
+        service.classify([("a red circle", pixels)])
+
+
+def test_onnx_export_of_a_beit3_model(retrieval_run, tmp_path, capsys):
+    """``vlmo export --format onnx``: the two towers of a BEiT-3 retrieval model, checked against PyTorch."""
+    pytest.importorskip("onnxruntime")
+    code, out, err = run(capsys, "export", str(retrieval_run), str(tmp_path / "onnx"), "--format", "onnx")
+    assert code == 0, err
+    assert "image_encoder.onnx: max |onnxruntime - PyTorch|" in out and "text_encoder.onnx" in out
+    info = json.loads((tmp_path / "onnx" / "onnx_export.json").read_text())
+    assert info["config"]["family"] == "beit3" and info["output"]["embedding"] == ["batch", 128]

@@ -50,7 +50,15 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
 
 
 def _component(name: str) -> str:
-    """The :func:`parameter_counts` group of parameter ``name``."""
+    """The :func:`parameter_counts` group of parameter ``name`` (VLMo or BEiT-3 names)."""
+    if name.startswith("encoder.layers."):  # BEiT-3: multiway A (image) / B (text) copies
+        part = name.split(".", 3)[3]
+        if part.startswith(("ffn.", "final_layer_norm.")):
+            return "vision experts" if ".A." in f".{part}" else "language experts"
+        return "multiway attention (+ its norms)"
+    if name.startswith(("vision_embed.", "text_embed.", "encoder.embed_positions.", "encoder.layer_norm.")):
+        return {"vision_embed": "image embedding", "text_embed": "text embedding", "encoder": "position tables"
+                if ".embed_positions." in name else "final norm"}[name.split(".")[0]]
     if name.startswith("transformer.blocks."):
         part = name.split(".", 3)[3]
         if part.startswith(("mlp_imag", "norm2_imag")):

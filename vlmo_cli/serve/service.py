@@ -74,13 +74,15 @@ class SearchService:
     def __init__(self, model: InferenceModel, index: ImageIndex | None = None, labels: list[str] | None = None):
         import torch
 
+        from ..model.family import has_task_head
+
         self.model = model
         self.index = index
         self.labels = labels
         net = model.model
-        self.has_itm = getattr(net, "itm_score", None) is not None
-        self.class_head = "vqa" if net.vqa_classifier is not None else (
-            "classify" if net.classify_head is not None else None)
+        self.has_itm = has_task_head(net, "itm")
+        self.class_head = "vqa" if has_task_head(net, "vqa") else ("classify" if has_task_head(net, "classify")
+                                                                   else None)
         from ..data.transforms import build_transform
 
         self.transform = build_transform(model.image_size, False)
