@@ -198,3 +198,19 @@ def test_finetune_cli_from_the_converted_fixture(converted, demo_root, tmp_path,
     assert "from the source" in out and "newly initialised" in out and "vqa_head" in out
     model = load_model(tmp_path / "beit3-tiny-finetune-vqa")
     assert isinstance(model, Beit3) and model.config.heads == ["vqa"] and model.config.embed_dim == 64
+
+
+def test_model_info_and_training_flops_of_a_beit3_recipe(demo_root, monkeypatch, capsys):
+    from vlmo_cli.bench import train_flops_per_sample
+    from vlmo_cli.model.flops import path_flops
+
+    monkeypatch.chdir(demo_root)  # the answer count comes from the prepared VQA data
+    code, out, err = run(capsys, "model", "info", "beit3_tiny")
+    assert code == 0, err
+    assert "BEiT-3 beit3_tiny [finetune.vqa]" in out and "head: vqa_head" in out
+    st = stage("finetune.nlvr2")
+    cfg = build_stage(st, torch.device("cpu"), lambda: None).cfg
+    f = path_flops(cfg, 16)
+    assert train_flops_per_sample("finetune.nlvr2", cfg, st.task, 16) == 3 * 2 * f["pair (image first, then text)"]
+    assert train_flops_per_sample("finetune.retrieval_coco", cfg, st.task, 16) == 3 * (
+        f["image (dual encoder)"] + f["text (dual encoder)"])

@@ -55,49 +55,37 @@ def beit3_retrieval_objective(model: Beit3, batch: Batch, task) -> StepOutput:
 
 
 # ---------------------------------------------------------------------- forward FLOPs
-def encoder_flops(cfg: Beit3Config, tokens: int | float) -> float:
-    """Forward FLOPs of one pass over ``tokens`` tokens: the four attention projections, the two FFN layers and the
-    two attention matmuls of every block (multiply-add = 2 FLOPs)."""
-    d, f = cfg.embed_dim, cfg.ffn_dim
-    per_token = 2 * (4 * d * d + 2 * d * f) + 2 * 2 * tokens * d
-    return cfg.depth * tokens * per_token
+# ``f`` = :func:`vlmo_cli.model.flops.path_flops` of the BEiT-3 model at the text length the step runs at
+def pair_flops(f: dict[str, int], task) -> float:
+    """VQA, classification: one pass over the pair."""
+    return f["pair (image first, then text)"]
 
 
-def _pair(cfg: Beit3Config, text_len: int | float) -> float:
-    return encoder_flops(cfg, cfg.num_image_tokens + text_len)
+def nlvr2_flops(f: dict[str, int], task) -> float:
+    """NLVR2: one pass per (image, text) pair."""
+    return 2 * f["pair (image first, then text)"]
 
 
-def beit3_flops(passes: str):
-    """``(cfg, text_len, task) -> forward FLOPs of one sample``: one pair, two pairs, or image + text."""
-    def flops(cfg: Beit3Config, text_len: int | float, task) -> float:
-        if passes == "dual":
-            return encoder_flops(cfg, cfg.num_image_tokens) + encoder_flops(cfg, text_len)
-        return (2 if passes == "two pairs" else 1) * _pair(cfg, text_len)
-    return flops
+def dual_flops(f: dict[str, int], task) -> float:
+    """Retrieval: the image and the text pass."""
+    return f["image (dual encoder)"] + f["text (dual encoder)"]
 
 
-class Beit3StageDef(StageDef):
-    """A :class:`StageDef` whose ``forward_flops`` reads the BEiT-3 config directly (VLMo's take path FLOPs)."""
-
-    def flops_per_sample(self, cfg, task, text_len: int | float) -> float:
-        return 3.0 * self.forward_flops(cfg, text_len, task)
-
-
-def _task(name: str, head: str, objective, passes: str) -> Beit3StageDef:
+def _task(name: str, head: str, objective, forward_flops) -> StageDef:
     base = STAGE_DEFS[name]
-    return Beit3StageDef(name, base.data_task, (head,), objective, everything, beit3_flops(passes),
-                         uses_contrastive=base.uses_contrastive)
+    return StageDef(name, base.data_task, (head,), objective, everything, forward_flops,
+                    uses_contrastive=base.uses_contrastive)
 
 
 #: the BEiT-3 tasks, under the recipe sections of the VLMo ones (THE list of :data:`vlmo_cli.config.schema.STAGES`)
 BEIT3_STAGE_DEFS: dict[str, StageDef] = {
     s.name: s
     for s in (
-        _task("finetune.vqa", "vqa", beit3_vqa_objective, "pair"),
-        _task("finetune.nlvr2", "nlvr2", beit3_nlvr2_objective, "two pairs"),
-        _task("finetune.retrieval_coco", "retrieval", beit3_retrieval_objective, "dual"),
-        _task("finetune.retrieval_flickr", "retrieval", beit3_retrieval_objective, "dual"),
-        _task("finetune.classify", "pair_classify", beit3_classify_objective, "pair"),
+        _task("finetune.vqa", "vqa", beit3_vqa_objective, pair_flops),
+        _task("finetune.nlvr2", "nlvr2", beit3_nlvr2_objective, nlvr2_flops),
+        _task("finetune.retrieval_coco", "retrieval", beit3_retrieval_objective, dual_flops),
+        _task("finetune.retrieval_flickr", "retrieval", beit3_retrieval_objective, dual_flops),
+        _task("finetune.classify", "pair_classify", beit3_classify_objective, pair_flops),
     )
 }
 

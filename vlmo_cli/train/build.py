@@ -71,13 +71,17 @@ def stage_def_of(stage) -> StageDef:
     return STAGE_DEFS[stage.name]
 
 
-def stage_network(stage, stage_def: StageDef, open_dataset: Callable[[], object | None]) -> tuple[Any, nn.Module]:
-    """``(config, freshly initialised network)`` of the stage in its model family."""
+def stage_config_of(stage, open_dataset: Callable[[], object | None]) -> ModelConfig | Any:
+    """The config of the model a resolved recipe ``stage`` trains, in its model family."""
     if stage.model.family == "beit3":
-        cfg = beit3_stage_config(stage, stage_def, open_dataset)
-        return cfg, Beit3(cfg)
-    cfg = stage_config(stage, open_dataset)
-    return cfg, VLMo(cfg)
+        return beit3_stage_config(stage, stage_def_of(stage), open_dataset)
+    return stage_config(stage, open_dataset)
+
+
+def stage_network(stage, open_dataset: Callable[[], object | None]) -> tuple[Any, nn.Module]:
+    """``(config, freshly initialised network)`` of the stage in its model family."""
+    cfg = stage_config_of(stage, open_dataset)
+    return cfg, (Beit3 if stage.model.family == "beit3" else VLMo)(cfg)
 
 
 @dataclass
@@ -128,7 +132,7 @@ def build_stage(
         cfg, model = reuse.cfg, reuse.model
         optimizer = reuse.optimizer if reuse.fused == fused_adamw else build_optimizer(model, tcfg, fused=fused_adamw)
     else:
-        cfg, model = stage_network(stage, stage_def, open_dataset)
+        cfg, model = stage_network(stage, open_dataset)
         if load_weights is not None:
             load_weights(model)
         for name, p in model.named_parameters():
