@@ -81,6 +81,7 @@ def test_family_decides_sizes_and_keys():
 # ---------------------------------------------------------------------------------------------------- heads, objectives
 @pytest.mark.parametrize("task", list(TASKS))
 def test_task_heads_shapes_and_falling_loss(task):
+    torch.manual_seed(0)
     parts = build_stage(stage(TASKS[task]), torch.device("cpu"), lambda: None)
     model, cfg = parts.model, parts.cfg
     assert isinstance(model, Beit3) and cfg.heads == [task_head(model, task)]
@@ -160,12 +161,14 @@ def converted(tmp_path_factory) -> Path:
     return convert_beit3(checkpoint, tmp / "converted", num_heads=4)
 
 
-@pytest.mark.parametrize("task", ["vqa", "retrieval"])
-def test_init_from_a_converted_beit3_dir_loads_the_backbone_and_makes_fresh_heads(converted, task):
+@pytest.mark.parametrize("task,source", [("vqa", "dir"), ("retrieval", "dir"), ("retrieval", "released file")])
+def test_init_from_a_converted_beit3_dir_loads_the_backbone_and_makes_fresh_heads(converted, task, source):
+    """From the directory ``vlmo convert beit3`` wrote, or from the checkpoint file itself (``beit3:PATH``)."""
     st = stage(TASKS[task], *FIXTURE_MODEL)
+    init = str(converted) if source == "dir" else f"beit3:{converted.parent / 'fixture.pth'}"
     reports = []
     parts = build_stage(st, torch.device("cpu"), lambda: None,
-                        load_weights=lambda m: reports.append(initialise(m, str(converted))))
+                        load_weights=lambda m: reports.append(initialise(m, init)))
     report = reports[0]
     source = load_model(converted).state_dict()
     head = task_head(parts.model, task)

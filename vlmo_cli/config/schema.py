@@ -187,7 +187,8 @@ def model_specs() -> dict[str, FieldSpec]:
             "init",
             str,
             default="",
-            help='initial weights: "" = random, "beit:PATH", "official:PATH", a model directory or a run checkpoint',
+            help='initial weights: "" = random, "beit:PATH", "official:PATH", a model directory or a run checkpoint; '
+                 'with family = "beit3": a BEiT-3 model directory or run, or "beit3:PATH" (a released checkpoint)',
         ),
     }
     hints = typing.get_type_hints(ModelConfig)
