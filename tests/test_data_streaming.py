@@ -4,6 +4,7 @@ exact resume, skipped samples and shards, http(s) shards, the shard writer and t
 from __future__ import annotations
 
 import functools
+import importlib.util
 import http.server
 import io
 import json
@@ -250,6 +251,56 @@ def test_http_shards_from_a_local_server(shards, tok):
         server.server_close()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+# ------------------------------------------------------------------------------------------------ s3
+@pytest.mark.skipif(importlib.util.find_spec("moto") is None or importlib.util.find_spec("s3fs") is None,
+                    reason="needs moto[server] and s3fs (the test extra)")
+def test_s3_shards_from_a_local_object_store(shards, tok, monkeypatch):
+    """``s3://`` shards through fsspec/s3fs from a moto S3 server on 127.0.0.1: a brace pattern and a glob, counts
+    from the bucket's sizes.json, a missing object counted, not fatal."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(name, value)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="corpus")
+        for path in [*(shards / f"{i:05d}.tar" for i in range(4)), shards / "sizes.json"]:
+            client.put_object(Bucket="corpus", Key=f"cc/{path.name}", Body=path.read_bytes())
+        assert expand_shards("s3://corpus/cc/*.tar") == [f"s3://corpus/cc/{i:05d}.tar" for i in range(4)]
+        for workers in (0, 2):  # s3fs in forked DataLoader workers too
+            dl = loader("s3://corpus/cc/{00000..00003}.tar", tok, batch=8, workers=workers)
+            assert len(dl) == 160 // 8  # the counts came from the bucket's sizes.json
+            batches, _ = read_keys(dl)
+            assert len({k for b in batches for k in b}) == 160
+        dl = loader("s3://corpus/cc/{00003..00004}.tar", tok, batch=8, samples_per_epoch=80)  # 00004 is missing
+        batches, _ = read_keys(dl)
+        assert stream_tracker(dl).counters()["bad_shards"] >= 1 and len(batches) == 10
+        with pytest.raises(DataError, match="matches no webdataset shard"):
+            expand_shards("s3://corpus/other/*.tar")
+    finally:
+        server.stop()
+
+
+def test_object_store_shards_without_their_fsspec_package_are_one_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_fsspec(name, *args, **kwargs):
+        if name == "fsspec" or name.startswith("fsspec."):
+            raise ImportError("no fsspec")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_fsspec)
+    with pytest.raises(DataError, match=r"gs:// shards are read through fsspec, which needs gcsfs.*pip install"):
+        expand_shards("gs://bucket/cc/*.tar")
 
 
 # ------------------------------------------------------------------------------------------------ 2 processes

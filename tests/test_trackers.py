@@ -88,38 +88,61 @@ def test_wandb_offline_run_holds_the_logged_metrics(demo_root, monkeypatch, caps
             assert history[step][key] == pytest.approx(row[key]), (step, key)
 
 
-@pytest.mark.skipif(not _installed("mlflow"), reason="mlflow is not installed: no release Accelerate can use "
-                    "(>= 1.28) installs beside the pinned pyarrow/pandas/protobuf (pip install -e '.[mlflow]')")
-def test_mlflow_file_store_holds_the_logged_metrics(demo_root, monkeypatch, capsys, tmp_path):
+@pytest.mark.skipif(not _installed("mlflow"), reason="mlflow is not installed (pip install -e '.[mlflow]')")
+@pytest.mark.parametrize("configured", [False, True], ids=["store-in-run-folder", "MLFLOW_TRACKING_URI"])
+def test_mlflow_store_holds_the_logged_metrics(demo_root, monkeypatch, capsys, tmp_path, configured):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(demo_root)
-    uri = (tmp_path / "mlruns").as_uri()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    folder = _train(capsys, demo_root, "mlflow-run", "mlflow")
+    run_name = f"mlflow-run-{int(configured)}"
+    if configured:
+        uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    else:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        uri = f"sqlite:///{demo_root / 'runs' / run_name / 'trackers' / 'mlflow.db'}"
+    folder = _train(capsys, demo_root, run_name, "mlflow")
+    assert (tmp_path / "elsewhere.db").exists() == configured
+    assert (folder / "trackers" / "mlflow.db").exists() != configured
+    assert not (demo_root / "mlruns").exists()
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("mlflow-run")
+    experiment = client.get_experiment_by_name(run_name)
     (found,) = client.search_runs([experiment.experiment_id])
+    assert found.info.run_name == run_name
     expected = _jsonl_steps(folder)
     for key in LOGGED:
         logged = {m.step: m.value for m in client.get_metric_history(found.info.run_id, key)}
         assert logged == pytest.approx({step: row[key] for step, row in expected.items()}), key
 
 
-@pytest.mark.skipif(not _installed("aim"), reason="aim is not installed: aim 3.29.1 wants filelock < 4 "
-                    "and filelock 4 is pinned here (pip install -e '.[aim]')")
-def test_aim_repository_holds_the_logged_metrics(demo_root, monkeypatch, capsys):
-    from aim import Repo
+def _aim_series(repo: Path) -> dict[str, dict[int, float]]:
+    """Every metric series of the aim runs in ``repo`` as ``{name: {step: value}}``, read from aim's own storage
+    (one RocksDB per run under ``.aim/seqs/chunks``, paths and values in aim's encoding). aim 3.29's reading API
+    (``Repo.iter_runs``) yields no run here although ``aim runs ls`` lists it, so the storage is read directly."""
+    import aimrocks
+    from aim.storage import encoding
 
+    columns: dict[tuple[str, str], dict[int, object]] = {}
+    chunks = sorted((repo / ".aim" / "seqs" / "chunks").iterdir())
+    assert len(chunks) == 1, chunks
+    db = aimrocks.DB(str(chunks[0]), aimrocks.Options(create_if_missing=False), read_only=True)
+    items = db.iteritems()
+    items.seek_to_first()
+    for key, value in items:
+        path = encoding.decode_path(key)  # seqs, v2, chunks, run hash, context, name, column[, row]
+        if len(path) == 8 and path[6] in ("step", "val"):
+            columns.setdefault((path[5], path[6]), {})[path[7]] = encoding.decode(value)
+    names = {name for name, _ in columns}
+    return {name: {columns[name, "step"][row]: columns[name, "val"][row] for row in columns[name, "step"]}
+            for name in names}
+
+
+@pytest.mark.skipif(not _installed("aim"), reason="aim is not installed (pip install -e '.[aim]')")
+def test_aim_repository_holds_the_logged_metrics(demo_root, monkeypatch, capsys):
     monkeypatch.chdir(demo_root)
     folder = _train(capsys, demo_root, "aim-run", "aim")
-    repo = Repo(str(folder / "trackers"))
+    series = _aim_series(folder / "trackers")
     expected = _jsonl_steps(folder)
-    (tracked,) = list(repo.iter_runs())
-    series = {}
-    for metric in tracked.metrics():
-        steps, (values, *_) = metric.data.items_list()  # columns: value, epoch, time
-        series[metric.name] = dict(zip(steps, values))
     for key in LOGGED:
         assert series[key] == pytest.approx({step: row[key] for step, row in expected.items()}), key
 
@@ -138,3 +161,17 @@ def test_a_tracker_package_too_old_for_accelerate_is_refused_before_training(dem
     assert code == 2 and "mlflow 1.27.0 is installed" in err and "search_experiments" in err
     assert "pip install 'mlflow>=1.28'" in err.replace("\n", "") and "Traceback" not in err
     assert not (demo_root / "runs" / "old-mlflow" / "checkpoints").exists()
+
+
+def test_mlflow_without_its_sqlite_store_is_refused_before_training(demo_root, monkeypatch, capsys):
+    """mlflow-skinny has no SQLite store: without MLFLOW_TRACKING_URI the run folder's store cannot be opened."""
+    real_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        object() if name == "mlflow" else None if name == "sqlalchemy" else real_spec(name, *a)))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(demo_root)
+    code, _, err = run(capsys, "pretrain-text", "tiny", "pretrain.text.max_steps=1", "pretrain.text.init=",
+                       'train.trackers=["mlflow"]', "pretrain.text.run_name=skinny-mlflow")
+    flat = " ".join(err.split())
+    assert code == 2 and "pip install mlflow" in flat and "MLFLOW_TRACKING_URI" in flat and "Traceback" not in err
+    assert not (demo_root / "runs" / "skinny-mlflow" / "checkpoints").exists()

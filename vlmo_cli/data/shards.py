@@ -3,8 +3,8 @@
 A dataset entry names shards (rather than a prepared directory) when it is a URL (``https://``, ``http://``,
 ``file://``, ``s3://``, ``gs://``, ``pipe:``) or ends in ``.tar`` (brace patterns ``{00000..00331}`` and globs
 allowed). Brace patterns expand with the ``webdataset`` package; ``http(s)`` shards are read with the standard library
-(bounded by a timeout), ``file://`` and local paths directly, anything else through ``webdataset.gopen`` (``s3://`` and
-``gs://`` need ``fsspec`` and its file-system package). Members are grouped into samples by ``webdataset``'s key rule;
+(bounded by a timeout), ``file://`` and local paths directly, object stores (``s3://``, ``gs://``, ``gcs://``) through
+``fsspec`` and its file-system package (``s3fs``, ``gcsfs``; globs too), ``pipe:`` through ``webdataset.gopen``. Members are grouped into samples by ``webdataset``'s key rule;
 a member shorter than its header says, or a shard without the end-of-archive marker (both: truncated), is an error,
 which Python's streaming tar reader does not raise by itself.
 
@@ -27,6 +27,10 @@ from ..errors import DataError
 
 #: schemes a shard URL may have
 URL_PREFIXES = ("http://", "https://", "file://", "s3://", "gs://", "gcs://", "pipe:")
+#: schemes read through fsspec (globs expand there too)
+OBJECT_STORE_PREFIXES = ("s3://", "gs://", "gcs://")
+#: the fsspec file-system package of each object-store scheme
+FSSPEC_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 #: image members a sample may carry, in the order they are looked for
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 #: seconds an http(s) shard or count file may take to answer
@@ -68,7 +72,9 @@ def expand_shards(entries) -> list[str]:
         for url in expand_urls(str(entry)):
             if url.startswith("file://"):
                 url = url[len("file://"):]
-            if _is_url(url):
+            if url.startswith(OBJECT_STORE_PREFIXES) and any(ch in url for ch in "*?["):
+                found += _object_store_glob(url)
+            elif _is_url(url):
                 found.append(url)
             elif any(ch in url for ch in "*?["):
                 found += sorted(glob.glob(url))
@@ -85,6 +91,26 @@ def expand_shards(entries) -> list[str]:
     return shards
 
 
+def _object_store(url: str):
+    """``(fsspec file system, path)`` of an object-store URL; a DataError naming the package when it is missing."""
+    scheme = url.split("://", 1)[0]
+    try:
+        import fsspec
+
+        return fsspec.core.url_to_fs(url)
+    except ImportError:
+        package = FSSPEC_PACKAGES.get(scheme, "the fsspec package of " + scheme)
+        raise DataError(f"{url}: {scheme}:// shards are read through fsspec, which needs {package} here: "
+                        f"pip install fsspec {package}") from None
+
+
+def _object_store_glob(url: str) -> list[str]:
+    """The shards an object-store glob matches, sorted, as URLs."""
+    fs, path = _object_store(url)
+    scheme = url.split("://", 1)[0]
+    return [f"{scheme}://{match}" for match in sorted(fs.glob(path))]
+
+
 def _parent(url: str) -> str:
     return url.rsplit("/", 1)[0] if "/" in url else "."
 
@@ -99,8 +125,11 @@ def _read_small(location: str) -> bytes | None:
         if location.startswith(("http://", "https://")):
             with urllib.request.urlopen(location, timeout=HTTP_TIMEOUT) as response:
                 return response.read()
+        if location.startswith(OBJECT_STORE_PREFIXES):
+            fs, path = _object_store(location)
+            return fs.cat_file(path)
         if _is_url(location):
-            return None  # object stores: count files are read for local and http shards only
+            return None  # pipe: count files are not looked for
         return Path(location).read_bytes() if os.path.isfile(location) else None
     except OSError:
         return None
@@ -147,6 +176,9 @@ def open_shard(url: str):
         return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT)
     if not _is_url(url):
         return open(url, "rb")
+    if url.startswith(OBJECT_STORE_PREFIXES):
+        fs, path = _object_store(url)
+        return fs.open(path, "rb")
     import webdataset
 
     return webdataset.gopen(url, "rb")

@@ -35,7 +35,7 @@ from .run_dir import RunFolder, check_resume_recipe, run_path_for, write_recipe
 from .signals import StopRequest, TrainingInterrupted
 from .stream_hooks import stream_metrics, stream_options, stream_summary
 from .stages import STAGE_DEFS, StageDef, init_tokenizer
-from .trackers import resolve_trackers, tracker_init_kwargs, tracker_project
+from .trackers import resolve_trackers, start_trackers, tracker_project
 from .validate import validate
 
 
@@ -200,7 +200,7 @@ def write_run_files(run_path: Path, stage, accelerator, state: TrainerState, rec
     if init_report is not None:
         (run_path / "init.json").write_text(json.dumps(init_report.to_dict(), indent=1) + "\n")
     if log_with:
-        accelerator.init_trackers(run_path.name, init_kwargs=tracker_init_kwargs(log_with, run_path))
+        start_trackers(accelerator, log_with, run_path)
 
 
 def announce(console: Console, stage, stage_def: StageDef, run_path: Path, model: VLMo, notes: list[str],

@@ -4,6 +4,7 @@ installed before the run starts, and the per-tracker settings that keep their fi
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ def resolve_trackers(names: tuple[str, ...] | list[str]) -> list[str]:
         packages = " ".join(TRACKER_PACKAGES[n] for n in missing)
         raise ConfigError(f"train.trackers names {missing}, which is not installed: pip install {packages} "
                           "(or remove it from train.trackers)")
+    if "mlflow" in names and not os.environ.get("MLFLOW_TRACKING_URI") and importlib.util.find_spec("sqlalchemy") is None:
+        raise ConfigError("train.trackers names 'mlflow', whose store in the run folder (SQLite) needs the full "
+                          "package: pip install mlflow (mlflow-skinny has no SQLite store), or set "
+                          "MLFLOW_TRACKING_URI to a tracking server")
     for name in names:
         reason = _too_old(name)
         if reason:
@@ -48,10 +53,14 @@ def resolve_trackers(names: tuple[str, ...] | list[str]) -> list[str]:
 TRACKER_FOLDER = "trackers"
 
 
+#: the MLflow tracking store of a run when ``MLFLOW_TRACKING_URI`` names none (inside ``RUN/trackers``)
+MLFLOW_STORE = "mlflow.db"
+
+
 def tracker_project(run_dir: Path):
     """Accelerate's project settings: TensorBoard events go to ``RUN/trackers/<run name>/``, W&B's offline runs to
-    ``RUN/trackers/wandb/`` and an aim repository to ``RUN/trackers/.aim``; MLflow writes to its tracking URI
-    (``MLFLOW_TRACKING_URI``, by default ``./mlruns``), with artifacts under ``RUN/trackers``."""
+    ``RUN/trackers/wandb/`` and an aim repository to ``RUN/trackers/.aim``; MLflow writes to
+    ``RUN/trackers/mlflow.db`` (see :func:`mlflow_tracking_uri`), with artifacts under ``RUN/trackers``."""
     from accelerate.utils import ProjectConfiguration
 
     return ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / TRACKER_FOLDER))
@@ -66,3 +75,25 @@ def tracker_init_kwargs(names: list[str], run_dir: Path) -> dict[str, Any]:
     if "mlflow" in names:
         kwargs["mlflow"] = {"run_name": run_dir.name}
     return kwargs
+
+
+def mlflow_tracking_uri(run_dir: Path) -> str:
+    """Where MLflow logs: ``MLFLOW_TRACKING_URI`` when set, else an SQLite store in the run folder
+    (``sqlite:///RUN/trackers/mlflow.db``: MLflow 3 refuses its old ``./mlruns`` file store by default, and a run's
+    files belong in its folder)."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    store = (run_dir / TRACKER_FOLDER).resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / MLFLOW_STORE}"
+
+
+def start_trackers(accelerator, names: list[str], run_dir: Path) -> None:
+    """Start the trackers of ``names`` for the run in ``run_dir`` (main process; the experiment and run are named
+    after the run folder)."""
+    if "mlflow" in names:
+        import mlflow
+
+        mlflow.set_tracking_uri(mlflow_tracking_uri(run_dir))
+    accelerator.init_trackers(run_dir.name, init_kwargs=tracker_init_kwargs(names, run_dir))
