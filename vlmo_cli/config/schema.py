@@ -170,13 +170,8 @@ FAMILIES = ("vlmo", "beit3")
 #: Beit3Config fields a recipe may set (with ``family = "beit3"``) beyond the ones it shares with ModelConfig; the
 #: stage decides heads, ``normalize_output`` and the initialisation, a released model ``language``
 _BEIT3_RECIPE_ONLY = {
-    "ffn_dim": FieldSpec("ffn_dim", int, 3072, help="BEiT-3 only: hidden width of each expert FFN", ge=1),
-    "max_source_positions": FieldSpec("max_source_positions", int, 1024, ge=3,
-                                      help="BEiT-3 only: rows of the text position table (texts hold 2 fewer tokens)"),
-    # Beit3Config.init under another name: the recipe's ``init`` names the starting weights
-    "weight_init": FieldSpec("weight_init", str, "unilm", choices=("unilm", "torchscale"),
-                             help="BEiT-3 only: random initialisation of what the init source does not provide: unilm "
-                                  "(its fine-tuning models: N(0, 0.02) linear layers) or torchscale (PyTorch defaults)"),
+    "ffn_dim": ("BEiT-3 only: hidden width of each expert FFN", dict(ge=1)),
+    "max_source_positions": ("BEiT-3 only: rows of the text position table (texts hold 2 fewer tokens)", dict(ge=3)),
 }
 
 
@@ -205,7 +200,8 @@ def model_specs() -> dict[str, FieldSpec]:
         out[f.name] = FieldSpec(
             f.name, hints[f.name], default=default, help=doc_args.get(f.name, ""), **_MODEL_BOUNDS.get(f.name, {})
         )
-    out.update(_BEIT3_RECIPE_ONLY)
+    for name, (text, bounds) in _BEIT3_RECIPE_ONLY.items():
+        out[name] = FieldSpec(name, int, default=getattr(Beit3Config(), name), help=text, **bounds)
     return out
 
 
@@ -226,8 +222,6 @@ def build_family_config(family: str, size: str, **values: Any) -> ModelConfig | 
         if extra:
             raise ConfigError(f"[model] {', '.join(extra)} do(es) not apply to family = \"beit3\"; its keys: "
                               f"{', '.join(BEIT3_RECIPE_KEYS)}")
-        if "weight_init" in values:
-            values["init"] = values.pop("weight_init")
         return get_beit3_config(size, **values)
     if size not in model_sizes():
         raise ConfigError(f"size {size!r} is not a VLMo size; allowed: {', '.join(model_sizes())} "

@@ -93,12 +93,9 @@ BEIT3_STAGE_DEFS: dict[str, StageDef] = {
 def beit3_stage_config(stage, stage_def: StageDef, open_dataset) -> Beit3Config:
     """The :class:`Beit3Config` a resolved recipe ``stage`` trains: the recipe's size and overrides at the data's
     image size, the task's head, the VQA answer / class count of the prepared data, unilm's initialisation of a
-    fine-tuning model (unless ``[model] weight_init`` says otherwise), and no final LayerNorm for VQA (as
-    ``beit3_*_vqav2``)."""
+    fine-tuning model, and no final LayerNorm for VQA (as ``beit3_*_vqav2``)."""
     task, data = stage.task, stage.data
-    changes: dict = {"heads": list(stage_def.heads), "image_size": data.image_size}
-    if "weight_init" not in stage.model.overrides:
-        changes["init"] = "unilm"
+    changes: dict = {"heads": list(stage_def.heads), "init": "unilm", "image_size": data.image_size}
     if stage_def.data_task == "vqa":
         changes["normalize_output"] = False
         num_answers = getattr(task, "num_answers", 0) or None
