@@ -82,7 +82,7 @@ def test_family_decides_sizes_and_keys():
 @pytest.mark.parametrize("task", list(TASKS))
 def test_task_heads_shapes_and_falling_loss(task):
     torch.manual_seed(0)
-    parts = build_stage(stage(TASKS[task]), torch.device("cpu"), lambda: None)
+    parts = build_stage(stage(TASKS[task], f"{TASKS[task]}.lr=1e-4"), torch.device("cpu"), lambda: None)
     model, cfg = parts.model, parts.cfg
     assert isinstance(model, Beit3) and cfg.heads == [task_head(model, task)]
     assert cfg.normalize_output == (task != "vqa")  # unilm's VQA models have no final LayerNorm
@@ -101,15 +101,14 @@ def test_task_heads_shapes_and_falling_loss(task):
             assert pair_logits(model, task, ids, mask, pixels).shape == (4, width)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     losses = []
-    for _ in range(6):
+    for _ in range(8):
         loss, metrics = parts.module(batch)
         assert torch.isfinite(loss) and all(torch.isfinite(v) for v in metrics.values())
         parts.optimizer.zero_grad()
         loss.backward()
         parts.optimizer.step()
         losses.append(float(loss.detach()))
-    if task in ("vqa", "classify"):  # random inputs: the answer / class heads fit them within a few steps
-        assert losses[-1] < losses[0] - 1
+    assert losses[-1] < 0.95 * losses[0]  # 4 random samples: fitted within a few steps at lr 1e-4
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith(f"{cfg.heads[0]}_head.") for k in changed) and any(k.startswith("encoder.") for k in changed)
 
