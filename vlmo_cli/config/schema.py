@@ -17,8 +17,7 @@ from dataclasses import MISSING, dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
-from ..errors import RecipeError
-from ..errors import ConfigError
+from ..errors import ConfigError, RecipeError
 from ..model.beit3_config import Beit3Config, beit3_sizes, get_beit3_config
 from ..model.config import ModelConfig, get_config, model_sizes
 
@@ -177,7 +176,8 @@ _BEIT3_RECIPE_ONLY = {
 
 @functools.cache
 def model_specs() -> dict[str, FieldSpec]:
-    """Keys of ``[model]``: ``size``, ``init`` and every overridable :class:`ModelConfig` field."""
+    """Keys of ``[model]``: ``family``, ``size``, ``init``, every overridable :class:`ModelConfig` field and the
+    BEiT-3-only fields (:func:`build_family_config` checks which apply to the recipe's family)."""
     out = {
         "family": FieldSpec("family", str, default="vlmo", help="model family: vlmo (VLMo) or beit3 (BEiT-3)",
                             choices=FAMILIES),
