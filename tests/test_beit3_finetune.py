@@ -216,3 +216,29 @@ def test_model_info_and_training_flops_of_a_beit3_recipe(demo_root, monkeypatch,
     assert train_flops_per_sample("finetune.nlvr2", cfg, st.task, 16) == 3 * 2 * f["pair (image first, then text)"]
     assert train_flops_per_sample("finetune.retrieval_coco", cfg, st.task, 16) == 3 * (
         f["image (dual encoder)"] + f["text (dual encoder)"])
+
+
+def test_resumed_beit3_finetune_equals_the_uninterrupted_one(small_vqa_stage):
+    """The one training loop's resume holds for a BEiT-3 model too: 2 + 2 resumed steps = 4 steps."""
+    from safetensors.torch import load_file
+
+    from vlmo_cli.train.loop import train
+
+    full = train(small_vqa_stage("full"))
+    assert train(small_vqa_stage("cut"), stop_after=2).state.step == 2
+    resumed = train(small_vqa_stage("cut"), resume="auto")
+    assert resumed.state.step == 4
+    a, b = load_file(full.checkpoint / "model.safetensors"), load_file(resumed.checkpoint / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def small_vqa_stage(demo_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(demo_root)
+
+    def make(name: str):
+        return load_recipe("beit3_tiny", ["finetune.vqa.max_steps=4", "data.batch_size=4", "train.log_every=1",
+                                          "finetune.vqa.val_split=none", "train.trackers=[]", "train.report=false",
+                                          f"train.output_dir={tmp_path}", f"finetune.vqa.run_name={name}"]
+                           ).resolve("finetune.vqa")
+    return make
