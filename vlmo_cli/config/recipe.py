@@ -241,8 +241,9 @@ def _resolve(recipe: Recipe, stage: str, skip_missing: set[str]) -> tuple[Resolv
             )
         )
     if model.family == "beit3" and data.max_text_len > config.max_text_len:
-        problems.append(Problem(where, f"{stage}.max_text_len", f"{data.max_text_len} exceeds the {config.max_text_len} "
-                                f"text tokens of the BEiT-3 position table (max_source_positions - 2)"))
+        problems.append(Problem(where, f"{stage}.max_text_len", f"{data.max_text_len} exceeds the "
+                                f"{config.max_text_len} text tokens of the BEiT-3 position table "
+                                "(max_source_positions - 2)"))
     if data.micro_batch_size > data.batch_size or (data.micro_batch_size and data.batch_size % data.micro_batch_size):
         problems.append(
             Problem(

@@ -171,7 +171,8 @@ def _family_rows(cfg) -> tuple[str, list[str]]:
             "dual encoder (image and text towers, L2-normalised embeddings for retrieval) and as a fusion encoder "
             "(image-text pairs; VQA, NLVR2, image-text matching).",
             [f"| expert MLP width | {cfg.mlp_hidden} |",
-             f"| VL experts | blocks {cfg.vlffn_start}–{cfg.depth - 1} |" if cfg.has_vlffn else "| VL experts | none |",
+             f"| VL experts | blocks {cfg.vlffn_start}–{cfg.depth - 1} |" if cfg.has_vlffn
+             else "| VL experts | none |",
              f"| positions | {'shared relative-position bias table' if cfg.relative_position else 'absolute'} |",
              f"| layer scale | {'yes' if cfg.layer_scale_init is not None else 'no'} |"])
 
@@ -339,10 +340,10 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, verify: bool = True,
     require_onnx(runtime=verify)
     output = DirectoryOutput(out_dir, ONNX_KIND, overwrite=overwrite, inputs=[model_dir])
     model = load_model(model_dir).eval()
-    cfg = model.config
     if not has_task_head(model, "retrieval"):
-        raise CheckpointError(f"{model_dir}: the model has no dual-encoder projections ('{task_head(model, 'retrieval')}'"
-                              " head): no retrieval embeddings")
+        head = task_head(model, "retrieval")
+        raise CheckpointError(f"{model_dir}: the model has no dual-encoder projections ('{head}' head): no retrieval "
+                              "embeddings")
     with output as out:
         return _write_onnx(model, Path(model_dir), out, verify, seed)
 
