@@ -182,10 +182,18 @@ def test_init_from_a_converted_beit3_dir_loads_the_backbone_and_makes_fresh_head
     assert any("newly initialised" in n and head in n for n in report.notes())
 
 
-def test_init_refuses_another_backbone_or_family(converted, demo_root):
+def test_init_refuses_another_backbone_or_family(converted, demo_root, tmp_path, monkeypatch, capsys):
+    from test_eval_cli import make_model
+
+    monkeypatch.chdir(demo_root)
+
     with pytest.raises(CheckpointError, match="backbone does not match.*embed_dim 64 vs 128"):
         build_stage(stage("finetune.vqa"), torch.device("cpu"), lambda: None,
                     load_weights=lambda m: initialise(m, str(converted)))
+    vlmo_dir = make_model(tmp_path / "vlmo", demo_root / "demo_data", ["pooler", "itc"])
+    code, _, err = run(capsys, "finetune", "retrieval", "beit3_tiny", "--from", str(vlmo_dir),
+                       f"train.output_dir={tmp_path / 'runs'}")
+    assert code == 2 and "a VLMo model directory cannot initialise a BEiT-3 model" in err and "Traceback" not in err
     with pytest.raises(CheckpointError, match="a BEiT-3 model directory cannot initialise a VLMo model"):
         build_stage(load_recipe("tiny").resolve("finetune.vqa"), torch.device("cpu"), lambda: None,
                     load_weights=lambda m: initialise(m, str(converted)))
