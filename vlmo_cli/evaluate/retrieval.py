@@ -42,7 +42,8 @@ def encode_split(model, data, device: torch.device | str = "cpu", autocast_dtype
             images.append(image_embeddings(model, batch["pixel_values"].to(device)).float())
         for batch in data.texts:  # shortest first: each batch runs at its own longest caption
             batch = trim_text_padding(batch)
-            texts.append(text_embeddings(model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).float())
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            texts.append(text_embeddings(model, ids, mask).float())
     encoded = torch.cat(texts)
     text_embeds = torch.empty_like(encoded)
     text_embeds[data.text_order.to(encoded.device)] = encoded  # back to caption order

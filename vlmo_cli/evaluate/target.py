@@ -180,8 +180,8 @@ def text_length(model: InferenceModel, target: EvalTarget) -> int:
 
 def pair_task_logits(model: InferenceModel, target: EvalTarget, task: str, rows_key: str):
     """``(batch, logits)`` for every non-empty batch of the target split, in split order: the ``task`` head (``vqa``,
-    ``classify``) over each fused (image, text) pair, in the model's family (:func:`~vlmo_cli.model.family.pair_logits`),
-    padding columns trimmed, without gradients. ``rows_key`` is a batch key that is empty when the batch holds no
+    ``classify``) over each fused (image, text) pair, in the model's family
+    (:func:`~vlmo_cli.model.family.pair_logits`), padding columns trimmed, without gradients. ``rows_key`` is a batch key that is empty when the batch holds no
     usable row."""
     import torch
 
