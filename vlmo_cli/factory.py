@@ -72,12 +72,20 @@ def vocab_files(vocab: str | Path | None) -> dict[str, str]:
     return {vocab.name if vocab.name in TOKENIZER_FILES else VOCAB_NAME: str(vocab)}
 
 
-def load_config(model_dir: str | Path) -> ModelConfig:
-    """The :class:`ModelConfig` of a model directory (an unreadable one is a :class:`CheckpointError`)."""
+def load_config(model_dir: str | Path):
+    """The config of a model directory: a :class:`ModelConfig`, or a
+    :class:`~vlmo_cli.model.beit3_config.Beit3Config` when its ``config.json`` says ``"family": "beit3"`` (an
+    unreadable one is a :class:`CheckpointError`)."""
+    from .model.beit3_config import Beit3Config, is_beit3_config
     from .model.config import ModelConfig
 
+    path = Path(model_dir) / CONFIG_NAME
     try:
-        return ModelConfig.load(Path(model_dir) / CONFIG_NAME)
+        beit3 = is_beit3_config(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError):
+        beit3 = False  # ModelConfig.load says what is wrong with it
+    try:
+        return (Beit3Config if beit3 else ModelConfig).load(path)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
 
@@ -95,12 +103,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
     return _load_model_dir(path, load_config(path), device, strict, **config_overrides)
 
 
-def _load_model_dir(model_dir: Path, cfg: ModelConfig, device, strict: bool = True, **config_overrides):
-    """The model of an already resolved model directory whose config is ``cfg``."""
+def _load_model_dir(model_dir: Path, cfg, device, strict: bool = True, **config_overrides):
+    """The model of an already resolved model directory whose config is ``cfg``, in its family (VLMo or BEiT-3)."""
+    from .model.beit3_config import Beit3Config
     from .model.weights import build_model, read_weights
 
-    return build_model(read_weights(model_dir / WEIGHTS_NAME), cfg, str(model_dir), strict,
-                       **config_overrides).to(device)
+    build = build_beit3 if isinstance(cfg, Beit3Config) else build_model
+    return build(read_weights(model_dir / WEIGHTS_NAME), cfg, str(model_dir), strict, **config_overrides).to(device)
 
 
 # ---------------------------------------------------------------------------------------------------- official VLMo
@@ -216,14 +225,36 @@ def is_beit3_dir(path: str | Path) -> bool:
 def load_beit3(path: str | Path, device: str | torch.device = "cpu", **config_overrides):
     """Load a BEiT-3 model directory (or a run folder / ``latest`` pointer resolving to one)."""
     from .model.beit3_config import Beit3Config
-    from .model.weights import read_weights
 
     directory = resolve_model_dir(path)
     try:
         cfg = Beit3Config.load(directory / CONFIG_NAME)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
-    return build_beit3(read_weights(directory / WEIGHTS_NAME), cfg, str(directory), **config_overrides).to(device)
+    return _load_model_dir(directory, cfg, device, **config_overrides)
+
+
+def read_beit3_init_source(source: str, num_heads: int | None = None):
+    """``(state_dict, its Beit3Config)`` of a BEiT-3 training init source: a BEiT-3 model directory, run folder or
+    checkpoint, or a released BEiT-3 checkpoint file (converted as ``vlmo convert beit3`` does; ``num_heads`` when
+    it is no released architecture)."""
+    from .model.beit3_config import Beit3Config
+    from .model.weights import read_weights
+
+    path = source[len("beit3:"):] if source.startswith("beit3:") else source
+    if Path(path).is_file():
+        from .interop.beit3 import convert_state
+        from .interop.official import read_checkpoint
+
+        state, _ = read_checkpoint(path)
+        converted = convert_state(state, path, num_heads=num_heads)
+        return converted.state, converted.config
+    model_dir = resolve_model_dir(path)
+    cfg = load_config(model_dir)
+    if not isinstance(cfg, Beit3Config):
+        raise CheckpointError(f"{source}: a VLMo model directory cannot initialise a BEiT-3 model "
+                              "([model] family = \"beit3\"); give a BEiT-3 one (e.g. from `vlmo convert beit3`)")
+    return read_weights(model_dir / WEIGHTS_NAME), cfg
 
 
 def convert_beit3(checkpoint: str | Path, out_dir: str | Path, *, num_heads: int | None = None,
@@ -265,7 +296,11 @@ def read_init_source(source: str, target: ModelConfig) -> tuple[dict[str, torch.
     from .model.weights import read_weights
 
     model_dir = resolve_model_dir(path)
-    return read_weights(model_dir / WEIGHTS_NAME), ModelConfig.load(model_dir / CONFIG_NAME)
+    cfg = load_config(model_dir)
+    if not isinstance(cfg, ModelConfig):
+        raise CheckpointError(f"{source}: a BEiT-3 model directory cannot initialise a VLMo model; set [model] "
+                              "family = \"beit3\" (and a BEiT-3 size) to fine-tune it")
+    return read_weights(model_dir / WEIGHTS_NAME), cfg
 
 
 # ---------------------------------------------------------------------------------------------------- inference
@@ -297,9 +332,13 @@ class InferenceModel:
         return self.tokenizer
 
     def require_head(self, head: str, how: str) -> None:
-        """Raise a :class:`CheckpointError` naming the model's heads when it has no ``head``; ``how`` says what needs
-        it or how to get a model that has it."""
+        """Raise a :class:`CheckpointError` naming the model's heads when it has no head for the task ``head``
+        (``vqa``, ``nlvr2``, ``classify``, ``retrieval``, ``itm``: named per family by
+        :data:`~vlmo_cli.model.family.TASK_HEADS`); ``how`` says what needs it or how to get a model that has it."""
+        from .model.family import task_head
+
         heads = self.model.config.heads
+        head = task_head(self.model, head) or head
         if head not in heads:
             raise CheckpointError(f"{self.path}: the model has no {head!r} head (heads: "
                                   f"{', '.join(heads) or 'none'}); {how}")

@@ -107,6 +107,12 @@ def initialise(model: VLMo, source: str, init_vlffn: str = "random", allow_missi
         CheckpointError: the backbones differ, or backbone tensors the stage does not create are missing from the
             source (unless ``allow_missing``).
     """
+    from ..model.beit3 import Beit3
+
+    if isinstance(model, Beit3):  # the BEiT-3 family has its own backbone and heads
+        from .beit3_init import initialise_beit3
+
+        return initialise_beit3(model, source, allow_missing)
     if not source:
         std = model.config.init_std
         return InitReport(source="", fresh=sorted(model.state_dict()),
