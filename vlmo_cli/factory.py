@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, ConfigError, VlmoError
-from .layout import (CONFIG_NAME, OFFICIAL_CONFIG_NAME, TOKENIZER_FILES, VOCAB_NAME, WEIGHTS_NAME, has_tokenizer,
-                     model_dir_kind, resolve_model_dir, resolve_model_path)
+from .layout import (CONFIG_NAME, OFFICIAL_CONFIG_NAME, SPM_NAME, SPM_SUFFIXES, TOKENIZER_FILES, VOCAB_NAME,
+                     WEIGHTS_NAME, has_tokenizer, model_dir_kind, resolve_model_dir, resolve_model_path)
 from .outputs import DirectoryOutput, check_directory
 
 if TYPE_CHECKING:
@@ -63,12 +63,15 @@ def save_model(
 
 
 def vocab_files(vocab: str | Path | None) -> dict[str, str]:
-    """``extra_files`` entry for :func:`save_model` carrying a vocabulary (``vocab.txt`` or ``tokenizer.json``)."""
+    """``extra_files`` entry for :func:`save_model` carrying a vocabulary (``vocab.txt``, ``tokenizer.json`` or a
+    SentencePiece model, saved as ``sentencepiece.bpe.model``)."""
     if vocab is None:
         return {}
     vocab = Path(vocab)
     if not vocab.is_file():
         raise CheckpointError(f"{vocab}: no such vocabulary file")
+    if vocab.suffix in SPM_SUFFIXES:
+        return {SPM_NAME: str(vocab)}
     return {vocab.name if vocab.name in TOKENIZER_FILES else VOCAB_NAME: str(vocab)}
 
 
