@@ -242,7 +242,6 @@ def read_beit3_init_source(source: str, num_heads: int | None = None):
     checkpoint, or a released BEiT-3 checkpoint file (converted as ``vlmo convert beit3`` does; ``num_heads`` when
     it is no released architecture)."""
     from .model.beit3_config import Beit3Config
-    from .model.weights import read_weights
 
     path = source[len("beit3:"):] if source.startswith("beit3:") else source
     if Path(path).is_file():
@@ -252,12 +251,8 @@ def read_beit3_init_source(source: str, num_heads: int | None = None):
         state, _ = read_checkpoint(path)
         converted = convert_state(state, path, num_heads=num_heads)
         return converted.state, converted.config
-    model_dir = resolve_model_dir(path)
-    cfg = load_config(model_dir)
-    if not isinstance(cfg, Beit3Config):
-        raise CheckpointError(f"{source}: a VLMo model directory cannot initialise a BEiT-3 model "
-                              "([model] family = \"beit3\"); give a BEiT-3 one (e.g. from `vlmo convert beit3`)")
-    return read_weights(model_dir / WEIGHTS_NAME), cfg
+    return _directory_init_source(path, Beit3Config, f"{source}: a VLMo model directory cannot initialise a BEiT-3 "
+                                  "model ([model] family = \"beit3\"); give a BEiT-3 one (e.g. from `vlmo convert beit3`)")
 
 
 def convert_beit3(checkpoint: str | Path, out_dir: str | Path, *, num_heads: int | None = None,
@@ -296,13 +291,20 @@ def read_init_source(source: str, target: ModelConfig) -> tuple[dict[str, torch.
         return state, infer_config(state, official, source=path, num_heads=target.num_heads,
                                    text_table_len=target.max_text_len_of_initckpt, given_by="recipe")
     from .model.config import ModelConfig
+
+    return _directory_init_source(path, ModelConfig, f"{source}: a BEiT-3 model directory cannot initialise a VLMo "
+                                  "model; set [model] family = \"beit3\" (and a BEiT-3 size) to fine-tune it")
+
+
+def _directory_init_source(path: str, family_config: type, wrong_family: str):
+    """``(state_dict, config)`` of a model directory / run folder / checkpoint whose config is a ``family_config``;
+    ``wrong_family`` is the message when it is of the other family."""
     from .model.weights import read_weights
 
     model_dir = resolve_model_dir(path)
     cfg = load_config(model_dir)
-    if not isinstance(cfg, ModelConfig):
-        raise CheckpointError(f"{source}: a BEiT-3 model directory cannot initialise a VLMo model; set [model] "
-                              "family = \"beit3\" (and a BEiT-3 size) to fine-tune it")
+    if not isinstance(cfg, family_config):
+        raise CheckpointError(wrong_family)
     return read_weights(model_dir / WEIGHTS_NAME), cfg
 
 

@@ -9,11 +9,10 @@ a source trained for VQA, which has none — is an error unless the caller allow
 
 from __future__ import annotations
 
-from ..errors import CheckpointError
 from ..factory import read_beit3_init_source
 from ..interop.beit3 import adapt_state
 from ..model.beit3 import Beit3
-from .init import InitReport
+from .init import InitReport, check_backbone, load_init_state
 
 #: architecture fields that must agree between a source and the BEiT-3 model it initialises
 BEIT3_BACKBONE_FIELDS = ("embed_dim", "depth", "num_heads", "ffn_dim", "patch_size", "vocab_size",
@@ -27,28 +26,8 @@ def initialise_beit3(model: Beit3, source: str, allow_missing: bool = False) -> 
     if not source:
         return InitReport(source="", fresh=sorted(model.state_dict()),
                           random_note="initialised at random (unilm's initialisation of the fine-tuning models)")
-    cfg = model.config
-    state, src_cfg = read_beit3_init_source(source, num_heads=cfg.num_heads)
-    wrong = [f"{f} {getattr(src_cfg, f)} vs {getattr(cfg, f)}" for f in BEIT3_BACKBONE_FIELDS
-             if getattr(src_cfg, f) != getattr(cfg, f)]
-    if wrong:
-        raise CheckpointError(f"{source}: backbone does not match the recipe's model ({'; '.join(wrong)})")
-    state = adapt_state(state, src_cfg, cfg)
-    own = model.state_dict()
-    mismatched = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
-    backbone_mismatch = [k for k in mismatched if k.startswith(BEIT3_BACKBONE_PREFIXES)]
-    if backbone_mismatch:
-        raise CheckpointError(f"{source}: tensors of another shape: {backbone_mismatch[:5]}")
-    load = {k: v for k, v in state.items() if k in own and k not in mismatched}
-    report = InitReport(source=source, loaded=sorted(load), dropped=sorted(k for k in state if k not in own),
-                        reshaped=mismatched)
-    report.fresh = sorted(k for k in own if k not in load)
-    unexpected = [k for k in report.fresh if k.startswith(BEIT3_BACKBONE_PREFIXES)]
-    if unexpected and not allow_missing:
-        shown = ", ".join(unexpected[:8]) + (f", … ({len(unexpected)} in all)" if len(unexpected) > 8 else "")
-        raise CheckpointError(
-            f"{source}: the source lacks {len(unexpected)} backbone tensors that this task does not initialise: "
-            f"{shown}; pass --allow-missing-init to train them from random values")
-    report.allowed_missing = unexpected
-    model.load_state_dict(load, strict=False)
-    return report
+    state, src_cfg = read_beit3_init_source(source, num_heads=model.config.num_heads)
+    check_backbone(source, src_cfg, model.config, BEIT3_BACKBONE_FIELDS)
+    state = adapt_state(state, src_cfg, model.config)
+    return load_init_state(model, state, source, BEIT3_BACKBONE_PREFIXES,
+                           lambda k: not k.startswith(BEIT3_BACKBONE_PREFIXES), allow_missing)
