@@ -60,7 +60,7 @@ def test_cased_detection_and_vocab_roundtrip(tmp_path, tok):
         again = load_tokenizer(path)
         assert again.encode_batch(CORPUS, 12)["input_ids"].tolist() == tok.encode_batch(CORPUS, 12)["input_ids"].tolist()
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no tokenizer.json or vocab.txt"):
+    with pytest.raises(DataError, match="no tokenizer.json, vocab.txt or sentencepiece.bpe.model inside"):
         load_tokenizer(tmp_path / "empty")
 
 
