@@ -330,10 +330,11 @@ class VLMo(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor,
         image_token_type: int = 1,
+        patch_mask: torch.Tensor | None = None,
     ) -> PairOutput:
-        """The fusion encoder over ``[text, image]`` (official ``infer``)."""
+        """The fusion encoder over ``[text, image]`` (official ``infer``); ``patch_mask`` as in :meth:`embed_image`."""
         text = self.embed_text(input_ids)
-        image = self.embed_image(pixel_values, image_token_type)
+        image = self.embed_image(pixel_values, image_token_type, patch_mask)
         x = torch.cat([text, image], 1)
         t = input_ids.shape[1]
         image_mask = torch.ones(image.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
