@@ -282,3 +282,110 @@ def test_bad_recipe_values_are_one_message_exit_2(in_demo, capsys, overrides, me
     assert code == 2, out + err
     assert message in " ".join(err.split()), err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------- teacher targets
+def _teacher_dir(tmp_path, **overrides):
+    from vlmo_cli.factory import save_model
+
+    torch.manual_seed(1)
+    cfg = get_config("tiny", vocab_size=160, embed_dim=64, num_heads=4, heads=[], **overrides)
+    return save_model(VLMo(cfg), tmp_path / "teacher")
+
+
+def test_teacher_targets_size_the_mim_head_and_are_matched_by_cosine(tmp_path):
+    from vlmo_cli.objectives.masked_data import feature_target_loss
+
+    teacher = _teacher_dir(tmp_path)
+    stage = mdm_stage([f"pretrain.mdm.teacher={teacher}", "pretrain.mdm.target=teacher"])
+    cfg = stages.stage_config(stage, lambda: None)
+    assert cfg.mim_target_dim == 64 and cfg.heads == ["mlm", "mim"]
+    assert VLMo(cfg).mim_head.decoder.out_features == 64
+    target = torch.randn(2, 16, 64)
+    loss = feature_target_loss(lambda pixels: target)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, :5] = True
+    assert float(loss(3.0 * target, None, mask)) == pytest.approx(0.0, abs=1e-6)  # the scale does not matter
+    assert float(loss(-target, None, mask)) == pytest.approx(2.0, abs=1e-6)
+
+
+@pytest.mark.slow  # ~25 s on an idle 2-core machine
+def test_pretrain_mdm_learns_a_teachers_patch_features(in_demo, tmp_path, capsys):
+    teacher = _teacher_dir(tmp_path)
+    code, out, err = run(capsys, "pretrain-mdm", "tiny", *in_demo, "data.batch_size=16", "pretrain.mdm.max_steps=20",
+                         "pretrain.mdm.log_every=5", "pretrain.mdm.lr=2e-3", "pretrain.mdm.warmup=2",
+                         "pretrain.mdm.target=teacher", f"pretrain.mdm.teacher={teacher}")
+    assert code == 0, out + err
+    run_dir = tmp_path / "runs" / "tiny-pretrain-mdm"
+    image = _losses(run_dir, "mdm_image_loss")
+    print(f"teacher-feature loss (1 - cos) per 5 steps: {image}")
+    assert len(image) == 4 and image[-1] < 0.7 * image[0], image
+    weights = load_file(run_dir / "checkpoints" / "step_20" / "model.safetensors")
+    assert weights["mim_head.decoder.weight"].shape == (64, 128)
+    assert not any(k.startswith("teacher") for k in weights)  # the teacher is never part of the student
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: tmp / "nowhere", "no such model directory"),
+    (lambda tmp: _teacher_dir(tmp, patch_size=16), "the patch grids must be the same"),
+])
+def test_an_unusable_teacher_is_one_message_exit_2(in_demo, tmp_path, capsys, make, message):
+    code, out, err = run(capsys, "pretrain-mdm", "tiny", *in_demo, "pretrain.mdm.target=teacher",
+                         f"pretrain.mdm.teacher={make(tmp_path)}")
+    assert code == 2, out + err
+    assert message in " ".join(err.split()) and "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------------- the interface: BEiT-3
+def _beit3_mdm():
+    from vlmo_cli.model.beit3 import Beit3
+    from vlmo_cli.model.beit3_config import get_beit3_config
+    from vlmo_cli.model.beit3_masked_data import Beit3MaskedData
+
+    torch.manual_seed(0)
+    cfg = get_beit3_config("tiny", embed_dim=32, num_heads=4, ffn_dim=64, depth=2, vocab_size=64,
+                           max_source_positions=20)
+    return Beit3MaskedData(Beit3(cfg))
+
+
+def test_beit3_runs_the_same_objective_through_its_adapter():
+    """BEiT-3 (image first, padding mask = 1 − attention mask) with new MLM and patch heads: the objective runs on it
+    unchanged and its gradients reach both sides; padding stays padding."""
+    from vlmo_cli.objectives.masked_data import masked_data_loss, pixel_target_loss
+
+    model = _beit3_mdm()
+    assert model.patch_head.out_features == 8 * 8 * 3 and model.mlm_head[-1].out_features == 64
+    parts = split_parts(_fixed_batch())
+    loss, metrics = masked_data_loss(model, parts, pixel_target_loss(model.patch_size))
+    assert set(metrics) >= {"mdm_image_loss", "mdm_text_loss", "mdm_pair_loss", "mdm_pair_image_loss"}
+    loss.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert {"beit3.vision_embed.mask_token", "beit3.text_embed.weight", "patch_head.weight",
+            "mlm_head.3.weight"} <= grads
+    assert any(".A." in n for n in grads) and any(".B." in n for n in grads)
+    text = parts["text"]
+    changed = text["mlm_input_ids"].masked_fill(text["attention_mask"] == 0, 7)
+    model.eval()
+    with torch.no_grad():
+        a = model.text_tokens(text["mlm_input_ids"], text["attention_mask"])
+        b = model.text_tokens(changed, text["attention_mask"])
+    real = text["attention_mask"].bool()
+    torch.testing.assert_close(a[real], b[real])
+
+
+@pytest.mark.slow  # ~10 s on an idle 2-core machine
+def test_beit3_learns_every_part_through_its_adapter():
+    from vlmo_cli.objectives.masked_data import masked_data_loss, pixel_target_loss
+
+    model = _beit3_mdm()
+    parts = split_parts(_fixed_batch())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(10):
+        loss, metrics = masked_data_loss(model, parts, pixel_target_loss(model.patch_size))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append({k: float(v) for k, v in metrics.items()})
+    for key in ("mdm_image_loss", "mdm_text_loss", "mdm_pair_loss", "mdm_pair_image_loss"):
+        assert history[-1][key] < 0.9 * history[0][key], (key, history[0][key], history[-1][key])

@@ -161,7 +161,7 @@ _MODEL_BOUNDS: dict[str, dict[str, float]] = {
     "num_classes": dict(ge=1),
     "pad_token_id": dict(ge=0),
 }
-_MODEL_NOT_IN_RECIPES = ("heads", "name")
+_MODEL_NOT_IN_RECIPES = ("heads", "name", "mim_target_dim")
 
 
 @functools.cache

@@ -145,7 +145,7 @@ class VLMo(nn.Module):
         self.vqa_classifier = classifier(d, 2 * d, cfg.vqa_num_answers) if "vqa" in heads else None
         self.nlvr2_classifier = classifier(2 * d, 2 * d, 2) if "nlvr2" in heads else None
         self.classify_head = classifier(d, 2 * d, cfg.num_classes) if "classify" in heads else None
-        self.mim_head = MIMHead(d, cfg.patch_size) if "mim" in heads else None
+        self.mim_head = MIMHead(d, cfg.patch_size, out_dim=cfg.mim_target_dim or None) if "mim" in heads else None
         self.grad_checkpointing = False
         self.reset_parameters()
 

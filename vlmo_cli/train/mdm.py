@@ -16,7 +16,7 @@ import torch
 
 from ..data.collate import trim_text_padding
 from ..data.mixed import MixedLoader, batch_sizes, split_parts
-from ..errors import DataError, RecipeError
+from ..errors import DataError, RecipeError, VlmoError
 from ..model.config import ModelConfig
 from ..model.masked_data import VLMoMaskedData
 from ..model.vlmo import VLMo
@@ -130,8 +130,8 @@ def load_teacher(path: str) -> VLMo:
 
     try:
         teacher = load_model(path)
-    except FileNotFoundError as exc:
-        raise RecipeError(f"pretrain.mdm.teacher: {path}: {exc}") from None
+    except VlmoError as exc:
+        raise RecipeError(f"pretrain.mdm.teacher: {exc}") from None
     teacher.eval().requires_grad_(False)
     return teacher
 
@@ -143,8 +143,8 @@ def teacher_dim(task, image_size: int, patch_size: int) -> int:
 
     try:
         cfg = load_config(resolve_model_dir(task.teacher))
-    except (FileNotFoundError, OSError) as exc:
-        raise RecipeError(f"pretrain.mdm.teacher: {task.teacher} is not a model directory ({exc})") from None
+    except VlmoError as exc:
+        raise RecipeError(f"pretrain.mdm.teacher: {exc} (a VLMo model directory, run folder or checkpoint)") from None
     if cfg.patch_size != patch_size or cfg.image_size != image_size:
         raise RecipeError(f"pretrain.mdm.teacher: {task.teacher} sees {cfg.image_size} px images in {cfg.patch_size} "
                           f"px patches; the student {image_size} px in {patch_size} px patches: the patch grids must "
