@@ -156,6 +156,7 @@ def _fixed_batch(b: int = 8) -> dict[str, torch.Tensor]:
     def texts(rows):
         ids = torch.randint(5, 64, (rows, 12), generator=g)
         mask = torch.ones(rows, 12, dtype=torch.long)
+        mask[:, 8:] = 0  # 4 columns of padding in every row: trimmed by the objective
         mask[: rows // 2, 7:] = 0
         ids = ids * mask
         mlm_ids, labels = ids.clone(), torch.full_like(ids, -100)
@@ -180,6 +181,31 @@ def test_the_objective_reports_every_part():
     assert out.metrics["mdm_text_loss"] == pytest.approx(float(torch.log(torch.tensor(64.0))), rel=0.3)
     batch = {k: v for k, v in _fixed_batch().items() if k != "pair.patch_mask"}
     assert "mdm_pair_image_loss" not in stages.STAGE_DEFS["pretrain.mdm"].objective(_model(), batch, _task()).metrics
+
+
+def test_trimming_each_part_s_padding_is_exact():
+    """The objective cuts the padding columns of the texts and pairs; loss and gradients equal the untrimmed ones."""
+    from vlmo_cli.model.masked_data import VLMoMaskedData
+    from vlmo_cli.objectives.masked_data import masked_data_loss, pixel_target_loss
+
+    from vlmo_cli.data.collate import trim_text_padding
+
+    assert trim_text_padding(split_parts(_fixed_batch())["pair"])["mlm_input_ids"].shape == (8, 8)
+    results = []
+    for trimmed in (True, False):
+        model = _model()
+        batch = _fixed_batch()
+        if trimmed:
+            loss = stages.STAGE_DEFS["pretrain.mdm"].objective(model, batch, _task()).loss
+        else:
+            loss = masked_data_loss(VLMoMaskedData(model), split_parts(batch), pixel_target_loss(8))[0]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 WORLD = 2
@@ -274,6 +300,7 @@ def test_resume_auto_equals_the_uninterrupted_run(in_demo, tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["pretrain.mdm.image_fraction=0.5"], "they must sum to 1"),
     (["pretrain.mdm.pair_dataset=[]"], "pretrain.mdm.pair_dataset: missing"),
+    (["pretrain.mdm.image_fraction=0", "pretrain.mdm.pair_fraction=0.75"], "given, but image_fraction is 0"),
     (["pretrain.mdm.target=vqkd"], "pretrain.mdm.target"),
     (["pretrain.mdm.target=teacher"], "needs the teacher"),
     (["data.batch_size=6"], "whole number of rows"),
@@ -413,3 +440,12 @@ def test_pretrain_mdm_under_torchrun_with_two_processes(demo_root, tmp_path):
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_3"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "mdm_pair_image_loss" in r and "val_loss" not in r] == [1, 2, 3]
+
+
+def test_validation_batches_keep_the_mix_within_64_rows():
+    from vlmo_cli.train.mdm import validation_sizes
+
+    assert validation_sizes(mdm_stage()) == {"image": 2, "text": 2, "pair": 4}
+    thirds = ["data.batch_size=1536", "pretrain.mdm.image_fraction=0.3333333333333333",
+              "pretrain.mdm.text_fraction=0.3333333333333333", "pretrain.mdm.pair_fraction=0.3333333333333334"]
+    assert validation_sizes(mdm_stage(thirds)) == {"image": 21, "text": 21, "pair": 21}

@@ -188,6 +188,22 @@ def mdm_flops(f: dict[str, int], task) -> float:
 
 
 # ---------------------------------------------------------------------- validation
+#: rows of a validation batch at most (as the other stages' validation), when the mix can be split that way
+MAX_VAL_ROWS = 64
+
+
+def validation_sizes(stage) -> dict[str, int]:
+    """Rows of each part in a validation batch: the largest batch of at most :data:`MAX_VAL_ROWS` rows (and at most
+    one training micro-batch) that the fractions split into whole rows; else the training micro-batch's split."""
+    micro = stage.batch_plan(1).micro_batch_size
+    for rows in range(min(micro, MAX_VAL_ROWS), 0, -1):
+        try:
+            return batch_sizes(stage.task.fractions, rows)
+        except DataError:
+            continue
+    return part_sizes(stage, 1)
+
+
 @torch.no_grad()
 def mdm_validate(module, stage, objective, device, tokenizer, max_batches: int) -> dict[str, float]:
     """Mean of the objective's metrics over up to ``max_batches`` mixed batches of the ``val_split`` of each dataset
@@ -196,7 +212,7 @@ def mdm_validate(module, stage, objective, device, tokenizer, max_batches: int) 
     from ..objectives.distributed import local_only
 
     task = stage.task
-    sizes = {kind: rows for kind, rows in part_sizes(stage, 1).items()
+    sizes = {kind: rows for kind, rows in validation_sizes(stage).items()
              if all(task.val_split in open_prepared(p).splits for p in task.datasets[kind])}
     if not sizes:
         return {}
