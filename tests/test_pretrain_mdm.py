@@ -253,23 +253,24 @@ def _losses(run_dir, key):
     return [m[key] for m in read_metrics(run_dir) if key in m and not any(k.startswith("val_") for k in m)]
 
 
-@pytest.mark.slow  # ~40 s on an idle 2-core machine
+@pytest.mark.slow  # ~30 s on an idle 2-core machine
 def test_pretrain_mdm_from_the_cli_learns_every_part(in_demo, tmp_path, capsys):
-    code, out, err = run(capsys, "pretrain-mdm", "tiny", *in_demo, "data.batch_size=16", "pretrain.mdm.max_steps=40",
-                         "pretrain.mdm.log_every=5", "pretrain.mdm.lr=2e-3", "pretrain.mdm.warmup=4",
-                         "pretrain.mdm.pair_image_mask_ratio=0.4")
+    """The shipped tiny section as it is (200 steps of 32): every loss falls, and the masked-token accuracies beat
+    chance (1 / vocabulary) and, clearly, always answering the data's most frequent masked token."""
+    code, out, err = run(capsys, "pretrain-mdm", "tiny", *in_demo)
     assert code == 0, out + err
     run_dir = tmp_path / "runs" / "tiny-pretrain-mdm"
-    for key in ("mdm_image_loss", "mdm_text_loss", "mdm_pair_loss", "mdm_pair_image_loss"):
+    for key in ("mdm_image_loss", "mdm_text_loss", "mdm_pair_loss"):
         values = _losses(run_dir, key)
-        assert len(values) == 8 and values[-1] < 0.9 * values[0], (key, values)
+        assert len(values) == 10 and values[-1] < 0.9 * values[0], (key, values)
     text_acc, pair_acc = _losses(run_dir, "mdm_text_acc")[-1], _losses(run_dir, "mdm_pair_acc")[-1]
-    # chance: 1 / vocabulary (160); for the record also the rate of the most frequent masked token of the data
-    frequent = _frequent_token_rates(in_demo)
-    print(f"mdm accuracies after 40 steps: text {text_acc:.3f}, pair {pair_acc:.3f}; most frequent masked token: "
-          f"text {frequent['text']:.3f}, pair {frequent['pair']:.3f}; uniform {1 / 160:.4f}")
-    assert text_acc > 10 / 160 and pair_acc > 10 / 160, (text_acc, pair_acc)
     final = read_metrics(run_dir)[-1]
+    frequent = _frequent_token_rates(in_demo)
+    curves = {k: _losses(run_dir, k)[::9] for k in ("mdm_image_loss", "mdm_text_loss", "mdm_pair_loss")}
+    print(f"mdm after 200 steps: text acc {text_acc:.3f} (val {final['val_mdm_text_acc']:.3f}), pair acc "
+          f"{pair_acc:.3f} (val {final['val_mdm_pair_acc']:.3f}); losses first/last window {curves}; most frequent "
+          f"masked token: text {frequent['text']:.3f}, pair {frequent['pair']:.3f}; uniform {1 / 160:.4f}")
+    assert text_acc > 1.3 * frequent["text"] and pair_acc > 1.3 * frequent["pair"], (text_acc, pair_acc, frequent)
     assert {"val_mdm_text_acc", "val_mdm_pair_acc", "val_mdm_image_loss"} <= set(final)
 
 
@@ -341,13 +342,14 @@ def test_teacher_targets_size_the_mim_head_and_are_matched_by_cosine(tmp_path):
 def test_pretrain_mdm_learns_a_teachers_patch_features(in_demo, tmp_path, capsys):
     teacher = _teacher_dir(tmp_path)
     code, out, err = run(capsys, "pretrain-mdm", "tiny", *in_demo, "data.batch_size=16", "pretrain.mdm.max_steps=20",
-                         "pretrain.mdm.log_every=5", "pretrain.mdm.lr=2e-3", "pretrain.mdm.warmup=2",
-                         "pretrain.mdm.target=teacher", f"pretrain.mdm.teacher={teacher}")
+                         "pretrain.mdm.log_every=5", "pretrain.mdm.warmup=2", "pretrain.mdm.target=teacher",
+                         f"pretrain.mdm.teacher={teacher}", "pretrain.mdm.pair_image_mask_ratio=0.4")
     assert code == 0, out + err
     run_dir = tmp_path / "runs" / "tiny-pretrain-mdm"
-    image = _losses(run_dir, "mdm_image_loss")
-    print(f"teacher-feature loss (1 - cos) per 5 steps: {image}")
+    image, pair_image = _losses(run_dir, "mdm_image_loss"), _losses(run_dir, "mdm_pair_image_loss")
+    print(f"teacher-feature loss (1 - cos) per 5 steps: images {image}, pairs' images {pair_image}")
     assert len(image) == 4 and image[-1] < 0.7 * image[0], image
+    assert len(pair_image) == 4 and pair_image[-1] < 0.7 * pair_image[0], pair_image
     weights = load_file(run_dir / "checkpoints" / "step_20" / "model.safetensors")
     assert weights["mim_head.decoder.weight"].shape == (64, 128)
     assert not any(k.startswith("teacher") for k in weights)  # the teacher is never part of the student
