@@ -392,7 +392,8 @@ class PretrainMdmTask:
     image_dataset: tuple[str, ...] = setting(
         (), help="prepared images (or pairs) directory, or a list of them, for the masked images; [] = none")
     text_dataset: tuple[str, ...] = setting(
-        (), help="prepared text (or pairs: their captions) directory, or a list of them, for the masked texts; [] = none")
+        (), help="prepared text (or pairs: their captions) directory, or a list of them, for the masked texts; "
+                 "[] = none")
     pair_dataset: tuple[str, ...] = setting(
         (), help="prepared pairs directory, or a list of them, for the masked image-text pairs; [] = none")
     split: str = setting("train", help='split(s) to train on; several joined by "+" (e.g. "train+restval")')

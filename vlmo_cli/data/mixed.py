@@ -15,7 +15,7 @@ A mixed batch holds each part's keys prefixed with the part's name and a dot (``
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -132,8 +132,3 @@ def split_parts(batch: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Ten
             out.setdefault(name, {})[rest] = value
     return out
 
-
-def build_mixed_loader(make_part: Callable[[str, int], DataLoader], sizes: dict[str, int], epoch: int = 0,
-                       skip_batches: int = 0) -> MixedLoader:
-    """A :class:`MixedLoader` over ``make_part(name, rows)`` for each part of ``sizes`` (rows per micro-batch)."""
-    return MixedLoader({name: make_part(name, rows) for name, rows in sizes.items()}, epoch, skip_batches)
