@@ -266,14 +266,15 @@ def test_vision_only_classification_layout(tmp_path, capsys):
     assert code == 2 and "need the language side" in err
 
 
-def test_vlmo_commands_name_a_beit3_directory(tmp_path, capsys):
-    """A command that works on VLMo models says so about a BEiT-3 directory, in one line."""
-    from vlmo_cli.errors import CheckpointError
+def test_model_directories_load_and_describe_in_their_family(tmp_path, capsys):
+    """A converted BEiT-3 directory loads as a BEiT-3 model, and ``vlmo model info`` describes it as one."""
     from vlmo_cli.factory import load_model
 
     assert _convert(capsys, str(_save(tmp_path, _released())), str(tmp_path / "out"))[0] == 0
-    with pytest.raises(CheckpointError, match="a BEiT-3 model \\(family beit3\\); this command works on VLMo models"):
-        load_model(tmp_path / "out")
+    assert isinstance(load_model(tmp_path / "out"), Beit3)
+    code, out, err = run(capsys, "model", "info", str(tmp_path / "out"))
+    assert code == 0, err
+    assert "BEiT-3" in out and "language experts" in out and "pair (image first, then text)" in out
 
 
 def test_retrieval_without_logit_scale(tmp_path, capsys):

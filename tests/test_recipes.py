@@ -13,6 +13,8 @@ from vlmo_cli.config.recipe import dump_toml, load_recipe, parse_recipe, shipped
 from vlmo_cli.config.schema import STAGES, PretrainVLTask, RecipeTrain
 
 SHIPPED = ["tiny", "base", "base_plus", "large"]
+#: the BEiT-3 family's recipes (``[model] family = "beit3"``): fine-tuning and evaluation sections only
+BEIT3_SHIPPED = ["beit3_tiny", "beit3_base", "beit3_large"]
 
 MINIMAL = """
 [model]
@@ -39,11 +41,43 @@ def problems_of(text: str, overrides: list[str] = ()) -> list[str]:
 # ------------------------------------------------------------------------------------------ shipped recipes
 def test_shipped_recipes_are_installed_with_descriptions():
     infos = {info.name: info for info in shipped_recipes()}
-    assert sorted(infos) == sorted(SHIPPED)
+    assert sorted(infos) == sorted(SHIPPED + BEIT3_SHIPPED)
     for name, info in infos.items():
-        assert info.model_size == name
-        assert info.description.startswith("VLMo-")
+        family, size = ("BEiT-3-", name.removeprefix("beit3_")) if name in BEIT3_SHIPPED else ("VLMo-", name)
+        assert info.model_size == size
+        assert info.description.startswith(family + size)
         assert info.path.is_file()
+
+
+@pytest.mark.parametrize("name", BEIT3_SHIPPED)
+def test_shipped_beit3_recipe_resolves_every_finetune_and_eval_section(name):
+    from vlmo_cli.model.beit3_config import Beit3Config
+
+    recipe = load_recipe(name)
+    assert recipe.stage_names() == [s for s in stage_names() if not s.startswith("pretrain.")]
+    for stage in recipe.stage_names():
+        resolved = recipe.resolve(stage)
+        config = resolved.model.build_config()
+        assert resolved.model.family == "beit3" and isinstance(config, Beit3Config)
+        assert config.name == name.removeprefix("beit3_")
+        assert resolved.data.image_size % config.patch_size == 0
+        assert resolved.data.max_text_len <= config.max_text_len
+        if resolved.train is not None:
+            assert resolved.train.max_steps or resolved.train.max_epochs
+
+
+def test_beit3_recipes_carry_the_published_hyper_parameters():
+    """A few values of unilm beit3/get_started/*.md (the recipe comments cite each)."""
+    base, large = load_recipe("beit3_base"), load_recipe("beit3_large")
+    vqa = base.resolve("finetune.vqa")
+    assert (vqa.data.image_size, vqa.data.batch_size, vqa.train.lr, vqa.train.lr_mult_heads) == (480, 128, 3e-5, 20.0)
+    assert vqa.train.betas == (0.9, 0.98) and vqa.model.get("drop_path_rate") == 0.1
+    nlvr2 = base.resolve("finetune.nlvr2")
+    assert (nlvr2.train.lr, nlvr2.train.layer_decay, nlvr2.train.weight_decay) == (7e-4, 0.65, 0.2)
+    coco = base.resolve("finetune.retrieval_coco")
+    assert (coco.data.image_size, coco.data.batch_size, coco.train.lr, coco.train.max_epochs) == (384, 3072, 2e-4, 15)
+    assert base.resolve("finetune.retrieval_flickr").train.lr == 1e-4
+    assert large.resolve("finetune.vqa").train.lr == 2e-5 and large.resolve("finetune.nlvr2").train.layer_decay == 0.85
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -48,7 +48,8 @@ def test_compat_groups_reproduce_the_official_name_matching(model):
 
 
 def test_head_lr_multiplier_applies_to_task_heads_only(model):
-    cfg = SimpleNamespace(lr=1e-4, weight_decay=0.01, lr_mult_heads=20.0, no_decay="fixed", betas=(0.9, 0.98), eps=1e-8)
+    cfg = SimpleNamespace(lr=1e-4, weight_decay=0.01, lr_mult_heads=20.0, no_decay="fixed", betas=(0.9, 0.98), eps=1e-8,
+                          layer_decay=1.0)
     opt = build_optimizer(model, cfg)
     for group in opt.param_groups:
         heads = all(n.startswith("vqa_classifier") for n in group["names"])
@@ -56,6 +57,26 @@ def test_head_lr_multiplier_applies_to_task_heads_only(model):
     set_lr(opt, 1e-4, 0.5)
     assert sorted({g["lr"] for g in opt.param_groups}) == pytest.approx([5e-5, 1e-3])
     assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-8
+
+
+def test_layer_decay_scales_by_depth_as_unilm_beit3():
+    """``layer_decay`` < 1: block i at ``decay ** (depth - i)``, embeddings at ``decay ** (depth + 1)``, the rest
+    (final norm, heads) at 1; the head multiplier stacks on top (unilm beit3/optim_factory.py)."""
+    from vlmo_cli.model.beit3 import Beit3
+    from vlmo_cli.model.beit3_config import get_beit3_config
+
+    net = Beit3(get_beit3_config("tiny", heads=["vqa"], vocab_size=50, vqa_num_answers=3))  # depth 4
+    groups = adamw_groups(net, 1.0, 0.01, lr_mult_heads=20.0, layer_decay=0.5)
+    scale = {name: g["lr_scale"] for g in groups for name in g["names"]}
+    assert scale["text_embed.weight"] == scale["encoder.embed_positions.B.weight"] == pytest.approx(0.5 ** 5)
+    assert scale["vision_embed.cls_token"] == pytest.approx(0.5 ** 5)
+    assert scale["encoder.layers.0.ffn.A.fc1.weight"] == pytest.approx(0.5 ** 4)
+    assert scale["encoder.layers.3.self_attn.q_proj.B.weight"] == pytest.approx(0.5)
+    assert scale["vqa_head.pooler.dense.weight"] == 1.0 and scale["vqa_head.head.0.weight"] == 20.0
+    decay = decay_of(groups)
+    assert not decay["vision_embed.cls_token"] and not decay["encoder.embed_positions.A.weight"]
+    assert decay["text_embed.weight"] and decay["encoder.layers.0.ffn.A.fc1.weight"]
+    assert {g["lr_scale"] for g in adamw_groups(net, 1.0, 0.01)} == {1.0}  # off by default
 
 
 def test_schedules():

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, ConfigError, VlmoError
-from .layout import (CONFIG_NAME, OFFICIAL_CONFIG_NAME, TOKENIZER_FILES, VOCAB_NAME, WEIGHTS_NAME, has_tokenizer,
-                     model_dir_kind, resolve_model_dir, resolve_model_path)
+from .layout import (CONFIG_NAME, OFFICIAL_CONFIG_NAME, SPM_NAME, SPM_SUFFIXES, TOKENIZER_FILES, VOCAB_NAME,
+                     WEIGHTS_NAME, has_tokenizer, model_dir_kind, resolve_model_dir, resolve_model_path)
 from .outputs import DirectoryOutput, check_directory
 
 if TYPE_CHECKING:
@@ -63,21 +63,32 @@ def save_model(
 
 
 def vocab_files(vocab: str | Path | None) -> dict[str, str]:
-    """``extra_files`` entry for :func:`save_model` carrying a vocabulary (``vocab.txt`` or ``tokenizer.json``)."""
+    """``extra_files`` entry for :func:`save_model` carrying a vocabulary (``vocab.txt``, ``tokenizer.json`` or a
+    SentencePiece model, saved as ``sentencepiece.bpe.model``)."""
     if vocab is None:
         return {}
     vocab = Path(vocab)
     if not vocab.is_file():
         raise CheckpointError(f"{vocab}: no such vocabulary file")
+    if vocab.suffix in SPM_SUFFIXES:
+        return {SPM_NAME: str(vocab)}
     return {vocab.name if vocab.name in TOKENIZER_FILES else VOCAB_NAME: str(vocab)}
 
 
-def load_config(model_dir: str | Path) -> ModelConfig:
-    """The :class:`ModelConfig` of a model directory (an unreadable one is a :class:`CheckpointError`)."""
+def load_config(model_dir: str | Path):
+    """The config of a model directory: a :class:`ModelConfig`, or a
+    :class:`~vlmo_cli.model.beit3_config.Beit3Config` when its ``config.json`` says ``"family": "beit3"`` (an
+    unreadable one is a :class:`CheckpointError`)."""
+    from .model.beit3_config import Beit3Config, is_beit3_config
     from .model.config import ModelConfig
 
+    path = Path(model_dir) / CONFIG_NAME
     try:
-        return ModelConfig.load(Path(model_dir) / CONFIG_NAME)
+        beit3 = is_beit3_config(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError):
+        beit3 = False  # ModelConfig.load says what is wrong with it
+    try:
+        return (Beit3Config if beit3 else ModelConfig).load(path)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
 
@@ -95,12 +106,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
     return _load_model_dir(path, load_config(path), device, strict, **config_overrides)
 
 
-def _load_model_dir(model_dir: Path, cfg: ModelConfig, device, strict: bool = True, **config_overrides):
-    """The model of an already resolved model directory whose config is ``cfg``."""
+def _load_model_dir(model_dir: Path, cfg, device, strict: bool = True, **config_overrides):
+    """The model of an already resolved model directory whose config is ``cfg``, in its family (VLMo or BEiT-3)."""
+    from .model.beit3_config import Beit3Config
     from .model.weights import build_model, read_weights
 
-    return build_model(read_weights(model_dir / WEIGHTS_NAME), cfg, str(model_dir), strict,
-                       **config_overrides).to(device)
+    build = build_beit3 if isinstance(cfg, Beit3Config) else build_model
+    return build(read_weights(model_dir / WEIGHTS_NAME), cfg, str(model_dir), strict, **config_overrides).to(device)
 
 
 # ---------------------------------------------------------------------------------------------------- official VLMo
@@ -216,14 +228,31 @@ def is_beit3_dir(path: str | Path) -> bool:
 def load_beit3(path: str | Path, device: str | torch.device = "cpu", **config_overrides):
     """Load a BEiT-3 model directory (or a run folder / ``latest`` pointer resolving to one)."""
     from .model.beit3_config import Beit3Config
-    from .model.weights import read_weights
 
     directory = resolve_model_dir(path)
     try:
         cfg = Beit3Config.load(directory / CONFIG_NAME)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
-    return build_beit3(read_weights(directory / WEIGHTS_NAME), cfg, str(directory), **config_overrides).to(device)
+    return _load_model_dir(directory, cfg, device, **config_overrides)
+
+
+def read_beit3_init_source(source: str, num_heads: int | None = None):
+    """``(state_dict, its Beit3Config)`` of a BEiT-3 training init source: a BEiT-3 model directory, run folder or
+    checkpoint, or a released BEiT-3 checkpoint file (converted as ``vlmo convert beit3`` does; ``num_heads`` when
+    it is no released architecture)."""
+    from .model.beit3_config import Beit3Config
+
+    path = source[len("beit3:"):] if source.startswith("beit3:") else source
+    if Path(path).is_file():
+        from .interop.beit3 import convert_state
+        from .interop.official import read_checkpoint
+
+        state, _ = read_checkpoint(path)
+        converted = convert_state(state, path, num_heads=num_heads)
+        return converted.state, converted.config
+    return _directory_init_source(path, Beit3Config, f"{source}: a VLMo model directory cannot initialise a BEiT-3 "
+                                  "model ([model] family = \"beit3\"); give a BEiT-3 one (e.g. from `vlmo convert beit3`)")
 
 
 def convert_beit3(checkpoint: str | Path, out_dir: str | Path, *, num_heads: int | None = None,
@@ -262,10 +291,21 @@ def read_init_source(source: str, target: ModelConfig) -> tuple[dict[str, torch.
         return state, infer_config(state, official, source=path, num_heads=target.num_heads,
                                    text_table_len=target.max_text_len_of_initckpt, given_by="recipe")
     from .model.config import ModelConfig
+
+    return _directory_init_source(path, ModelConfig, f"{source}: a BEiT-3 model directory cannot initialise a VLMo "
+                                  "model; set [model] family = \"beit3\" (and a BEiT-3 size) to fine-tune it")
+
+
+def _directory_init_source(path: str, family_config: type, wrong_family: str):
+    """``(state_dict, config)`` of a model directory / run folder / checkpoint whose config is a ``family_config``;
+    ``wrong_family`` is the message when it is of the other family."""
     from .model.weights import read_weights
 
     model_dir = resolve_model_dir(path)
-    return read_weights(model_dir / WEIGHTS_NAME), ModelConfig.load(model_dir / CONFIG_NAME)
+    cfg = load_config(model_dir)
+    if not isinstance(cfg, family_config):
+        raise CheckpointError(wrong_family)
+    return read_weights(model_dir / WEIGHTS_NAME), cfg
 
 
 # ---------------------------------------------------------------------------------------------------- inference
@@ -297,9 +337,13 @@ class InferenceModel:
         return self.tokenizer
 
     def require_head(self, head: str, how: str) -> None:
-        """Raise a :class:`CheckpointError` naming the model's heads when it has no ``head``; ``how`` says what needs
-        it or how to get a model that has it."""
+        """Raise a :class:`CheckpointError` naming the model's heads when it has no head for the task ``head``
+        (``vqa``, ``nlvr2``, ``classify``, ``retrieval``, ``itm``: named per family by
+        :data:`~vlmo_cli.model.family.TASK_HEADS`); ``how`` says what needs it or how to get a model that has it."""
+        from .model.family import task_head
+
         heads = self.model.config.heads
+        head = task_head(self.model, head) or head
         if head not in heads:
             raise CheckpointError(f"{self.path}: the model has no {head!r} head (heads: "
                                   f"{', '.join(heads) or 'none'}); {how}")

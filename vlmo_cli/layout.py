@@ -29,7 +29,7 @@ from .outputs import (DirKind, apply_umask, atomic_file, make_temp_dir, raise_if
                       sync_to_disk)
 
 __all__ = [
-    "CONFIG_NAME", "WEIGHTS_NAME", "TOKENIZER_JSON_NAME", "VOCAB_NAME", "TOKENIZER_FILES", "TOKENIZER_CONFIG_NAME", "MODEL_CARD_NAME", "RECIPE_NAME",
+    "CONFIG_NAME", "WEIGHTS_NAME", "TOKENIZER_JSON_NAME", "VOCAB_NAME", "SPM_NAME", "SPM_SUFFIXES", "TOKENIZER_FILES", "TOKENIZER_CONFIG_NAME", "MODEL_CARD_NAME", "RECIPE_NAME",
     "OFFICIAL_CONFIG_NAME", "PREPROCESSING_NAME", "MODEL_FILES", "IMAGE_SUFFIXES", "CHECKPOINTS_DIR", "LATEST_NAME", "METRICS_NAME",
     "TRAINER_STATE_NAME", "TRAINING_STATE_NAME", "EVAL_DIR", "checkpoint_name", "model_dir_kind",
     "has_tokenizer", "tokenizer_files", "resolve_model_dir", "resolve_model_path", "run_folder_of", "find_up",
@@ -41,8 +41,12 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_JSON_NAME = "tokenizer.json"
 VOCAB_NAME = "vocab.txt"
+#: a SentencePiece model (BEiT-3's ``beit3.spm``), under the name ``XLMRobertaTokenizer`` reads
+SPM_NAME = "sentencepiece.bpe.model"
+#: suffixes of a SentencePiece model file
+SPM_SUFFIXES = (".spm", ".model")
 #: tokenizer files, in the order they are looked for (``tokenizer.json`` first)
-TOKENIZER_FILES = (TOKENIZER_JSON_NAME, VOCAB_NAME)
+TOKENIZER_FILES = (TOKENIZER_JSON_NAME, VOCAB_NAME, SPM_NAME)
 #: written by the tokenizer next to its vocabulary (lower-casing, special tokens)
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 MODEL_CARD_NAME = "README.md"

@@ -81,9 +81,12 @@ def synthetic_batch(data_task: str, cfg, batch: int, text_len: int, image_size: 
 # ---------------------------------------------------------------------- FLOPs
 def train_flops_per_sample(section: str, cfg, task, text_len: int | float) -> float:
     """Model FLOPs of one training sample of ``section`` (its :class:`~vlmo_cli.train.stages.StageDef` counts them)."""
+    from ..model.beit3_config import Beit3Config
+    from ..train.beit3_stages import BEIT3_STAGE_DEFS
     from ..train.stages import STAGE_DEFS
 
-    return STAGE_DEFS[section].flops_per_sample(cfg, task, text_len)
+    defs = BEIT3_STAGE_DEFS if isinstance(cfg, Beit3Config) else STAGE_DEFS
+    return defs[section].flops_per_sample(cfg, task, text_len)
 
 
 # ---------------------------------------------------------------------- the training benchmark

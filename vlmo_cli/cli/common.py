@@ -53,7 +53,8 @@ def invoke(app: typer.Typer, argv: list[str] | None = None) -> None:
 RecipeArg = typer.Argument(..., help="a recipe file or a shipped name (tiny, base, base_plus, large)")
 OverridesArg = typer.Argument(None, help="recipe overrides key.path=value, e.g. train.lr=1e-4 data.batch_size=64")
 ResumeOpt = typer.Option("", "--resume", help='"auto" (newest complete checkpoint of the run folder) or a checkpoint path')
-InitOpt = typer.Option(None, "--from", "--init", help="start from a model dir / run folder / official .pt / beit:PATH")
+InitOpt = typer.Option(None, "--from", "--init", help="start from a model dir / run folder / official .pt / beit:PATH "
+                       "(BEiT-3 recipes: a BEiT-3 model dir / run folder / beit3:PATH)")
 RunNameOpt = typer.Option(None, "--run-name", help="run folder name under train.output_dir")
 OverwriteOpt = typer.Option(False, "--overwrite", help="replace the previous run in the run folder (only a run folder)")
 TakeOverLockOpt = typer.Option(

@@ -15,24 +15,27 @@ DEFAULT_STAGE = "pretrain.vl"
 
 
 def _recipe_config(target: str, overrides: list[str], stage_name: str | None):
-    """The config the training loop builds for one stage of a recipe (default: pre-training stage 3)."""
+    """The config the training loop builds for one stage of a recipe (default: pre-training stage 3, else the
+    recipe's first training stage)."""
+    from ..config.schema import STAGES
     from ..data.store import open_prepared
     from ..config.recipe import load_recipe
-    from ..train.stages import stage_config
+    from ..train.build import stage_config_of
 
     recipe = load_recipe(target, overrides)
     if stage_name is None:
         names = recipe.stage_names()
-        stage_name = DEFAULT_STAGE if DEFAULT_STAGE in names or not names else names[-1]
+        trained = [n for n in names if STAGES[n].kind == "train"]
+        stage_name = DEFAULT_STAGE if DEFAULT_STAGE in names or not names else (trained or names)[0]
     stage = recipe.resolve(stage_name)
-    return stage_config(stage, lambda: open_prepared(stage.task.dataset[0])), f"{target} [{stage_name}]"
+    return stage_config_of(stage, lambda: open_prepared(stage.task.dataset[0])), f"{target} [{stage_name}]"
 
 
 def _resolve_config(target: str, overrides: list[str], stage_name: str | None = None):
-    """``(ModelConfig, label)`` of a recipe (name or file), a model directory, run folder, checkpoint directory or
-    an official checkpoint file."""
-    from ..model.config import ModelConfig
-    from ..layout import CONFIG_NAME, resolve_model_dir
+    """``(config, label)`` of a recipe (name or file), a model directory, run folder, checkpoint directory (VLMo or
+    BEiT-3) or an official checkpoint file."""
+    from ..factory import load_config
+    from ..layout import resolve_model_dir
 
     path = Path(target)
     saved = path.is_dir() or (path.is_file() and path.suffix != ".toml")
@@ -42,7 +45,7 @@ def _resolve_config(target: str, overrides: list[str], stage_name: str | None = 
         raise RecipeError(f"{target}: overrides and --stage apply to recipes; a saved model is described as it is")
     if path.is_dir():
         directory = resolve_model_dir(path)
-        return ModelConfig.load(directory / CONFIG_NAME), str(directory)
+        return load_config(directory), str(directory)
     if path.is_file() and path.suffix != ".toml":
         from ..interop.official import read_official
 
@@ -62,18 +65,22 @@ def info(
 ) -> None:
     """Parameters per component and forward FLOPs per sample of exactly the model a recipe stage trains (its
     vocabulary, text length, heads) or a saved model holds."""
+    from ..model.beit3 import Beit3
+    from ..model.beit3_config import Beit3Config
     from ..model.flops import parameter_counts, path_flops
     from ..model.vlmo import VLMo
 
     cfg, label = _resolve_config(target, overrides or [], stage)
     import torch
 
+    beit3 = isinstance(cfg, Beit3Config)
     with torch.device("meta"):
-        model = VLMo(cfg)
+        model = Beit3(cfg) if beit3 else VLMo(cfg)
     console = Console()
-    table = Table(title=f"VLMo {escape(label)}: {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, VL-FFN from block "
-                  f"{cfg.vlffn_start}, {'relative' if cfg.relative_position else 'absolute'} positions, "
-                  f"{cfg.image_size}px / patch {cfg.patch_size}")
+    layout = (f"FFN {cfg.ffn_dim}, multiway (image A / text B), absolute positions" if beit3 else
+              f"VL-FFN from block {cfg.vlffn_start}, {'relative' if cfg.relative_position else 'absolute'} positions")
+    table = Table(title=f"{'BEiT-3' if beit3 else 'VLMo'} {escape(label)}: {cfg.depth}×{cfg.embed_dim}, "
+                  f"{cfg.num_heads} heads, {layout}, {cfg.image_size}px / patch {cfg.patch_size}")
     table.add_column("component")
     table.add_column("parameters", justify="right")
     groups = parameter_counts(model)

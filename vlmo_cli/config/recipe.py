@@ -221,7 +221,8 @@ def _resolve(recipe: Recipe, stage: str, skip_missing: set[str]) -> tuple[Resolv
         return None, problems
 
     model_values = dict(merged["model"])
-    model = RecipeModel(size=model_values.pop("size"), init=model_values.pop("init", ""), overrides=model_values)
+    model = RecipeModel(size=model_values.pop("size"), init=model_values.pop("init", ""),
+                        family=model_values.pop("family", "vlmo"), overrides=model_values)
     try:
         config = model.build_config()
     except ConfigError as exc:
@@ -241,6 +242,10 @@ def _resolve(recipe: Recipe, stage: str, skip_missing: set[str]) -> tuple[Resolv
                 where, f"{stage}.image_size", f"{data.image_size} is not a multiple of patch_size {config.patch_size}"
             )
         )
+    if model.family == "beit3" and data.max_text_len > config.max_text_len:
+        problems.append(Problem(where, f"{stage}.max_text_len", f"{data.max_text_len} exceeds the "
+                                f"{config.max_text_len} text tokens of the BEiT-3 position table "
+                                "(max_source_positions - 2)"))
     if data.micro_batch_size > data.batch_size or (data.micro_batch_size and data.batch_size % data.micro_batch_size):
         problems.append(
             Problem(

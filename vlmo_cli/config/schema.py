@@ -17,7 +17,8 @@ from dataclasses import MISSING, dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
-from ..errors import RecipeError
+from ..errors import ConfigError, RecipeError
+from ..model.beit3_config import Beit3Config, beit3_sizes, get_beit3_config
 from ..model.config import ModelConfig, get_config, model_sizes
 
 
@@ -162,18 +163,32 @@ _MODEL_BOUNDS: dict[str, dict[str, float]] = {
     "pad_token_id": dict(ge=0),
 }
 _MODEL_NOT_IN_RECIPES = ("heads", "name", "mim_target_dim")
+#: model families a recipe may build (``[model] family``): ``vlmo`` (:class:`ModelConfig`) or ``beit3``
+#: (:class:`~vlmo_cli.model.beit3_config.Beit3Config`)
+FAMILIES = ("vlmo", "beit3")
+#: Beit3Config fields a recipe may set (with ``family = "beit3"``) beyond the ones it shares with ModelConfig; the
+#: stage decides heads, ``normalize_output`` and the initialisation, a released model ``language``
+_BEIT3_RECIPE_ONLY = {
+    "ffn_dim": ("BEiT-3 only: hidden width of each expert FFN", dict(ge=1)),
+    "max_source_positions": ("BEiT-3 only: rows of the text position table (texts hold 2 fewer tokens)", dict(ge=3)),
+}
 
 
 @functools.cache
 def model_specs() -> dict[str, FieldSpec]:
-    """Keys of ``[model]``: ``size``, ``init`` and every overridable :class:`ModelConfig` field."""
+    """Keys of ``[model]``: ``family``, ``size``, ``init``, every overridable :class:`ModelConfig` field and the
+    BEiT-3-only fields (:func:`build_family_config` checks which apply to the recipe's family)."""
     out = {
-        "size": FieldSpec("size", str, REQUIRED, help="named model size", choices=tuple(model_sizes())),
+        "family": FieldSpec("family", str, default="vlmo", help="model family: vlmo (VLMo) or beit3 (BEiT-3)",
+                            choices=FAMILIES),
+        "size": FieldSpec("size", str, REQUIRED, help="named model size",
+                          choices=tuple(dict.fromkeys([*model_sizes(), *beit3_sizes()]))),
         "init": FieldSpec(
             "init",
             str,
             default="",
-            help='initial weights: "" = random, "beit:PATH", "official:PATH", a model directory or a run checkpoint',
+            help='initial weights: "" = random, "beit:PATH", "official:PATH", a model directory or a run checkpoint; '
+                 'with family = "beit3": a BEiT-3 model directory or run, or "beit3:PATH" (a released checkpoint)',
         ),
     }
     hints = typing.get_type_hints(ModelConfig)
@@ -185,7 +200,36 @@ def model_specs() -> dict[str, FieldSpec]:
         out[f.name] = FieldSpec(
             f.name, hints[f.name], default=default, help=doc_args.get(f.name, ""), **_MODEL_BOUNDS.get(f.name, {})
         )
+    for name, (text, bounds) in _BEIT3_RECIPE_ONLY.items():
+        out[name] = FieldSpec(name, int, default=getattr(Beit3Config(), name), help=text, **bounds)
     return out
+
+
+#: ``[model]`` keys a BEiT-3 recipe may set: the Beit3Config fields shared with ModelConfig and the BEiT-3-only ones
+BEIT3_RECIPE_KEYS = ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "vocab_size", "drop_path_rate",
+                     "layer_norm_eps", "vqa_num_answers", "num_classes", *_BEIT3_RECIPE_ONLY)
+
+
+def build_family_config(family: str, size: str, **values: Any) -> ModelConfig | Beit3Config:
+    """The config of ``size`` in ``family`` with ``values`` applied; a key the family does not have, or a size it
+    does not register, is a :class:`ConfigError` naming what is allowed."""
+    if family == "beit3":
+        if size not in beit3_sizes():
+            raise ConfigError(f"size {size!r} is not a BEiT-3 size; allowed with family = \"beit3\": "
+                              f"{', '.join(beit3_sizes())}")
+        extra = sorted(k for k in values if k not in BEIT3_RECIPE_KEYS and k not in ("heads", "normalize_output",
+                                                                                    "init", "nlvr2_num_classes"))
+        if extra:
+            raise ConfigError(f"[model] {', '.join(extra)} do(es) not apply to family = \"beit3\"; its keys: "
+                              f"{', '.join(BEIT3_RECIPE_KEYS)}")
+        return get_beit3_config(size, **values)
+    if size not in model_sizes():
+        raise ConfigError(f"size {size!r} is not a VLMo size; allowed: {', '.join(model_sizes())} "
+                          "(or set [model] family = \"beit3\")")
+    beit3_only = sorted(k for k in values if k in _BEIT3_RECIPE_ONLY)
+    if beit3_only:
+        raise ConfigError(f"[model] {', '.join(beit3_only)} apply only to family = \"beit3\"")
+    return get_config(size, **values)
 
 
 def _model_arg_docs() -> dict[str, str]:
@@ -214,6 +258,7 @@ class RecipeModel:
     size: str
     init: str = ""
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    family: str = "vlmo"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", MappingProxyType(dict(self.overrides)))
@@ -221,20 +266,22 @@ class RecipeModel:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RecipeModel):
             return NotImplemented
-        return (self.size, self.init, dict(self.overrides)) == (other.size, other.init, dict(other.overrides))
+        return (self.family, self.size, self.init, dict(self.overrides)) == (
+            other.family, other.size, other.init, dict(other.overrides))
 
     def __hash__(self) -> int:
-        return hash((self.size, self.init, tuple(sorted(self.overrides.items()))))
+        return hash((self.family, self.size, self.init, tuple(sorted(self.overrides.items()))))
 
-    def build_config(self, **extra: Any) -> ModelConfig:
-        """The :class:`ModelConfig` of ``size`` with the recipe's overrides, then ``extra`` (e.g. ``heads=[...]``)."""
-        return get_config(self.size, **{**self.overrides, **extra})
+    def build_config(self, **extra: Any) -> ModelConfig | Beit3Config:
+        """The config of ``size`` in the recipe's family (:class:`ModelConfig` or
+        :class:`~vlmo_cli.model.beit3_config.Beit3Config`) with the recipe's overrides, then ``extra``."""
+        return build_family_config(self.family, self.size, **{**self.overrides, **extra})
 
     def get(self, key: str) -> Any:
         """An architecture value as the stage will see it (override or the size's default)."""
         if key in self.overrides:
             return self.overrides[key]
-        return getattr(get_config(self.size), key)
+        return getattr(build_family_config(self.family, self.size), key)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,6 +336,10 @@ class RecipeTrain:
     schedule: Literal["linear", "cosine"] = setting("linear", help="decay after warmup, down to end_lr")
     end_lr: float = setting(0.0, help="learning rate at the last step", ge=0)
     lr_mult_heads: float = setting(1.0, help="learning-rate multiplier of the task heads (VQA/NLVR2 classifier)", gt=0)
+    layer_decay: float = setting(
+        1.0, help="layer-wise lr decay: block i trains at lr * layer_decay ** (depth - i), the embeddings at "
+        "lr * layer_decay ** (depth + 1), the heads at lr (BEiT-3's --layer_decay); 1 = off", gt=0, le=1
+    )
     grad_clip: float = setting(0.0, help="max gradient norm; 0 = no clipping", ge=0)
     grad_accum: int = setting(1, help="micro-batches per optimizer step (must agree with micro_batch_size)", ge=1)
     precision: Literal["no", "bf16", "fp16"] = setting("no", help="mixed precision of the forward pass")
@@ -700,6 +751,8 @@ class ResolvedStage:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict in recipe layout (``model``, ``data``, ``train``, and the stage's own table)."""
         model = {"size": self.model.size, "init": self.model.init, **dict(self.model.overrides)}
+        if self.model.family != "vlmo":
+            model = {"family": self.model.family, **model}
         out: dict[str, Any] = {"model": model, "data": _plain(self.data)}
         if self.train is not None:
             out["train"] = _plain(self.train)

@@ -20,8 +20,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import DataError, VlmoError
-from ..layout import (TOKENIZER_CONFIG_NAME, TOKENIZER_FILES, TOKENIZER_JSON_NAME, VOCAB_NAME, has_tokenizer,
-                      resolve_model_dir)
+from ..layout import (SPM_NAME, SPM_SUFFIXES, TOKENIZER_CONFIG_NAME, TOKENIZER_FILES, TOKENIZER_JSON_NAME, VOCAB_NAME,
+                      has_tokenizer, resolve_model_dir)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -155,8 +155,9 @@ def _add_post_processor(tok) -> None:
 
 
 def load_tokenizer(path: str | Path) -> TextTokenizer:
-    """A tokenizer from a ``vocab.txt``, a ``tokenizer.json``, a folder holding either (``tokenizer.json`` first), or a
-    model directory / run folder / checkpoint pointer (the tokenizer saved with the model)."""
+    """A tokenizer from a ``vocab.txt``, a ``tokenizer.json``, a SentencePiece model (``.spm``/``.model``: BEiT-3's
+    :class:`~vlmo_cli.data.spm_tokenizer.SentencePieceTokenizer`), a folder holding one (``tokenizer.json`` first),
+    or a model directory / run folder / checkpoint pointer (the tokenizer saved with the model)."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordPiece
 
@@ -170,9 +171,13 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
         for name in TOKENIZER_FILES:
             if (path / name).exists():
                 return load_tokenizer(path / name)
-        raise DataError(f"{path}: no tokenizer.json or vocab.txt inside")
+        raise DataError(f"{path}: no tokenizer.json, vocab.txt or {SPM_NAME} inside")
     if not path.exists():
         raise DataError(f"{path}: tokenizer file not found")
+    if path.suffix in SPM_SUFFIXES:
+        from .spm_tokenizer import SentencePieceTokenizer
+
+        return SentencePieceTokenizer.from_file(path)
     if path.suffix == ".json":
         try:
             tok = Tokenizer.from_file(str(path))

@@ -10,15 +10,15 @@ from typing import Any
 from ..errors import CheckpointError, DataError
 from ..factory import InferenceModel
 from .report import check_report_outputs, write_report
-from .target import EvalTarget, check_split, default_report_path, load_for, pooled_pairs, report_header
+from .target import EvalTarget, check_split, default_report_path, load_for, pair_task_logits, report_header
 
 
 def predict_classify(model: InferenceModel, target: EvalTarget) -> tuple[list[int], list[int]]:
     """Arg-max class per labelled (image, caption) of the split, and the true classes, in split order."""
     predictions: list[int] = []
     labels: list[int] = []
-    for batch, pooled in pooled_pairs(model, target, "classify", "labels"):
-        predictions += model.model.classify_logits(pooled).argmax(1).tolist()
+    for batch, logits in pair_task_logits(model, target, "classify", "labels"):
+        predictions += logits.argmax(1).tolist()
         labels += batch["labels"].tolist()
     return predictions, labels
 

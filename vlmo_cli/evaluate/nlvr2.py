@@ -48,6 +48,7 @@ def predict_nlvr2(model: InferenceModel, target: EvalTarget) -> dict[str, bool]:
     from ..data.collate import CollateConfig, Collator, trim_text_padding
     from ..data.loader import build_dataset, resolve_tokenizer
     from ..data.store import open_prepared
+    from ..model.family import nlvr2_logits
 
     prepared = open_prepared(target.dataset, "nlvr2")
     tok = resolve_tokenizer(model.tokenizer, prepared)
@@ -65,8 +66,8 @@ def predict_nlvr2(model: InferenceModel, target: EvalTarget) -> dict[str, bool]:
             if not batch["identifiers"]:
                 continue
             batch = trim_text_padding(batch)
-            logits = net.nlvr2_logits(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                      batch["pixel_values"].to(device), batch["pixel_values_1"].to(device))
+            logits = nlvr2_logits(net, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                  batch["pixel_values"].to(device), batch["pixel_values_1"].to(device))
             for identifier, label in zip(batch["identifiers"], logits.argmax(1).tolist()):
                 predictions[identifier] = bool(label)
     return predictions

@@ -14,6 +14,7 @@ import torch
 from ..data.collate import trim_text_padding
 from ..errors import DataError, VlmoError
 from ..factory import ITM_HOW, InferenceModel
+from ..model.family import image_embeddings, pair_logits, text_embeddings
 from .report import check_report_outputs, sibling_path, write_report
 from .retrieval_metrics import RetrievalResult, evaluate_retrieval, rerank_retrieval
 from .target import EvalTarget, check_split, default_report_path, load_for, report_header, text_length
@@ -38,10 +39,11 @@ def encode_split(model, data, device: torch.device | str = "cpu", autocast_dtype
     images, texts = [], []
     with ctx:
         for batch in data.images:
-            images.append(model.encode_image(batch["pixel_values"].to(device)).float())
+            images.append(image_embeddings(model, batch["pixel_values"].to(device)).float())
         for batch in data.texts:  # shortest first: each batch runs at its own longest caption
             batch = trim_text_padding(batch)
-            texts.append(model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float())
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            texts.append(text_embeddings(model, ids, mask).float())
     encoded = torch.cat(texts)
     text_embeds = torch.empty_like(encoded)
     text_embeds[data.text_order.to(encoded.device)] = encoded  # back to caption order
@@ -77,8 +79,8 @@ def itm_pair_scorer(model, data, device, batch_size: int = 64):
             unique[i] = item["pixel_values"]
         pixels = torch.stack([unique[int(i)] for i in image_idx.tolist()]).to(device)
         text = trim_text_padding(collate_text([texts_ds[int(t)] for t in text_idx.tolist()]))
-        out = model.forward_pair(text["input_ids"].to(device), text["attention_mask"].to(device), pixels)
-        return model.itm_logits(out.pooled).float()[:, 1].cpu()  # official rerank adds ITM logit[1] to the ITC score
+        logits = pair_logits(model, "itm", text["input_ids"].to(device), text["attention_mask"].to(device), pixels)
+        return logits.float()[:, 1].cpu()  # official rerank adds ITM logit[1] to the ITC score
 
     return score
 

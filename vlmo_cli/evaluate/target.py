@@ -178,14 +178,16 @@ def text_length(model: InferenceModel, target: EvalTarget) -> int:
     return min(target.max_text_len, model.model.config.max_text_len)
 
 
-def pooled_pairs(model: InferenceModel, target: EvalTarget, task: str, rows_key: str):
-    """``(batch, pooled)`` for every non-empty batch of the target split, in split order: the fusion encoder's pooled
-    output of each (image, text) pair, padding columns trimmed, without gradients. ``rows_key`` is a batch key that is
-    empty when the batch holds no usable row."""
+def pair_task_logits(model: InferenceModel, target: EvalTarget, task: str, rows_key: str):
+    """``(batch, logits)`` for every non-empty batch of the target split, in split order: the ``task`` head (``vqa``,
+    ``classify``) over each fused (image, text) pair, in the model's family
+    (:func:`~vlmo_cli.model.family.pair_logits`), padding columns trimmed, without gradients. ``rows_key`` is a batch key that is empty when the batch holds no
+    usable row."""
     import torch
 
     from ..data.collate import trim_text_padding
     from ..data.loader import build_dataloader
+    from ..model.family import pair_logits
 
     loader = build_dataloader(target.dataset, target.split, task, tokenizer=model.tokenizer,
                               image_size=model.image_size, batch_size=target.batch_size, train=False,
@@ -196,8 +198,8 @@ def pooled_pairs(model: InferenceModel, target: EvalTarget, task: str, rows_key:
             if not batch[rows_key].numel():
                 continue
             batch = trim_text_padding(batch)
-            yield batch, net.forward_pair(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                          batch["pixel_values"].to(device)).pooled
+            yield batch, pair_logits(net, task, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                     batch["pixel_values"].to(device))
 
 
 def check_examples(examples: int) -> None:

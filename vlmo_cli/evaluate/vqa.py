@@ -14,7 +14,7 @@ from ..errors import CheckpointError
 from ..factory import InferenceModel
 from .report import check_report_outputs, sibling_path, write_report
 from .target import (EvalTarget, check_examples, check_split, default_report_path, examples_suffix, load_for,
-                     pooled_pairs, report_header)
+                     pair_task_logits, report_header)
 
 
 def vqa_files_report(results, questions, annotations, *, evaluator: str | None = None,
@@ -64,8 +64,8 @@ def predict_vqa(model: InferenceModel, target: EvalTarget, answers: Sequence[str
 
     pairs: list[tuple[int, str]] = []
     soft = SoftVQAScore()
-    for batch, pooled in pooled_pairs(model, target, "vqa", "question_ids"):
-        logits = model.model.vqa_logits(pooled).float().cpu()
+    for batch, logits in pair_task_logits(model, target, "vqa", "question_ids"):
+        logits = logits.float().cpu()
         soft.update(logits, batch["vqa_targets"])
         pairs += [(int(q), answers[int(i)]) for q, i in zip(batch["question_ids"], logits.argmax(1))]
     return pairs, soft.compute()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..errors import DataError, VlmoError
 from ..factory import InferenceModel, as_inference_model
 from ..layout import IMAGE_SUFFIXES
+from ..model.family import image_embeddings, text_embeddings
 from ..outputs import FileKind, check_file, writing_file
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def embed_image_files(model: InferenceModel, paths: Sequence[str | Path], *, bat
                     good.append((path, tensor))
             if good:
                 pixels = torch.stack([t for _, t in good]).to(model.device)
-                chunks.append(model.model.encode_image(pixels).float().cpu())
+                chunks.append(image_embeddings(model.model, pixels).float().cpu())
                 ids += [str(p) for p, _ in good]
     emb = torch.cat(chunks) if chunks else torch.zeros(0, model.model.config.embed_dim)
     return Embeddings("image", emb, ids, skipped=skipped, metadata={"image_size": str(model.image_size)})
@@ -141,8 +142,8 @@ def encode_texts(model: InferenceModel, texts: Sequence[str], *, batch_size: int
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
             batch = trim_text_padding({"input_ids": ids[rows], "attention_mask": mask[rows]})
-            out[rows] = model.model.encode_text(batch["input_ids"].to(model.device),
-                                                batch["attention_mask"].to(model.device)).float().cpu()
+            out[rows] = text_embeddings(model.model, batch["input_ids"].to(model.device),
+                                        batch["attention_mask"].to(model.device)).float().cpu()
     return out
 
 
@@ -243,8 +244,9 @@ def embed(
     inputs = [*(images or []), *([texts] if texts is not None else [])]
     check_embeddings_output(out, overwrite=overwrite, inputs=inputs)
     loaded = as_inference_model(model, device=device, image_size=image_size)
-    loaded.require_head("itc", "embeddings come from the ITC projections, and this model has none; use a stage-3 "
-                               "pre-trained or retrieval fine-tuned model")
+    loaded.require_head("retrieval", "embeddings come from the dual encoder's projections (VLMo: the ITC heads, "
+                        "BEiT-3: the retrieval head), and this model has none; use a stage-3 pre-trained or a "
+                        "retrieval fine-tuned model")
     if texts is not None:
         lines = read_text_lines(texts)
         if not lines:

@@ -35,6 +35,7 @@ from ..factory import load_model, save_model
 from ..layout import (CONFIG_NAME, EVAL_DIR, MODEL_CARD_NAME, OFFICIAL_CONFIG_NAME, PREPROCESSING_NAME, RECIPE_NAME,
                       TOKENIZER_CONFIG_NAME, TOKENIZER_FILES, TRAINER_STATE_NAME, find_up, model_dir_kind,
                       resolve_model_dir, tokenizer_files)
+from ..model.family import has_task_head, image_embeddings, task_head, text_embeddings
 from ..model.flops import parameter_counts
 from ..outputs import DirectoryOutput, DirKind, check_directory
 
@@ -158,17 +159,34 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _family_rows(cfg) -> tuple[str, list[str]]:
+    """The card's description of the family and its family-specific architecture rows."""
+    if getattr(cfg, "family", "vlmo") == "beit3":
+        return ("BEiT-3 (Image as a Foreign Language): one Multiway Transformer (a vision and a language copy of "
+                "every layer) used as a dual encoder (image and text alone; L2-normalised embeddings of the retrieval "
+                "head) and on image-text pairs laid out image first (VQA, NLVR2, classification).",
+                [f"| expert FFN width | {cfg.ffn_dim} |", "| positions | absolute, one table per modality |",
+                 f"| final LayerNorm | {'yes' if cfg.normalize_output else 'no'} |"])
+    return ("VLMo (Vision-Language pre-training with Mixture-of-Modality-Experts): one Multiway Transformer used as a "
+            "dual encoder (image and text towers, L2-normalised embeddings for retrieval) and as a fusion encoder "
+            "(image-text pairs; VQA, NLVR2, image-text matching).",
+            [f"| expert MLP width | {cfg.mlp_hidden} |",
+             f"| VL experts | blocks {cfg.vlffn_start}–{cfg.depth - 1} |" if cfg.has_vlffn
+             else "| VL experts | none |",
+             f"| positions | {'shared relative-position bias table' if cfg.relative_position else 'absolute'} |",
+             f"| layer scale | {'yes' if cfg.layer_scale_init is not None else 'no'} |"])
+
+
 def model_card(model: nn.Module, provenance: Provenance, title: str) -> str:
     """README.md of an exported model directory."""
     cfg = model.config
     counts = parameter_counts(model)
     total = sum(counts.values())
+    about, rows = _family_rows(cfg)
     lines = [
         f"# {title}",
         "",
-        "VLMo (Vision-Language pre-training with Mixture-of-Modality-Experts): one Multiway Transformer used as a "
-        "dual encoder (image and text towers, L2-normalised embeddings for retrieval) and as a fusion encoder "
-        "(image-text pairs; VQA, NLVR2, image-text matching).",
+        about,
         "",
         "## Architecture",
         "",
@@ -177,10 +195,7 @@ def model_card(model: nn.Module, provenance: Provenance, title: str) -> str:
         f"| size | {cfg.name} |",
         f"| blocks × width | {cfg.depth} × {cfg.embed_dim} |",
         f"| attention heads | {cfg.num_heads} |",
-        f"| expert MLP width | {cfg.mlp_hidden} |",
-        f"| VL experts | blocks {cfg.vlffn_start}–{cfg.depth - 1} |" if cfg.has_vlffn else "| VL experts | none |",
-        f"| positions | {'shared relative-position bias table' if cfg.relative_position else 'absolute'} |",
-        f"| layer scale | {'yes' if cfg.layer_scale_init is not None else 'no'} |",
+        *rows,
         f"| image size / patch | {cfg.image_size} px / {cfg.patch_size} px ({cfg.num_image_tokens} image tokens) |",
         f"| text length | {cfg.max_text_len} tokens, vocabulary {cfg.vocab_size} |",
         f"| heads | {', '.join(cfg.heads)} |",
@@ -195,9 +210,11 @@ def model_card(model: nn.Module, provenance: Provenance, title: str) -> str:
         "```python",
         "from vlmo_cli import load_model",
         "",
+        "from vlmo_cli.model.family import image_embeddings, text_embeddings",
+        "",
         "model = load_model('path/to/this/directory').eval()",
-        "image_emb = model.encode_image(pixel_values)           # [B, D], L2-normalised",
-        "text_emb = model.encode_text(input_ids, attention_mask)  # [B, D], L2-normalised",
+        "image_emb = image_embeddings(model, pixel_values)                # [B, D], L2-normalised",
+        "text_emb = text_embeddings(model, input_ids, attention_mask)     # [B, D], L2-normalised",
         "```",
         "",
         "## Training provenance",
@@ -242,7 +259,8 @@ def export_safetensors(model_dir: str | Path, out_dir: str | Path, title: str | 
     extra = model_tokenizer_files(ckpt)
     if provenance.recipe is not None:
         extra[RECIPE_NAME] = str(provenance.recipe)
-    card = model_card(model, provenance, title or f"VLMo {model.config.name} ({src.name})")
+    family = "BEiT-3" if getattr(model.config, "family", "vlmo") == "beit3" else "VLMo"
+    card = model_card(model, provenance, title or f"{family} {model.config.name} ({src.name})")
     texts = {MODEL_CARD_NAME: card + "\n", PREPROCESSING_NAME: preprocessing_text(model.config, ckpt)}
     return save_model(model, out_dir, extra_files=extra, texts=texts, command=EXPORT_SAFETENSORS,
                       overwrite=overwrite, inputs=[src], metadata={"exported_from": src.name})
@@ -257,7 +275,7 @@ class ImageTower(nn.Module):
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixel_values)
+        return image_embeddings(self.model, pixel_values)
 
 
 class TextTower(nn.Module):
@@ -268,7 +286,7 @@ class TextTower(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(input_ids, attention_mask)
+        return text_embeddings(self.model, input_ids, attention_mask)
 
 
 def _text_inputs(batch: int, cfg, generator: torch.Generator, padded: bool = True):
@@ -322,9 +340,10 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, verify: bool = True,
     require_onnx(runtime=verify)
     output = DirectoryOutput(out_dir, ONNX_KIND, overwrite=overwrite, inputs=[model_dir])
     model = load_model(model_dir).eval()
-    cfg = model.config
-    if "itc" not in cfg.heads:
-        raise CheckpointError(f"{model_dir}: the model has no ITC projections ('itc' head): no retrieval embeddings")
+    if not has_task_head(model, "retrieval"):
+        head = task_head(model, "retrieval")
+        raise CheckpointError(f"{model_dir}: the model has no dual-encoder projections ('{head}' head): no retrieval "
+                              "embeddings")
     with output as out:
         return _write_onnx(model, Path(model_dir), out, verify, seed)
 
@@ -371,12 +390,12 @@ def verify_onnx(model: nn.Module, out_dir: str | Path, seed: int = 1) -> dict[st
             pixels = torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g)
             got = torch.from_numpy(image.run(None, {"pixel_values": pixels.numpy()})[0])
             diffs["image_encoder.onnx"] = max(diffs["image_encoder.onnx"],
-                                              (got - model.encode_image(pixels)).abs().max().item())
+                                              (got - image_embeddings(model, pixels)).abs().max().item())
             for padded in (True, False):
                 ids, mask = _text_inputs(batch, cfg, g, padded)
                 got = torch.from_numpy(text.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0])
                 diffs["text_encoder.onnx"] = max(diffs["text_encoder.onnx"],
-                                                 (got - model.encode_text(ids, mask)).abs().max().item())
+                                                 (got - text_embeddings(model, ids, mask)).abs().max().item())
     bad = {k: v for k, v in diffs.items() if not v <= ONNX_TOLERANCE}
     if bad:
         raise RuntimeError(f"ONNX export differs from PyTorch by more than {ONNX_TOLERANCE}: {bad}")

@@ -34,6 +34,8 @@ from ..factory import ITM_HOW, InferenceModel
 from ..layout import IMAGE_SUFFIXES
 from ..outputs import atomic_file
 from .ann import AnnIndex, AnnParams, exact_rescore, plan, recall_at_k, resolve_kind, to_gpu_if_available
+from ..model.family import image_embeddings
+from ..model.family import pair_logits as family_pair_logits
 from .embed import embed_image_files, encode_texts, image_tensor, read_text_lines
 
 if TYPE_CHECKING:
@@ -493,8 +495,7 @@ def pair_logits(model: InferenceModel, texts: Sequence[str], pixels: torch.Tenso
     ids = torch.from_numpy(enc["input_ids"]).to(model.device)
     mask = torch.from_numpy(enc["attention_mask"]).to(model.device)
     with torch.no_grad():
-        pooled = net.forward_pair(ids, mask, pixels.to(model.device)).pooled
-        logits = {"itm": net.itm_logits, "vqa": net.vqa_logits, "classify": net.classify_logits}[head](pooled)
+        logits = family_pair_logits(net, head, ids, mask, pixels.to(model.device))
     return logits.float().cpu()
 
 
@@ -602,7 +603,7 @@ def search_index(
 
         pixels = image_query_pixels(model, image)
         with torch.no_grad():
-            query = model.model.encode_image(pixels.unsqueeze(0).to(model.device)).float().cpu()
+            query = image_embeddings(model.model, pixels.unsqueeze(0).to(model.device)).float().cpu()
     found = nearest(index, query, max(top_k, rerank_k), model.device)[0]
     return rank_hits(model, index, found, top_k=top_k, rerank_k=rerank_k, text=text, pixels=pixels,
                      max_text_len=max_text_len)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .beit3_config import Beit3Config
 from .beit3_heads import (CaptioningHead, ClassifyHead, NLVR2Head, RetrievalHead, VQAHead, captioning_mask,
@@ -204,6 +205,7 @@ class Beit3Encoder(nn.Module):
         step = cfg.drop_path_rate / (cfg.depth - 1) if cfg.depth > 1 else 0.0
         rates = [i * step for i in range(cfg.depth)]  # linear from 0 to drop_path_rate, as numpy.linspace
         self.layers = nn.ModuleList([Beit3Block(cfg, rates[i]) for i in range(cfg.depth)])
+        self.grad_checkpointing = False
         self.layer_norm = (
             Multiway(lambda: nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps), cfg.language)
             if cfg.normalize_output
@@ -225,7 +227,10 @@ class Beit3Encoder(nn.Module):
             blocked = blocked.masked_fill(attn_mask.to(device=x.device, dtype=torch.bool), -1e8)[None, None]
             bias = blocked if bias is None else bias + blocked
         for layer in self.layers:
-            x = layer(x, split, bias)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, x, split, bias, use_reentrant=False)
+            else:
+                x = layer(x, split, bias)
         return self.layer_norm(x, split) if self.layer_norm is not None else x
 
 
@@ -253,6 +258,8 @@ class Beit3(nn.Module):
             self.classify_head = ClassifyHead(cfg.embed_dim, cfg.num_classes)
         if cfg.has_head("captioning"):
             self.captioning_head = CaptioningHead(cfg.embed_dim, cfg.vocab_size)
+        if cfg.has_head("pair_classify"):  # this project's image-text classification: the VQA head's layout
+            self.pair_classify_head = VQAHead(cfg.embed_dim, cfg.num_classes)
         self._init_backbone()
 
     # ------------------------------------------------------------------ initialisation
@@ -272,6 +279,15 @@ class Beit3(nn.Module):
         if cfg.init == "unilm":
             self.encoder.apply(unilm_init)
             self.vision_embed.apply(unilm_init)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW does not decay besides the 1-D ones: the image position table and CLS token (the unilm
+        wrapper's ``no_weight_decay``)."""
+        return {"encoder.embed_positions.A.weight", "vision_embed.cls_token"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass (``--checkpoint_activations`` of the unilm scripts)."""
+        self.encoder.grad_checkpointing = enable
 
     # ------------------------------------------------------------------ encoder paths
     def forward(
@@ -352,6 +368,12 @@ class Beit3(nn.Module):
         if masked_position is not None:
             text = text[masked_position.bool()]
         return self._head("captioning")(text)
+
+    def pair_classify_logits(self, image: torch.Tensor, text_ids: torch.Tensor,
+                             padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Class scores ``[B, num_classes]`` of an image-text pair: pooler on its first token, then the two-layer
+        classifier (as :meth:`vqa_logits`)."""
+        return self._head("pair_classify")(self.encode_pair(image, text_ids, padding_mask).features)
 
     def classify_logits(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, classes]`` from the mean of the patch tokens (CLS excluded)."""

@@ -26,8 +26,10 @@ FAMILY = "beit3"
 #: heads a BEiT-3 model may carry, as the unilm fine-tuning models define them: ``vqa`` (pooler + two-layer
 #: classifier), ``nlvr2`` (two-layer MLP over two image-text pairs), ``retrieval`` (vision and language projections
 #: plus ``logit_scale``), ``classify`` (mean-pooled patch tokens → LayerNorm → linear), ``captioning`` (linear
-#: vocabulary scores of the text tokens, under the captioning attention mask).
-KNOWN_HEADS = ("vqa", "nlvr2", "retrieval", "classify", "captioning")
+#: vocabulary scores of the text tokens, under the captioning attention mask), and this project's ``pair_classify``
+#: (``vlmo finetune classify``: the VQA head's layout, pooler + two-layer classifier, on an image-text pair, with
+#: ``num_classes`` outputs; no released model has it).
+KNOWN_HEADS = ("vqa", "nlvr2", "retrieval", "classify", "captioning", "pair_classify")
 
 #: initialisations: ``torchscale`` = the ``BEiT3`` module's own (PyTorch defaults for linear and conv layers, sub-LN
 #: scaling of fc1/fc2/out_proj/v_proj by sqrt(log(2·depth)), text embedding N(0, width^-0.5), positions N(0, 1),
@@ -61,7 +63,7 @@ class Beit3Config:
         heads: heads present (subset of :data:`KNOWN_HEADS`).
         vqa_num_answers: outputs of the VQA head.
         nlvr2_num_classes: outputs of the NLVR2 head.
-        num_classes: outputs of the image-classification head.
+        num_classes: outputs of the image-classification head (and of ``pair_classify``).
         init: initialisation scheme (:data:`INITS`).
         name: the registered size this config was derived from (informational).
         family: always ``"beit3"``.
@@ -143,7 +145,7 @@ class Beit3Config:
         unknown = [h for h in self.heads if h not in KNOWN_HEADS]
         if unknown:
             out.append(f"unknown heads {unknown}; allowed: {list(KNOWN_HEADS)}")
-        text_heads = [h for h in self.heads if h in ("vqa", "nlvr2", "retrieval", "captioning")]
+        text_heads = [h for h in self.heads if h in ("vqa", "nlvr2", "retrieval", "captioning", "pair_classify")]
         if not self.language and text_heads:
             out.append(f"heads {text_heads} need the language side (language=false)")
         if not 0.0 <= self.drop_path_rate < 1.0:

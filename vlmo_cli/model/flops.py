@@ -6,17 +6,33 @@ from collections import OrderedDict
 
 import torch
 
+from .beit3_config import Beit3Config
 from .config import ModelConfig
 
 
-def block_flops(cfg: ModelConfig, n: int) -> int:
-    """One MoME block over ``n`` tokens: qkv, scores, weighted sum, output projection, one expert FFN."""
-    d, h = cfg.embed_dim, cfg.mlp_hidden
+def block_flops(cfg: ModelConfig | Beit3Config, n: int) -> int:
+    """One MoME / Multiway block over ``n`` tokens: qkv, scores, weighted sum, output projection, one expert FFN."""
+    d = cfg.embed_dim
+    h = cfg.ffn_dim if isinstance(cfg, Beit3Config) else cfg.mlp_hidden
     return 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * h
 
 
-def path_flops(cfg: ModelConfig, text_len: int | None = None) -> dict[str, int]:
-    """Forward FLOPs per sample of each path (backbone only; the heads are negligible except MLM's decoder)."""
+def beit3_path_flops(cfg: Beit3Config, text_len: int | float) -> dict[str, int]:
+    """Forward FLOPs per sample of each path of a BEiT-3 model (backbone only)."""
+    i = cfg.num_image_tokens
+    patch = 2 * cfg.num_patches * (cfg.in_chans * cfg.patch_size**2) * cfg.embed_dim
+    out = OrderedDict()
+    out["image (dual encoder)"] = patch + cfg.depth * block_flops(cfg, i)
+    out["text (dual encoder)"] = cfg.depth * block_flops(cfg, text_len)
+    out["pair (image first, then text)"] = patch + cfg.depth * block_flops(cfg, text_len + i)
+    return out
+
+
+def path_flops(cfg: ModelConfig | Beit3Config, text_len: int | None = None) -> dict[str, int]:
+    """Forward FLOPs per sample of each path (backbone only; the heads are negligible except MLM's decoder), for
+    either family."""
+    if isinstance(cfg, Beit3Config):
+        return beit3_path_flops(cfg, cfg.max_text_len if text_len is None else text_len)
     t = cfg.max_text_len if text_len is None else text_len
     i = cfg.num_image_tokens
     top = cfg.depth - cfg.vlffn_start
@@ -50,7 +66,15 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
 
 
 def _component(name: str) -> str:
-    """The :func:`parameter_counts` group of parameter ``name``."""
+    """The :func:`parameter_counts` group of parameter ``name`` (VLMo or BEiT-3 names)."""
+    if name.startswith("encoder.layers."):  # BEiT-3: multiway A (image) / B (text) copies
+        part = name.split(".", 3)[3]
+        if part.startswith(("ffn.", "final_layer_norm.")):
+            return "vision experts" if ".A." in f".{part}" else "language experts"
+        return "multiway attention (+ its norms)"
+    if name.startswith(("vision_embed.", "text_embed.", "encoder.embed_positions.", "encoder.layer_norm.")):
+        return {"vision_embed": "image embedding", "text_embed": "text embedding", "encoder": "position tables"
+                if ".embed_positions." in name else "final norm"}[name.split(".")[0]]
     if name.startswith("transformer.blocks."):
         part = name.split(".", 3)[3]
         if part.startswith(("mlp_imag", "norm2_imag")):

@@ -74,13 +74,15 @@ class SearchService:
     def __init__(self, model: InferenceModel, index: ImageIndex | None = None, labels: list[str] | None = None):
         import torch
 
+        from ..model.family import has_task_head
+
         self.model = model
         self.index = index
         self.labels = labels
         net = model.model
-        self.has_itm = getattr(net, "itm_score", None) is not None
-        self.class_head = "vqa" if net.vqa_classifier is not None else (
-            "classify" if net.classify_head is not None else None)
+        self.has_itm = has_task_head(net, "itm")
+        self.class_head = "vqa" if has_task_head(net, "vqa") else ("classify" if has_task_head(net, "classify")
+                                                                   else None)
         from ..data.transforms import build_transform
 
         self.transform = build_transform(model.image_size, False)
@@ -119,9 +121,11 @@ class SearchService:
     def embed_images(self, pixels: Sequence[torch.Tensor]) -> torch.Tensor:
         import torch
 
+        from ..model.family import image_embeddings
+
         with self._no_grad():
             batch = torch.stack(list(pixels)).to(self.model.device)
-            return self.model.model.encode_image(batch).float().cpu()
+            return image_embeddings(self.model.model, batch).float().cpu()
 
     def score(self, pairs: Sequence[tuple[str, torch.Tensor]]) -> list[dict[str, float | None]]:
         """ITC cosine similarity and ITM match probability (``None`` without an ITM head) of (text, image) pairs."""

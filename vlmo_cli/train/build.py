@@ -14,8 +14,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..model.beit3 import Beit3
 from ..model.config import ModelConfig
 from ..model.vlmo import VLMo
+from .beit3_stages import BEIT3_STAGE_DEFS, beit3_stage_config
 from .optim import build_optimizer
 from .padding import COMPILED_LENGTH_BUCKETS, trim_to_longest
 from .stages import STAGE_DEFS, StageDef, StepOutput, stage_config
@@ -56,14 +58,40 @@ def stage_module(model: VLMo, stage_def: StageDef, task: Any, length_buckets: in
     return StageModule(model, stage_def, task, length_buckets=length_buckets)
 
 
+def stage_def_of(stage) -> StageDef:
+    """The :class:`StageDef` of a resolved recipe ``stage`` in its model family (``[model] family``): the one place
+    where the family chooses the objectives and heads of a stage."""
+    if stage.model.family == "beit3":
+        if stage.name not in BEIT3_STAGE_DEFS:
+            from ..errors import RecipeError
+
+            raise RecipeError(f"{stage.source}: [{stage.name}] does not train a BEiT-3 model (family = \"beit3\"); "
+                              f"BEiT-3 fine-tunes: {', '.join(BEIT3_STAGE_DEFS)}")
+        return BEIT3_STAGE_DEFS[stage.name]
+    return STAGE_DEFS[stage.name]
+
+
+def stage_config_of(stage, open_dataset: Callable[[], object | None]) -> ModelConfig | Any:
+    """The config of the model a resolved recipe ``stage`` trains, in its model family."""
+    if stage.model.family == "beit3":
+        return beit3_stage_config(stage, stage_def_of(stage), open_dataset)
+    return stage_config(stage, open_dataset)
+
+
+def stage_network(stage, open_dataset: Callable[[], object | None]) -> tuple[Any, nn.Module]:
+    """``(config, freshly initialised network)`` of the stage in its model family."""
+    cfg = stage_config_of(stage, open_dataset)
+    return cfg, (Beit3 if stage.model.family == "beit3" else VLMo)(cfg)
+
+
 @dataclass
 class StageParts:
     """What :func:`build_stage` returns: the architecture, the stage, the network, the step module (compiled when
     asked) and its optimizer; ``fused`` = whether AdamW runs its fused kernel."""
 
-    cfg: ModelConfig
+    cfg: ModelConfig | Any
     stage_def: StageDef
-    model: VLMo
+    model: VLMo | Beit3
     module: nn.Module
     optimizer: torch.optim.Optimizer
     fused: bool
@@ -94,7 +122,7 @@ def build_stage(
         reuse: parts of the same stage whose model (and optimizer, when the fused switch agrees) are taken as they
             are, so that several configurations of a big model fit in memory side by side.
     """
-    stage_def, task, tcfg = STAGE_DEFS[stage.name], stage.task, stage.train
+    stage_def, task, tcfg = stage_def_of(stage), stage.task, stage.train
     if fused_adamw is None:
         fused_adamw = tcfg.fused_adamw if isinstance(tcfg.fused_adamw, bool) else device.type == "cuda"
     compiled = tcfg.compile if compile is None else compile
@@ -104,8 +132,7 @@ def build_stage(
         cfg, model = reuse.cfg, reuse.model
         optimizer = reuse.optimizer if reuse.fused == fused_adamw else build_optimizer(model, tcfg, fused=fused_adamw)
     else:
-        cfg = stage_config(stage, open_dataset)
-        model = VLMo(cfg)
+        cfg, model = stage_network(stage, open_dataset)
         if load_weights is not None:
             load_weights(model)
         for name, p in model.named_parameters():

@@ -12,6 +12,7 @@ returned :class:`InitReport` lists every tensor: taken from the source, copied f
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 
@@ -107,28 +108,54 @@ def initialise(model: VLMo, source: str, init_vlffn: str = "random", allow_missi
         CheckpointError: the backbones differ, or backbone tensors the stage does not create are missing from the
             source (unless ``allow_missing``).
     """
+    from ..model.beit3 import Beit3
+
+    if isinstance(model, Beit3):  # the BEiT-3 family has its own backbone and heads
+        from .beit3_init import initialise_beit3
+
+        return initialise_beit3(model, source, allow_missing)
     if not source:
         std = model.config.init_std
         return InitReport(source="", fresh=sorted(model.state_dict()),
                           random_note=f"initialised at random ({'official initialisation' if std == 0.02 else f'init_std {std}'})")
     state, src_cfg = read_init_source(source, model.config)
-    cfg = model.config
-    wrong = [f"{f} {getattr(src_cfg, f)} vs {getattr(cfg, f)}" for f in BACKBONE_FIELDS if getattr(src_cfg, f) != getattr(cfg, f)]
+    check_backbone(source, src_cfg, model.config, BACKBONE_FIELDS)
+    state = adapt_state_dict(state, src_cfg, model.config)
+    return load_init_state(model, state, source, ("transformer.", "text_embeddings.", "relative_position"),
+                           lambda k: expected_fresh(k, init_vlffn), allow_missing,
+                           copy_missing=lambda load, missing: _copy_vl_experts(load, missing, init_vlffn))
+
+
+def check_backbone(source: str, src_cfg, cfg, fields: tuple[str, ...]) -> None:
+    """The architecture ``fields`` of a source must equal the model's."""
+    wrong = [f"{f} {getattr(src_cfg, f)} vs {getattr(cfg, f)}" for f in fields if getattr(src_cfg, f) != getattr(cfg, f)]
     if wrong:
         raise CheckpointError(f"{source}: backbone does not match the recipe's model ({'; '.join(wrong)})")
-    state = adapt_state_dict(state, src_cfg, cfg)
+
+
+def load_init_state(model, state: dict, source: str, backbone_prefixes: tuple[str, ...],
+                    is_expected_fresh: Callable[[str], bool], allow_missing: bool,
+                    copy_missing: Callable[[dict, list[str]], list[str]] | None = None) -> InitReport:
+    """Load the tensors of ``state`` that ``model`` has with the same shape (in place) and report the rest.
+
+    Args:
+        backbone_prefixes: names of backbone tensors: one of another shape is an error (a head's is re-made).
+        is_expected_fresh: whether a tensor the source lacks is one the stage creates (heads, new experts).
+        allow_missing: train the other missing tensors from random values instead of refusing.
+        copy_missing: fills some missing tensors from loaded ones (in ``load``); returns their names.
+    """
     own = model.state_dict()
     mismatched = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
-    backbone_mismatch = [k for k in mismatched if k.startswith(("transformer.", "text_embeddings.", "relative_position"))]
+    backbone_mismatch = [k for k in mismatched if k.startswith(backbone_prefixes)]
     if backbone_mismatch:
         raise CheckpointError(f"{source}: tensors of another shape: {backbone_mismatch[:5]}")
     load = {k: v for k, v in state.items() if k in own and k not in mismatched}
     report = InitReport(source=source, loaded=sorted(load), dropped=sorted(k for k in state if k not in own),
-                          reshaped=mismatched)
+                        reshaped=mismatched)
     missing = sorted(k for k in own if k not in load)
-    report.copied = _copy_vl_experts(load, missing, init_vlffn)
+    report.copied = copy_missing(load, missing) if copy_missing else []
     report.fresh = [k for k in missing if k not in report.copied]
-    unexpected = [k for k in report.fresh if not expected_fresh(k, init_vlffn)]
+    unexpected = [k for k in report.fresh if not is_expected_fresh(k)]
     if unexpected and not allow_missing:
         shown = ", ".join(unexpected[:8]) + (f", … ({len(unexpected)} in all)" if len(unexpected) > 8 else "")
         raise CheckpointError(

@@ -20,7 +20,7 @@ from rich.console import Console
 from ..data.streaming import gather_stream_state, set_loader_epoch, stream_tracker
 from ..errors import RecipeError
 from ..model.vlmo import VLMo
-from .build import StageParts, build_stage
+from .build import StageParts, build_stage, stage_def_of
 from .checkpoint import (TrainerState, find_resume, list_checkpoints, load_training_state, restore_training_state,
                          save_checkpoint)
 from .distributed_setup import (checkpoint_payload, fsdp_note, load_optimizer_state, make_accelerator, plain_norm,
@@ -126,7 +126,7 @@ class StageData:
         from ..data.streaming import resume_positions
 
         stage, accelerator = self.stage, self.accelerator
-        stage_def, task, dcfg = STAGE_DEFS[stage.name], stage.task, stage.data
+        stage_def, task, dcfg = stage_def_of(stage), stage.task, stage.data
         if stage_def.loader is not None:
             return stage_def.loader(self, epoch, skip, stream_state)
         plan = stage.batch_plan(accelerator.num_processes)
@@ -154,7 +154,7 @@ def setup_data(stage, accelerator, init: str) -> StageData:
     paths = list(stage.task.dataset)
     streamed = names_shards(paths)
     if streamed:
-        check_stream_source(paths, STAGE_DEFS[stage.name].data_task)
+        check_stream_source(paths, stage_def_of(stage).data_task)
     prepared = None if streamed else open_prepared(paths[0])
     tokenizer = stage.data.tokenizer or init_tokenizer(prepared, init)
     return StageData(stage, accelerator, paths, prepared, tokenizer)
@@ -354,7 +354,7 @@ class Fit:
         self.stage, self.accelerator, self.module, self.optimizer = stage, accelerator, module, optimizer
         self.loader, self.state, self.run_path, self.tokenizer = loader, state, run_path, tokenizer
         self.total, self.per_epoch = total, per_epoch
-        self.stage_def = STAGE_DEFS[stage.name]
+        self.stage_def = stage_def_of(stage)
         self.tcfg = stage.train
         self.plan = stage.batch_plan(accelerator.num_processes)
         self.main = accelerator.is_main_process

@@ -9,6 +9,7 @@ scales *are* decayed.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -18,8 +19,27 @@ COMPAT_NO_DECAY = (
     "bias", "LayerNorm.bias", "LayerNorm.weight", "norm.bias", "norm.weight",
     "norm1.bias", "norm1.weight", "norm2.bias", "norm2.weight",
 )
-#: parameters of the task heads that get ``lr * lr_mult_heads`` (official: VQA and NLVR2 classifiers)
-HEAD_PREFIXES = ("vqa_classifier", "nlvr2_classifier", "classify_head")
+#: parameters of the task heads that get ``lr * lr_mult_heads`` (official VLMo: VQA and NLVR2 classifiers; BEiT-3:
+#: what unilm ``beit3/optim_factory.get_is_head_flag_for_vit`` flags, the modules named ``head`` of the fine-tuning
+#: models: the VQA and pair-classification classifiers without their pooler, and the whole NLVR2 head)
+HEAD_PREFIXES = ("vqa_classifier", "nlvr2_classifier", "classify_head", "vqa_head.head.", "nlvr2_head.",
+                 "pair_classify_head.head.")
+_BLOCK = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.")
+
+
+def layer_id(name: str, depth: int) -> int:
+    """Depth of a parameter for layer-wise lr decay, as unilm ``beit3/optim_factory.get_num_layer_for_vit``: 0 for
+    the embeddings (names containing ``embed``, CLS / position tokens), ``i + 1`` for block ``i``, ``depth + 1`` for
+    everything above (final norm, heads, relative position table)."""
+    if "embed" in name or name in ("transformer.cls_token", "transformer.pos_embed"):
+        return 0
+    match = _BLOCK.search(name)
+    return int(match.group(1)) + 1 if match else depth + 1
+
+
+def layer_scale(name: str, depth: int, layer_decay: float) -> float:
+    """``layer_decay ** (depth + 1 - layer_id)``: 1 at the top, ``layer_decay ** (depth + 1)`` for the embeddings."""
+    return 1.0 if layer_decay == 1.0 else layer_decay ** (depth + 1 - layer_id(name, depth))
 
 
 def is_no_decay(name: str, param: torch.Tensor, model_no_decay: set[str], mode: str = "fixed") -> bool:
@@ -29,32 +49,38 @@ def is_no_decay(name: str, param: torch.Tensor, model_no_decay: set[str], mode: 
 
 
 def adamw_groups(
-    model: nn.Module, lr: float, weight_decay: float, lr_mult_heads: float = 1.0, mode: str = "fixed"
+    model: nn.Module, lr: float, weight_decay: float, lr_mult_heads: float = 1.0, mode: str = "fixed",
+    layer_decay: float = 1.0,
 ) -> list[dict]:
-    """Four AdamW groups: (decay, no decay) × (backbone, heads). Frozen parameters are left out."""
+    """AdamW groups: (decay, no decay) × (backbone, heads), and with ``layer_decay`` < 1 × depth (each group's
+    ``lr_scale`` the product of the head multiplier and :func:`layer_scale`). Frozen parameters are left out."""
     no_decay_names = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    groups: dict[tuple[bool, bool], list[tuple[str, nn.Parameter]]] = {}
+    depth = model.config.depth
+    groups: dict[tuple[bool, bool, float], list[tuple[str, nn.Parameter]]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        key = (is_no_decay(name, p, no_decay_names, mode), name.startswith(HEAD_PREFIXES))
+        key = (is_no_decay(name, p, no_decay_names, mode), name.startswith(HEAD_PREFIXES),
+               layer_scale(name, depth, layer_decay))
         groups.setdefault(key, []).append((name, p))
     out = []
-    for (no_decay, head), items in sorted(groups.items()):
+    for (no_decay, head, by_layer), items in sorted(groups.items()):
+        scale = (lr_mult_heads if head else 1.0) * by_layer
         out.append(
             {
                 "params": [p for _, p in items],
                 "names": [n for n, _ in items],
                 "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr": lr * (lr_mult_heads if head else 1.0),
-                "lr_scale": lr_mult_heads if head else 1.0,
+                "lr": lr * scale,
+                "lr_scale": scale,
             }
         )
     return out
 
 
 def build_optimizer(model: nn.Module, train_cfg, fused: bool | None = None) -> torch.optim.AdamW:
-    groups = adamw_groups(model, train_cfg.lr, train_cfg.weight_decay, train_cfg.lr_mult_heads, train_cfg.no_decay)
+    groups = adamw_groups(model, train_cfg.lr, train_cfg.weight_decay, train_cfg.lr_mult_heads, train_cfg.no_decay,
+                          train_cfg.layer_decay)
     kwargs = {}
     if fused:
         kwargs["fused"] = True

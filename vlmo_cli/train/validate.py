@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import DataError
+from ..model.family import has_task_head
 from ..objectives.distributed import local_only
 
 MAX_VAL_BATCHES = 20
@@ -54,7 +55,7 @@ def validate(module, stage, stage_def, device, tokenizer, max_batches: int = MAX
                 sums[k] = sums.get(k, 0.0) + float(v)
             n += 1
         out = {f"val_{k}": v / n for k, v in sums.items()} if n else {}
-        if stage_def.data_task == "pairs" and "itc" in model.config.heads:
+        if stage_def.data_task == "pairs" and has_task_head(model, "retrieval"):
             try:
                 from ..evaluate.retrieval import retrieval_recall
 
