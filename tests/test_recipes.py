@@ -154,8 +154,9 @@ def test_paper_hyper_parameters(index, name):
         assert type(got) is type(values[index]) or key == "lr_mult_heads", f"{name} {stage}.{key} type"
     for stage in recipe.stage_names():
         train = recipe.resolve(stage).train
-        # stage 1 follows BEiT and classification is not in the paper; everything else is the VLMo configs
-        if train is not None and stage not in ("pretrain.vision", "finetune.classify"):
+        # stage 1 follows BEiT, masked data modelling BEiT-3, and classification is not in the paper; everything
+        # else is the VLMo configs
+        if train is not None and stage not in ("pretrain.vision", "pretrain.mdm", "finetune.classify"):
             assert train.betas == (0.9, 0.98) and train.weight_decay == 0.01 and train.schedule == "linear"
     assert recipe.resolve("pretrain.text").model.build_config().max_text_len == 196
     assert recipe.resolve("pretrain.vl").task.mlm_weight == 0.25

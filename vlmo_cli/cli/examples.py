@@ -12,6 +12,8 @@ EXAMPLES: dict[str, str] = {
     "pretrain-vision": "vlmo pretrain-vision tiny train.max_steps=50 --run-name vision-try",
     "pretrain-text": "vlmo pretrain-text tiny pretrain.text.init=runs/tiny-pretrain-vision train.lr=1e-3",
     "pretrain-vl": "vlmo pretrain-vl base train.lr=1e-4 pretrain.vl.batch_size=512 --resume auto",
+    "pretrain-mdm": "vlmo pretrain-mdm tiny pretrain.mdm.pair_fraction=0.75 pretrain.mdm.text_fraction=0 "
+    "pretrain.mdm.text_dataset=[] --resume auto",
     "finetune": "vlmo finetune vqa base --from models/vlmo-base finetune.vqa.lr=2e-5",
     "embed": "vlmo embed --model exported/tiny --images photos/ --out photos.safetensors",
     "search": 'vlmo search "a red circle on the left" --model exported/tiny --index photos/ --top-k 5',

@@ -1,4 +1,5 @@
-"""``vlmo pretrain-vision | pretrain-text | pretrain-vl RECIPE [overrides]``: the three pre-training stages."""
+"""``vlmo pretrain-vision | pretrain-text | pretrain-vl | pretrain-mdm RECIPE [overrides]``: the pre-training stages
+(one command per ``pretrain`` section of :data:`~vlmo_cli.config.schema.STAGES`)."""
 
 from __future__ import annotations
 

@@ -234,6 +234,8 @@ def _resolve(recipe: Recipe, stage: str, skip_missing: set[str]) -> tuple[Resolv
     train = RecipeTrain(**merged["train"]) if spec.kind == "train" else None
     task = spec.task(**merged["task"])
 
+    for key, message in getattr(task, "problems", list)():  # a task's rules over several of its keys
+        problems.append(Problem(where, f"{stage}.{key}", message))
     if data.image_size % config.patch_size:
         problems.append(
             Problem(

@@ -162,7 +162,7 @@ _MODEL_BOUNDS: dict[str, dict[str, float]] = {
     "num_classes": dict(ge=1),
     "pad_token_id": dict(ge=0),
 }
-_MODEL_NOT_IN_RECIPES = ("heads", "name")
+_MODEL_NOT_IN_RECIPES = ("heads", "name", "mim_target_dim")
 #: model families a recipe may build (``[model] family``): ``vlmo`` (:class:`ModelConfig`) or ``beit3``
 #: (:class:`~vlmo_cli.model.beit3_config.Beit3Config`)
 FAMILIES = ("vlmo", "beit3")
@@ -431,6 +431,83 @@ class PretrainVLTask(TrainTask):
     logit_scale_max: float = setting(0.0, help="clamp of the contrastive logit scale; 0 = unclamped (official)", ge=0)
 
 
+#: patch targets of masked data modelling: normalised pixels (as stage 1) or a frozen teacher's patch features
+MDM_TARGETS = ("pixels", "teacher")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainMdmTask:
+    """Masked data modelling (BEiT-3's one objective): every step mixes masked images, masked texts and masked
+    image-text pairs, in the fractions of the batch given here (see :mod:`vlmo_cli.train.mdm`)."""
+
+    image_dataset: tuple[str, ...] = setting(
+        (), help="prepared images (or pairs) directory, or a list of them, for the masked images; [] = none")
+    text_dataset: tuple[str, ...] = setting(
+        (), help="prepared text (or pairs: their captions) directory, or a list of them, for the masked texts; "
+                 "[] = none")
+    pair_dataset: tuple[str, ...] = setting(
+        (), help="prepared pairs directory, or a list of them, for the masked image-text pairs; [] = none")
+    split: str = setting("train", help='split(s) to train on; several joined by "+" (e.g. "train+restval")')
+    val_split: str = setting("val", help="split used for validation (datasets without it are left out)")
+    image_fraction: float = setting(0.25, help="fraction of each batch that is images alone", ge=0, le=1)
+    text_fraction: float = setting(0.25, help="fraction of each batch that is texts alone", ge=0, le=1)
+    pair_fraction: float = setting(0.5, help="fraction of each batch that is image-text pairs", ge=0, le=1)
+    image_mask_ratio: float = setting(0.4, help="fraction of the patches of an image masked (block-wise)", gt=0, lt=1)
+    text_mask_ratio: float = setting(0.15, help="fraction of the tokens of a text masked (whole words)", gt=0, lt=1)
+    pair_text_mask_ratio: float = setting(0.5, help="fraction of the text tokens of a pair masked", gt=0, lt=1)
+    pair_image_mask_ratio: float = setting(
+        0.0, help="fraction of the patches of a pair's image masked and predicted too; 0 = the image stays whole",
+        ge=0, lt=1)
+    target: Literal["pixels", "teacher"] = setting(
+        "pixels", help='what a masked patch predicts: "pixels" (its normalised pixels, as stage 1) or "teacher" '
+                       "(the patch features of the teacher model on the whole image)")
+    teacher: str = setting("", help='model directory of the frozen teacher (target = "teacher")')
+
+    @property
+    def fractions(self) -> dict[str, float]:
+        """``image`` / ``text`` / ``pair`` → fraction of the batch."""
+        return {"image": self.image_fraction, "text": self.text_fraction, "pair": self.pair_fraction}
+
+    @property
+    def datasets(self) -> dict[str, tuple[str, ...]]:
+        """``image`` / ``text`` / ``pair`` → prepared directories."""
+        return {"image": self.image_dataset, "text": self.text_dataset, "pair": self.pair_dataset}
+
+    @property
+    def dataset(self) -> tuple[str, ...]:
+        """The directories of the kinds in use, pairs first, then texts, then images (the first one's tokenizer is
+        the data's)."""
+        return tuple(p for kind in ("pair", "text", "image") if self.fractions[kind] > 0 for p in self.datasets[kind])
+
+    @property
+    def val_dataset(self) -> str:
+        return ""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(key, message)`` for every combination of values that is not allowed."""
+        out = []
+        total = sum(self.fractions.values())
+        if abs(total - 1.0) > 1e-6:
+            out.append(("pair_fraction", f"image_fraction + text_fraction + pair_fraction = {total:g}; they must sum "
+                                         "to 1"))
+        for kind, fraction in self.fractions.items():
+            if fraction > 0 and not self.datasets[kind]:
+                out.append((f"{kind}_dataset", f"missing: {kind}_fraction is {fraction:g}; give a prepared directory "
+                                               f"(or set {kind}_fraction = 0)"))
+            elif fraction == 0 and self.datasets[kind]:
+                out.append((f"{kind}_dataset", f"given, but {kind}_fraction is 0: remove it or give the {kind}s a "
+                                               "share of the batch"))
+            if any(not p for p in self.datasets[kind]):
+                out.append((f"{kind}_dataset", "an empty directory name"))
+        if self.target == "teacher" and not self.teacher:
+            out.append(("teacher", 'target = "teacher" needs the teacher\'s model directory'))
+        if self.target != "teacher" and self.teacher:
+            out.append(("teacher", f'given, but target is "{self.target}"; set target = "teacher" to use it'))
+        if self.target == "teacher" and self.image_fraction == 0 and self.pair_image_mask_ratio == 0:
+            out.append(("target", "no patch is predicted (image_fraction and pair_image_mask_ratio are 0)"))
+        return out
+
+
 @dataclass(frozen=True, kw_only=True)
 class FinetuneVQATask(TrainTask):
     """VQAv2 fine-tuning: fusion encoder, answer classifier with soft-score BCE."""
@@ -555,6 +632,11 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("pretrain.vl", "train", PretrainVLTask, "stage 3: ITC + ITM + MLM on image-text pairs",
                   "pretrain-vl", bench="vl", scored_by="retrieval",
                   details="Stage 3: ITC (+VL branch) + ITM with global hard negatives + 0.25·MLM on image-text pairs."),
+        StageSpec("pretrain.mdm", "train", PretrainMdmTask, "masked data modelling: masked images, texts and pairs",
+                  "pretrain-mdm",
+                  details="BEiT-3's masked data modelling on VLMo: each step mixes masked images (block-wise, predict "
+                          "normalised pixels or a teacher's patch features), masked texts and masked image-text pairs "
+                          "(MLM with the image visible), in the recipe's fractions of the batch."),
         StageSpec("finetune.vqa", "train", FinetuneVQATask, "VQAv2", "vqa", bench="vqa", scored_by="vqa"),
         StageSpec("finetune.nlvr2", "train", FinetuneNLVR2Task, "NLVR2", "nlvr2", bench="nlvr2", scored_by="nlvr2"),
         StageSpec("finetune.retrieval_coco", "train", FinetuneRetrievalTask, "COCO retrieval", "retrieval",

@@ -50,6 +50,8 @@ class ModelConfig:
         init_std: standard deviation of the random initialisation of weights (official 0.02, tuned for width 768;
             narrow models need more for their CLS features to depend on the input at the start of training).
         name: the registered size this config was derived from (informational).
+        mim_target_dim: outputs per patch of the ``mim`` head; 0 = the patch's pixels (``patch_size² × 3``); masked
+            data modelling with a teacher sets the teacher's feature width.
     """
 
     image_size: int = 224
@@ -74,6 +76,7 @@ class ModelConfig:
     pad_token_id: int = 0
     init_std: float = 0.02
     name: str = "custom"
+    mim_target_dim: int = 0
 
     def __post_init__(self) -> None:
         problems = self.problems()

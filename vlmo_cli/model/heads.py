@@ -71,13 +71,14 @@ def classifier(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 class MIMHead(nn.Module):
     """Masked-image modelling: a learned ``[MASK]`` patch embedding and a linear decoder to the patch's pixels.
 
-    The target is the per-patch normalised pixels of masked patches, so no external visual tokenizer is needed.
+    The target is the per-patch normalised pixels of masked patches, so no external visual tokenizer is needed;
+    ``out_dim`` sizes the decoder for another target (a teacher's patch features in masked data modelling).
     """
 
-    def __init__(self, dim: int, patch_size: int, in_chans: int = 3) -> None:
+    def __init__(self, dim: int, patch_size: int, in_chans: int = 3, out_dim: int | None = None) -> None:
         super().__init__()
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.decoder = nn.Linear(dim, patch_size * patch_size * in_chans)
+        self.decoder = nn.Linear(dim, out_dim or patch_size * patch_size * in_chans)
 
     def forward(self, patch_features: torch.Tensor) -> torch.Tensor:
         return self.decoder(patch_features)

@@ -145,7 +145,7 @@ class VLMo(nn.Module):
         self.vqa_classifier = classifier(d, 2 * d, cfg.vqa_num_answers) if "vqa" in heads else None
         self.nlvr2_classifier = classifier(2 * d, 2 * d, 2) if "nlvr2" in heads else None
         self.classify_head = classifier(d, 2 * d, cfg.num_classes) if "classify" in heads else None
-        self.mim_head = MIMHead(d, cfg.patch_size) if "mim" in heads else None
+        self.mim_head = MIMHead(d, cfg.patch_size, out_dim=cfg.mim_target_dim or None) if "mim" in heads else None
         self.grad_checkpointing = False
         self.reset_parameters()
 
@@ -330,10 +330,11 @@ class VLMo(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor,
         image_token_type: int = 1,
+        patch_mask: torch.Tensor | None = None,
     ) -> PairOutput:
-        """The fusion encoder over ``[text, image]`` (official ``infer``)."""
+        """The fusion encoder over ``[text, image]`` (official ``infer``); ``patch_mask`` as in :meth:`embed_image`."""
         text = self.embed_text(input_ids)
-        image = self.embed_image(pixel_values, image_token_type)
+        image = self.embed_image(pixel_values, image_token_type, patch_mask)
         x = torch.cat([text, image], 1)
         t = input_ids.shape[1]
         image_mask = torch.ones(image.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)

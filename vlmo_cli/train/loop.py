@@ -59,6 +59,14 @@ def batch_rows(batch: dict) -> int:
     return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim > 0)
 
 
+def batch_samples(batch: dict) -> int:
+    """Samples in a micro-batch: a mixed batch's ``num_samples`` (:mod:`vlmo_cli.data.mixed`), else the rows of its
+    text or images."""
+    if "num_samples" in batch:
+        return int(batch["num_samples"])
+    return batch[next(k for k in ("input_ids", "pixel_values") if k in batch)].shape[0]
+
+
 def truncate_batch(batch: dict, rows: int) -> dict:
     """The first ``rows`` samples of a batch: every process must contribute equally many rows to the gathered
     contrastive and hard-negative pools, so a batch shrunk by a skipped image shrinks the others' too."""
@@ -119,6 +127,8 @@ class StageData:
 
         stage, accelerator = self.stage, self.accelerator
         stage_def, task, dcfg = stage_def_of(stage), stage.task, stage.data
+        if stage_def.loader is not None:
+            return stage_def.loader(self, epoch, skip, stream_state)
         plan = stage.batch_plan(accelerator.num_processes)
         return build_dataloader(
             self.paths, task.split, stage_def.data_task, tokenizer=self.tokenizer, image_size=dcfg.image_size,
@@ -406,7 +416,7 @@ class Fit:
         batch.pop("num_skipped", None)
         if self.stream is not None:
             self.stream.note(batch)
-        if accelerator.num_processes > 1:  # an unreadable image shrank some process's batch
+        if accelerator.num_processes > 1 and self.stage_def.equal_rows:  # an unreadable image shrank a batch
             rows = torch.tensor([batch_rows(batch)], device=accelerator.device)
             batch = truncate_batch(batch, int(accelerator.gather(rows).min()))
         return batch
@@ -429,7 +439,7 @@ class Fit:
                 self.sums[k] = self.sums.get(k, 0.0) + float(v)
             self.sums["loss"] = self.sums.get("loss", 0.0) + float(loss.detach())
             self.count += 1
-            self.samples_since += batch[next(k for k in ("input_ids", "pixel_values") if k in batch)].shape[0]
+            self.samples_since += batch_samples(batch)
         trained = [p for p in module.parameters() if p.requires_grad]
         norm = accelerator.clip_grad_norm_(trained, tcfg.grad_clip) if tcfg.grad_clip > 0 else None
         if norm is None and self.check_grads:

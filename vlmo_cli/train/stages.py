@@ -22,6 +22,7 @@ from ..objectives.classification import classification_loss, mim_loss, mlm_loss,
 from ..objectives.contrastive import ContrastiveResult, contrastive_loss
 from ..objectives.distributed import fetch_pool_rows, gather_local_first, gather_rank_order
 from ..objectives.matching import itm_loss, sample_hard_negatives, text_keys
+from . import mdm
 
 Batch = dict[str, torch.Tensor]
 
@@ -163,6 +164,18 @@ def retrieval_objective(model: VLMo, batch: Batch, task) -> StepOutput:
     return StepOutput(total, metrics)
 
 
+_MASKED_DATA = mdm.MaskedDataObjective()
+
+
+def mdm_objective(model: VLMo, batch: Batch, task) -> StepOutput:
+    """Masked data modelling (BEiT-3): masked images, texts and pairs of a mixed batch (:mod:`vlmo_cli.train.mdm`)."""
+    return StepOutput(*_MASKED_DATA(model, batch, task))
+
+
+def mdm_validate(module, stage, device, tokenizer, max_batches: int) -> dict[str, float]:
+    return mdm.mdm_validate(module, stage, _MASKED_DATA, device, tokenizer, max_batches)
+
+
 # ---------------------------------------------------------------------- trainable parameters
 def _expert_family(name: str) -> tuple[int, str] | None:
     parts = name.split(".")
@@ -266,6 +279,12 @@ class StageDef:
         modality_types: rows of the modality embedding when the task needs more than the model's (NLVR2: 3, one
             per image of the pair and one for the text); ``None`` = the model's.
         mlm / mim: the collator adds MLM masking / patch masks.
+        loader: builds the training loader from the loop's ``StageData`` (``(data, epoch, skip, stream_state) ->
+            loader``); ``None`` = the prepared-data (or shard) loader of ``data_task``.
+        validate: ``(module, stage, device, tokenizer, max_batches) -> metrics``; ``None`` = the objective over
+            ``data_task`` batches of the validation split.
+        equal_rows: every process's micro-batch must hold equally many rows (the gathered contrastive pools); off for
+            mixed batches, whose parts never cross processes.
     """
 
     name: str
@@ -279,6 +298,9 @@ class StageDef:
     modality_types: int | None = None
     mlm: bool = False
     mim: bool = False
+    loader: Callable | None = None
+    validate: Callable | None = None
+    equal_rows: bool = True
 
     def flops_per_sample(self, cfg: ModelConfig, task, text_len: int | float) -> float:
         """Model FLOPs of one training sample: 3 × the forward FLOPs of the passes the objective runs (recomputation
@@ -296,6 +318,8 @@ STAGE_DEFS: dict[str, StageDef] = {
                  with_vlffn=False, mlm=True),
         StageDef("pretrain.vl", "pairs", _VL_HEADS, vl_objective, everything, vl_flops, uses_contrastive=True,
                  mlm=True),
+        StageDef("pretrain.mdm", "mixed", ("mlm", "mim"), mdm_objective, mdm.mdm_trainable, mdm.mdm_flops,
+                 loader=mdm.stage_loader, validate=mdm_validate, equal_rows=False),
         StageDef("finetune.vqa", "vqa", ("pooler", "vqa"), vqa_objective, fusion_trainable, pair_flops),
         StageDef("finetune.nlvr2", "nlvr2", ("pooler", "nlvr2"), nlvr2_objective, fusion_trainable, nlvr2_flops,
                  modality_types=3),
@@ -376,4 +400,6 @@ def stage_config(stage, open_dataset: Callable[[], object | None]) -> ModelConfi
                              text_len=data.max_text_len)
     if not getattr(task, "itc_vl", True):
         cfg = cfg.replace(heads=[h for h in cfg.heads if h != "itc_vl"])
+    if stage.name == "pretrain.mdm" and task.target == "teacher":  # the MIM head predicts the teacher's features
+        cfg = cfg.replace(mim_target_dim=mdm.teacher_dim(task, data.image_size, cfg.patch_size))
     return cfg

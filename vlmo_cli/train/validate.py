@@ -20,6 +20,8 @@ def validate(module, stage, stage_def, device, tokenizer, max_batches: int = MAX
     from ..data.shards import is_shard_entry
     from ..data.store import open_prepared
 
+    if stage_def.validate is not None:  # a stage with its own validation (mixed batches)
+        return stage_def.validate(module, stage, device, tokenizer, max_batches)
     task, dcfg = stage.task, stage.data
     path = task.val_dataset or task.dataset[0]
     if is_shard_entry(path):  # streamed training data: validation needs a prepared val_dataset

@@ -1,0 +1,236 @@
+"""``pretrain.mdm``: BEiT-3's masked data modelling on VLMo, as a stage of the one training loop.
+
+Every micro-batch mixes images, texts and image-text pairs in the recipe's fractions (:mod:`vlmo_cli.data.mixed`;
+each part read by the ordinary prepared-data loader, sharded over the processes, resumed exactly); the objective is
+:func:`vlmo_cli.objectives.masked_data.masked_data_loss` over the model's :class:`~vlmo_cli.model.masked_data.
+VLMoMaskedData` view. Masking: block-wise patches for images (``image_mask_ratio``), whole words for texts
+(``text_mask_ratio``) and for the pairs' texts (``pair_text_mask_ratio``), each text's budget counted on its real
+tokens; the pairs' images optionally block-masked too (``pair_image_mask_ratio``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data.collate import trim_text_padding
+from ..data.mixed import MixedLoader, batch_sizes, split_parts
+from ..errors import DataError, RecipeError, VlmoError
+from ..model.config import ModelConfig
+from ..model.masked_data import VLMoMaskedData
+from ..model.vlmo import VLMo
+from ..objectives.masked_data import feature_target_loss, masked_data_loss, pixel_target_loss
+
+#: part → the loader task reading it
+PART_TASKS = {"image": "images", "text": "text", "pair": "pairs"}
+#: part → offset of its sampler seed (the parts draw independent orders)
+_SEED_OFFSETS = {"image": 0, "text": 7919, "pair": 15838}
+
+
+# ---------------------------------------------------------------------- data
+def first_tokenizer_dataset(task) -> str | None:
+    """The first directory whose kind has text (pairs, then texts): its tokenizer is the data's."""
+    for kind in ("pair", "text"):
+        if task.fractions[kind] > 0 and task.datasets[kind]:
+            return task.datasets[kind][0]
+    return None
+
+
+def part_sizes(stage, world_size: int) -> dict[str, int]:
+    """Rows of each part in one process's micro-batch."""
+    return batch_sizes(stage.task.fractions, stage.batch_plan(world_size).micro_batch_size)
+
+
+def mdm_loader(stage, tokenizer, *, rank: int = 0, world_size: int = 1, epoch: int = 0, skip_batches: int = 0,
+               split: str | None = None, train: bool = True, workers: int | None = None, pin_memory: bool = False,
+               sizes: dict[str, int] | None = None) -> MixedLoader:
+    """The mixed loader of a resolved ``pretrain.mdm`` stage for process ``rank`` of ``world_size``.
+
+    Args:
+        stage: the resolved stage.
+        tokenizer: a tokenizer object or path; ``None`` = the one stored with the first pairs (or texts) directory.
+        split: default the task's training split.
+        train: training transforms, shuffling and dropping the last incomplete batch of each part.
+        sizes: rows of each part; default: the fractions of this process's micro-batch.
+    """
+    from ..data.loader import build_dataloader, resolve_tokenizer
+    from ..data.shards import names_shards
+    from ..data.store import open_prepared
+
+    task, dcfg = stage.task, stage.data
+    for kind, paths in task.datasets.items():
+        if paths and names_shards(list(paths)):
+            raise DataError(f"pretrain.mdm.{kind}_dataset: masked data modelling reads prepared directories "
+                            "(`vlmo prepare ...`), not webdataset shards")
+    sizes = part_sizes(stage, world_size) if sizes is None else sizes
+    text_source = first_tokenizer_dataset(task)
+    tok = resolve_tokenizer(tokenizer, open_prepared(text_source) if text_source else None)
+    if tok is None and text_source is not None:
+        raise DataError(f"{text_source}: no tokenizer stored with the data; set data.tokenizer")
+    patch_size = stage.model.get("patch_size")
+    ratios = {"image": (None, task.image_mask_ratio), "text": (task.text_mask_ratio, None),
+              "pair": (task.pair_text_mask_ratio, task.pair_image_mask_ratio or None)}
+
+    def make(kind: str, rows: int):
+        mlm_ratio, mim_ratio = ratios[kind]
+        return build_dataloader(
+            list(task.datasets[kind]), split or task.split, PART_TASKS[kind], tokenizer=tok, image_size=dcfg.image_size,
+            batch_size=rows, train=train, seed=stage.train.seed + _SEED_OFFSETS[kind],
+            workers=dcfg.num_workers if workers is None else workers, rank=rank, world_size=world_size,
+            max_text_len=dcfg.max_text_len, mlm=mlm_ratio is not None, mlm_probability=mlm_ratio or 0.15,
+            mlm_budget="real", mim=mim_ratio is not None, patch_size=patch_size, mim_ratio=mim_ratio or 0.4,
+            randaug=dcfg.randaugment, hflip=dcfg.horizontal_flip, pin_memory=pin_memory)
+
+    return MixedLoader({kind: make(kind, rows) for kind, rows in sizes.items()}, epoch, skip_batches)
+
+
+def stage_loader(stage_data, epoch: int, skip: int, stream_state: dict | None = None) -> MixedLoader:
+    """The training loader of the loop's :class:`~vlmo_cli.train.loop.StageData` (this process's share)."""
+    accelerator = stage_data.accelerator
+    return mdm_loader(stage_data.stage, stage_data.tokenizer, rank=accelerator.process_index,
+                      world_size=accelerator.num_processes, epoch=epoch, skip_batches=skip,
+                      pin_memory=accelerator.device.type == "cuda")
+
+
+# ---------------------------------------------------------------------- objective
+class MaskedDataObjective:
+    """The stage's objective ``(model, batch, task) -> (loss, metrics)``; holds the frozen teacher of
+    ``target = "teacher"`` (loaded once per directory and device, outside the trained model: never saved, never
+    synchronised by DDP)."""
+
+    def __init__(self) -> None:
+        self._teachers: dict[tuple[str, str], torch.nn.Module] = {}
+
+    def __call__(self, model: VLMo, batch: dict[str, torch.Tensor], task) -> tuple[torch.Tensor, dict]:
+        parts = {name: trim_text_padding(part) for name, part in split_parts(batch).items()}
+        if task.target == "teacher":
+            patch_loss = feature_target_loss(self.teacher(task.teacher, batch_device(batch)))
+        else:
+            patch_loss = pixel_target_loss(model.config.patch_size)
+        return masked_data_loss(VLMoMaskedData(model), parts, patch_loss)
+
+    def teacher(self, path: str, device: torch.device):
+        """``pixel_values -> [B, P, D_teacher]``: the teacher's final patch features of the whole image."""
+        key = (str(Path(path).resolve()), str(device))
+        model = self._teachers.get(key)
+        if model is None:
+            model = load_teacher(path).to(device)
+            self._teachers[key] = model
+        return lambda pixels: model.forward_image(pixels).features[:, 1:]
+
+
+def batch_device(batch: dict[str, torch.Tensor]) -> torch.device:
+    return next(v.device for v in batch.values() if isinstance(v, torch.Tensor))
+
+
+def load_teacher(path: str) -> VLMo:
+    """The frozen teacher of a model directory (or run folder / checkpoint), in eval mode without gradients."""
+    from ..factory import load_model
+
+    try:
+        teacher = load_model(path)
+    except VlmoError as exc:
+        raise RecipeError(f"pretrain.mdm.teacher: {exc}") from None
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def teacher_dim(task, image_size: int, patch_size: int) -> int:
+    """Width of the teacher's patch features, after checking that its patch grid is the student's."""
+    from ..factory import load_config
+    from ..layout import resolve_model_dir
+
+    try:
+        cfg = load_config(resolve_model_dir(task.teacher))
+    except VlmoError as exc:
+        raise RecipeError(f"pretrain.mdm.teacher: {exc} (a VLMo model directory, run folder or checkpoint)") from None
+    if cfg.patch_size != patch_size or cfg.image_size != image_size:
+        raise RecipeError(f"pretrain.mdm.teacher: {task.teacher} sees {cfg.image_size} px images in {cfg.patch_size} "
+                          f"px patches; the student {image_size} px in {patch_size} px patches: the patch grids must "
+                          "be the same")
+    return cfg.embed_dim
+
+
+# ---------------------------------------------------------------------- trainable parameters, FLOPs
+def mdm_trainable(name: str, cfg: ModelConfig, task) -> bool:
+    """Everything the parts in use reach: experts of a modality only when a part routes tokens to them (the image
+    experts of the top blocks serve images alone, the VL experts pairs alone), so that no trained parameter goes
+    without a gradient (DDP requires it)."""
+    fr = task.fractions
+    parts = name.split(".")
+    if name.startswith("transformer.blocks.") and parts[3].split("_")[-1] in ("text", "imag", "vl"):
+        block, kind = int(parts[2]), parts[3].split("_")[-1]
+        lower = block < cfg.vlffn_start
+        if kind == "vl":
+            return fr["pair"] > 0
+        alone = fr["image"] if kind == "imag" else fr["text"]
+        return alone > 0 or (lower and fr["pair"] > 0)
+    images = fr["image"] > 0 or fr["pair"] > 0
+    texts = fr["text"] > 0 or fr["pair"] > 0
+    if name.startswith(("transformer.patch_embed", "transformer.cls_token", "transformer.pos_embed")):
+        return images
+    if name.startswith("text_embeddings"):
+        return texts
+    if name.startswith("mim_head"):
+        return fr["image"] > 0 or (fr["pair"] > 0 and task.pair_image_mask_ratio > 0)
+    if name.startswith("mlm_score"):
+        return texts
+    return True
+
+
+def mdm_flops(f: dict[str, int], task) -> float:
+    """The mix of one sample: an image pass, a text pass and the MLM decoder, or a fusion pass and the MLM decoder,
+    weighted by the fractions."""
+    fr = task.fractions
+    return (fr["image"] * f["image (dual encoder)"] + fr["text"] * (f["text (dual encoder)"] + f["MLM head (per text)"])
+            + fr["pair"] * (f["pair (fusion encoder)"] + f["MLM head (per text)"]))
+
+
+# ---------------------------------------------------------------------- validation
+#: rows of a validation batch at most (as the other stages' validation), when the mix can be split that way
+MAX_VAL_ROWS = 64
+
+
+def validation_sizes(stage) -> dict[str, int]:
+    """Rows of each part in a validation batch: the largest batch of at most :data:`MAX_VAL_ROWS` rows (and at most
+    one training micro-batch) that the fractions split into whole rows; else the training micro-batch's split."""
+    micro = stage.batch_plan(1).micro_batch_size
+    for rows in range(min(micro, MAX_VAL_ROWS), 0, -1):
+        try:
+            return batch_sizes(stage.task.fractions, rows)
+        except DataError:
+            continue
+    return part_sizes(stage, 1)
+
+
+@torch.no_grad()
+def mdm_validate(module, stage, objective, device, tokenizer, max_batches: int) -> dict[str, float]:
+    """Mean of the objective's metrics over up to ``max_batches`` mixed batches of the ``val_split`` of each dataset
+    that has one (eval transforms, fixed order, the training mix of one process); empty when none has it."""
+    from ..data.store import open_prepared
+    from ..objectives.distributed import local_only
+
+    task = stage.task
+    sizes = {kind: rows for kind, rows in validation_sizes(stage).items()
+             if all(task.val_split in open_prepared(p).splits for p in task.datasets[kind])}
+    if not sizes:
+        return {}
+    model = module.model
+    was_training = module.training
+    module.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    with local_only(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        loader = mdm_loader(stage, tokenizer, split=task.val_split, train=False, workers=0, sizes=sizes)
+        for i, batch in enumerate(loader):
+            if i >= max_batches:
+                break
+            batch = {k: v.to(device) for k, v in batch.items() if k not in ("num_skipped", "num_samples")}
+            loss, metrics = objective(model, batch, task)
+            for k, v in {"loss": loss, **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+    module.train(was_training)
+    return {f"val_{k}": v / n for k, v in sums.items()} if n else {}
