@@ -99,7 +99,8 @@ TRAINING_BENCH_STAGES = [s.bench for s in STAGES.values() if s.bench and s.kind 
 
 @pytest.mark.parametrize("stage", TRAINING_BENCH_STAGES)
 def test_every_training_stage_runs_one_step(stage):
-    settings = BenchSettings("tiny", stage=stage, batch=2, overrides=("model.vocab_size=500",))
+    batch = 4 if stage == "mdm" else 2  # the mix of 1/4 images, 1/4 texts, 1/2 pairs needs 4 rows
+    settings = BenchSettings("tiny", stage=stage, batch=batch, overrides=("model.vocab_size=500",))
     stepper = TrainingStepper(settings)
     times = stepper.step()
     assert set(times) == {"data", "forward", "backward", "optimizer", "compute", "step"}
@@ -132,6 +133,33 @@ def test_synthetic_pairs_batch_has_padding_and_masks():
     assert (batch["mlm_input_ids"][labels != -100] == 4).all()
     vision = synthetic_batch("images", cfg, 3, 16, 32, torch.Generator().manual_seed(0))
     assert vision["patch_mask"].shape == (3, 16) and vision["patch_mask"].sum(1).min() >= 1
+
+
+def test_synthetic_mixed_batch_has_the_loader_s_keys_and_mix(demo_root, monkeypatch):
+    """The masked-data-modelling benchmark feeds what the mixed loader gives: the same keys and shapes, the recipe's
+    rows per part and mask rates."""
+    from vlmo_cli.config.recipe import load_recipe
+    from vlmo_cli.train.mdm import mdm_loader
+
+    monkeypatch.chdir(demo_root)
+    stage = load_recipe("tiny", ["data.batch_size=16", "pretrain.mdm.pair_image_mask_ratio=0.5"]).resolve(
+        "pretrain.mdm")
+    real = next(iter(mdm_loader(stage, None)))
+    cfg = get_config("tiny", vocab_size=160)
+    fake = synthetic_batch("mixed", cfg, 16, 16, 32, torch.Generator().manual_seed(0), task=stage.task)
+    assert set(fake) == set(real) - {"num_skipped", "num_samples"}
+    for key, value in fake.items():
+        assert value.dtype == real[key].dtype and value.shape[0] == real[key].shape[0], key
+        assert value.shape[1:] == real[key].shape[1:] or key.endswith(("input_ids", "attention_mask", "labels")), key
+    for key in ("image.patch_mask", "pair.patch_mask"):  # 6 and 8 of 16 patches in every row, as the loader
+        assert torch.equal(fake[key].sum(1), real[key].sum(1)), key
+    text_rate = (fake["pair.mlm_labels"] != -100).sum() / fake["pair.attention_mask"].sum()
+    assert 0.3 < float(text_rate) < 0.6
+
+
+def test_beit3_masked_data_modelling_bench_runs_one_step():
+    stepper = TrainingStepper(BenchSettings("beit3_tiny", stage="mdm", batch=4))
+    assert stepper.step()["step"] > 0 and type(stepper.model).__name__ == "Beit3"
 
 
 def test_flops_and_peaks():

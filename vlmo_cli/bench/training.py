@@ -38,7 +38,7 @@ from .common import (CLS_ID, MASK_ID, SEP_ID, BenchResult, BenchSettings, defaul
 
 
 def _mlm(ids: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, rate: float = 0.15):
-    """``[MASK]`` on ~15 % of the words (at least one per row), labels −100 elsewhere."""
+    """``[MASK]`` on ~``rate`` of the words (at least one per row), labels −100 elsewhere."""
     words = mask.bool() & (ids != CLS_ID) & (ids != SEP_ID)
     chosen = words & (torch.rand(ids.shape, generator=gen) < rate)
     first_word = torch.zeros_like(chosen)
@@ -48,17 +48,24 @@ def _mlm(ids: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, rate: floa
     return torch.where(chosen, torch.full_like(ids, MASK_ID), ids), labels
 
 
+def _patch_mask(batch: int, patches: int, ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """``[batch, patches]``: ``ratio`` of each row's patches masked (at least one), at random positions."""
+    scores = torch.rand(batch, patches, generator=gen)
+    return scores <= scores.kthvalue(max(1, int(ratio * patches)), dim=1, keepdim=True).values
+
+
 def synthetic_batch(data_task: str, cfg, batch: int, text_len: int, image_size: int, gen: torch.Generator,
-                    text_tokens: tuple[int, int] | None = None) -> dict:
+                    text_tokens: tuple[int, int] | None = None, task=None) -> dict:
     """A random batch with the keys and shapes the collator of ``data_task`` produces (see :mod:`vlmo_cli.data.collate`);
-    ``text_tokens`` = range of the real text lengths (see :class:`BenchSettings`)."""
+    ``text_tokens`` = range of the real text lengths (see :class:`BenchSettings`); ``task`` = the stage's recipe
+    settings (needed by ``mixed``, whose parts and mask rates they give)."""
+    if data_task == "mixed":
+        return _mixed_batch(cfg, batch, text_len, image_size, gen, text_tokens, task)
     out: dict[str, torch.Tensor] = {}
     if data_task != "text":
         out["pixel_values"] = torch.randn(batch, 3, image_size, image_size, generator=gen)
     if data_task == "images":
-        patches = (image_size // cfg.patch_size) ** 2
-        scores = torch.rand(batch, patches, generator=gen)
-        out["patch_mask"] = scores < scores.kthvalue(max(1, int(0.4 * patches)), dim=1, keepdim=True).values + 1e-9
+        out["patch_mask"] = _patch_mask(batch, (image_size // cfg.patch_size) ** 2, 0.4, gen)
         return out
     ids, mask = synthetic_text(batch, text_len, cfg.vocab_size, gen, text_tokens)
     out["input_ids"], out["attention_mask"] = ids, mask
@@ -75,6 +82,34 @@ def synthetic_batch(data_task: str, cfg, batch: int, text_len: int, image_size: 
         out["labels"] = torch.randint(0, 2, (batch,), generator=gen)
     elif data_task == "classify":
         out["labels"] = torch.randint(0, cfg.num_classes, (batch,), generator=gen)
+    return out
+
+
+def _mixed_batch(cfg, batch: int, text_len: int, image_size: int, gen: torch.Generator,
+                 text_tokens: tuple[int, int] | None, task) -> dict:
+    """A masked-data-modelling batch (:mod:`vlmo_cli.data.mixed`): the task's fractions of ``batch`` rows as
+    images, texts and pairs, each part's keys prefixed with its name, masked at the task's rates."""
+    from ..data.mixed import batch_sizes
+
+    patches = (image_size // cfg.patch_size) ** 2
+    out: dict[str, torch.Tensor] = {}
+    for part, rows in batch_sizes(task.fractions, batch).items():
+        one: dict[str, torch.Tensor] = {}
+        if part in ("image", "pair"):
+            one["pixel_values"] = torch.randn(rows, 3, image_size, image_size, generator=gen)
+            one["image_ids"] = torch.arange(rows)
+        if part == "pair":
+            one["group_ids"] = torch.arange(rows)
+        if part == "image":
+            one["patch_mask"] = _patch_mask(rows, patches, task.image_mask_ratio, gen)
+        else:
+            ids, mask = synthetic_text(rows, text_len, cfg.vocab_size, gen, text_tokens)
+            rate = task.text_mask_ratio if part == "text" else task.pair_text_mask_ratio
+            one["input_ids"], one["attention_mask"] = ids, mask
+            one["mlm_input_ids"], one["mlm_labels"] = _mlm(ids, mask, gen, rate)
+        if part == "pair" and task.pair_image_mask_ratio > 0:
+            one["patch_mask"] = _patch_mask(rows, patches, task.pair_image_mask_ratio, gen)
+        out.update({f"{part}.{k}": v for k, v in one.items()})
     return out
 
 
@@ -164,7 +199,7 @@ class TrainingStepper:
         dev, s = self.device, self.stage
         t0 = time.perf_counter()
         batch = synthetic_batch(self.stage_def.data_task, self.cfg, self.batch, s.data.max_text_len,
-                                s.data.image_size, self.gen, self.settings.text_tokens)
+                                s.data.image_size, self.gen, self.settings.text_tokens, task=s.task)
         pin = dev.type == "cuda"
         batch = {k: (v.pin_memory() if pin else v).to(dev, non_blocking=True) for k, v in batch.items()}
         # the text length the model runs at (for the FLOPs): trimmed of shared padding unless the step keeps it

@@ -1,9 +1,11 @@
-"""``vlmo quickstart [--out DIR]``: the whole lifecycle on the embedded demo data, in minutes on a CPU: every step is a real ``vlmo`` command
-with ``recipes/tiny.toml``.
+"""``vlmo quickstart [--family vlmo|beit3] [--out DIR]``: the whole lifecycle on the embedded demo data, in minutes on
+a CPU: every step is a real ``vlmo`` command with the family's tiny recipe.
 
-prepare demo → pretrain-vision → pretrain-text → pretrain-vl → finetune vqa / retrieval / nlvr2 → eval retrieval /
-vqa / nlvr2 → export; then a table of wall times, final losses and each metric against its chance baseline.
-Each command is printed before it runs so that any step can be re-run alone from the same folder.
+VLMo (``recipes/tiny.toml``): prepare demo → pretrain-vision → pretrain-text → pretrain-vl → finetune vqa / retrieval /
+nlvr2 → eval retrieval / vqa / nlvr2 → export. BEiT-3 (``recipes/beit3_tiny.toml``): prepare demo → pretrain-mdm
+(masked data modelling) → the same fine-tuning from it, evaluation and export. Then a table of wall times, final
+losses and each metric against its chance baseline. Each command is printed before it runs so that any step can be
+re-run alone from the same folder.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shlex
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -21,6 +24,36 @@ from rich.table import Table
 
 from ..errors import VlmoError
 from .common import invoke
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """What the quickstart runs for one model family.
+
+    Args:
+        recipe: the shipped tiny recipe of the family.
+        runs: the prefix of its run names (``runs/{runs}-finetune-vqa`` …).
+        pretrain: ``(step name, command)`` of each pre-training stage, in order; each writes ``runs/{runs}-{command}``.
+        finetune_from: options every fine-tuning step gets (where its weights start).
+    """
+
+    recipe: str
+    runs: str
+    pretrain: tuple[tuple[str, str], ...]
+    finetune_from: tuple[str, ...] = ()
+
+
+LIFECYCLES = {
+    "vlmo": Lifecycle("tiny", "tiny", (("stage 1: pretrain-vision", "pretrain-vision"),
+                                        ("stage 2: pretrain-text", "pretrain-text"),
+                                        ("stage 3: pretrain-vl", "pretrain-vl"))),
+    # the BEiT-3 recipe's fine-tunes start at random unless told: the quickstart starts them from its pre-training
+    "beit3": Lifecycle("beit3_tiny", "beit3-tiny", (("masked data modelling: pretrain-mdm", "pretrain-mdm"),),
+                       ("--from", "runs/beit3-tiny-pretrain-mdm")),
+}
+
+
+Family = Enum("Family", {name: name for name in LIFECYCLES}, type=str)
 
 
 @dataclass
@@ -34,6 +67,7 @@ class StepRecord:
 @dataclass
 class QuickstartResult:
     out: Path
+    family: str
     steps: list[StepRecord]
     metrics: dict[str, float]
     baselines: dict[str, float]
@@ -42,6 +76,7 @@ class QuickstartResult:
     def to_dict(self) -> dict:
         return {
             "out": str(self.out),
+            "family": self.family,
             "steps": [{"name": s.name, "command": "vlmo " + shlex.join(s.command), "seconds": round(s.seconds, 2),
                        "final": s.final} for s in self.steps],
             "metrics": self.metrics,
@@ -62,13 +97,16 @@ def _final_losses(run_dir: Path) -> dict[str, float]:
 
 
 def run_quickstart(app: typer.Typer, out: str | Path = "vlmo-quickstart", recipe: str | None = None,
-                   console: Console | None = None, overrides: list[str] | None = None) -> QuickstartResult:
-    """Run the lifecycle in ``out`` (created; re-running continues nothing and starts afresh), each step a command
-    of ``app`` (the app the ``quickstart`` command is registered on)."""
+                   console: Console | None = None, overrides: list[str] | None = None,
+                   family: str = "vlmo") -> QuickstartResult:
+    """Run the lifecycle of ``family`` (:data:`LIFECYCLES`) in ``out`` (created; re-running continues nothing and
+    starts afresh), each step a command of ``app`` (the app the ``quickstart`` command is registered on)."""
     console = console or Console()
+    life = LIFECYCLES[family]
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    recipe = recipe or "tiny"  # the shipped recipes/tiny.toml, found by name from any folder
+    recipe = recipe or life.recipe  # a shipped recipe, found by name from any folder
+    runs = f"runs/{life.runs}"
     extra = list(overrides or [])
     steps: list[StepRecord] = []
     cwd = os.getcwd()
@@ -91,27 +129,28 @@ def run_quickstart(app: typer.Typer, out: str | Path = "vlmo-quickstart", recipe
 
         run("prepare demo data", ["prepare", "demo", "--out", "demo_data", "--overwrite"])
         train_common = [recipe, *extra, "--overwrite"]
-        run("stage 1: pretrain-vision", ["pretrain-vision", *train_common], "runs/tiny-pretrain-vision")
-        run("stage 2: pretrain-text", ["pretrain-text", *train_common], "runs/tiny-pretrain-text")
-        run("stage 3: pretrain-vl", ["pretrain-vl", *train_common], "runs/tiny-pretrain-vl")
-        run("finetune vqa", ["finetune", "vqa", *train_common], "runs/tiny-finetune-vqa")
-        run("finetune retrieval", ["finetune", "retrieval", *train_common, "--dataset", "coco"],
-            "runs/tiny-finetune-retrieval_coco")
-        run("finetune nlvr2", ["finetune", "nlvr2", *train_common], "runs/tiny-finetune-nlvr2")
+        for name, command in life.pretrain:
+            run(name, [command, *train_common], f"{runs}-{command}")
+        tuned = [*train_common, *life.finetune_from]
+        run("finetune vqa", ["finetune", "vqa", *tuned], f"{runs}-finetune-vqa")
+        run("finetune retrieval", ["finetune", "retrieval", *tuned, "--dataset", "coco"],
+            f"{runs}-finetune-retrieval_coco")
+        run("finetune nlvr2", ["finetune", "nlvr2", *tuned], f"{runs}-finetune-nlvr2")
         reports = {
-            "retrieval": "runs/tiny-finetune-retrieval_coco/eval/retrieval.json",
-            "vqa": "runs/tiny-finetune-vqa/eval/vqa.json",
-            "nlvr2": "runs/tiny-finetune-nlvr2/eval/nlvr2.json",
+            "retrieval": f"{runs}-finetune-retrieval_coco/eval/retrieval.json",
+            "vqa": f"{runs}-finetune-vqa/eval/vqa.json",
+            "nlvr2": f"{runs}-finetune-nlvr2/eval/nlvr2.json",
         }
-        run("eval retrieval", ["eval", "retrieval", "--model", "runs/tiny-finetune-retrieval_coco", recipe, *extra,
+        run("eval retrieval", ["eval", "retrieval", "--model", f"{runs}-finetune-retrieval_coco", recipe, *extra,
                                "--split", "coco-test", "--examples", "4", "--out", reports["retrieval"],
                                "--overwrite"])
-        run("eval vqa", ["eval", "vqa", "--model", "runs/tiny-finetune-vqa", recipe, *extra, "--examples", "4",
+        run("eval vqa", ["eval", "vqa", "--model", f"{runs}-finetune-vqa", recipe, *extra, "--examples", "4",
                          "--out", reports["vqa"], "--overwrite"])
-        run("eval nlvr2", ["eval", "nlvr2", "--model", "runs/tiny-finetune-nlvr2", recipe, *extra, "--examples", "4",
+        run("eval nlvr2", ["eval", "nlvr2", "--model", f"{runs}-finetune-nlvr2", recipe, *extra, "--examples", "4",
                            "--out", reports["nlvr2"], "--overwrite"])
-        run("export", ["export", "runs/tiny-finetune-retrieval_coco", "exported/tiny-retrieval", "--format",
-                       "safetensors", "--overwrite"])
+        exported = f"exported/{life.runs}-retrieval"
+        run("export", ["export", f"{runs}-finetune-retrieval_coco", exported, "--format", "safetensors",
+                       "--overwrite"])
         for evaluated in sorted({str(Path(v).parent.parent) for v in reports.values()}):
             # every run wrote its report.html when it ended; these again, now with their evaluations embedded
             run(f"report {Path(evaluated).name}", ["report", evaluated])
@@ -136,8 +175,8 @@ def run_quickstart(app: typer.Typer, out: str | Path = "vlmo-quickstart", recipe
                  **{f"report {k}": str(out / v) for k, v in reports.items()},
                  **{f"html {p.name}": str(out / p / "report.html") for p in sorted(Path("runs").iterdir())
                     if (p / "report.html").is_file()},
-                 "exported model": str(out / "exported/tiny-retrieval")}
-        result = QuickstartResult(out, steps, metrics, baselines, paths)
+                 "exported model": str(out / exported)}
+        result = QuickstartResult(out, family, steps, metrics, baselines, paths)
         (out / "quickstart.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     finally:
         os.chdir(cwd)
@@ -182,10 +221,13 @@ def print_summary(result: QuickstartResult, console: Console) -> None:
 def register(app: typer.Typer) -> None:
     def quickstart(
         out: str = typer.Option("vlmo-quickstart", "--out", help="work folder (demo data, runs, reports, exports)"),
-        recipe: str = typer.Option("", "--recipe", help="recipe to use instead of the shipped recipes/tiny.toml"),
+        family: Family = typer.Option("vlmo", "--family", help="model family: vlmo (three pre-training stages, "
+                                   "recipes/tiny.toml) or beit3 (masked data modelling, recipes/beit3_tiny.toml)"),
+        recipe: str = typer.Option("", "--recipe", help="recipe to use instead of the family's shipped tiny recipe"),
         overrides: list[str] = typer.Argument(None, help="recipe overrides for every step, e.g. train.seed=2"),
     ) -> None:
-        """Prepare demo data, run the three pre-training stages, fine-tune (VQA, retrieval, NLVR2), evaluate, export."""
-        run_quickstart(app, out, recipe or None, overrides=overrides or [])
+        """Prepare demo data, pre-train (VLMo: its three stages; BEiT-3: masked data modelling), fine-tune (VQA,
+        retrieval, NLVR2), evaluate, export."""
+        run_quickstart(app, out, recipe or None, overrides=overrides or [], family=family.value)
 
     app.command("quickstart")(quickstart)

@@ -217,8 +217,8 @@ def build_family_config(family: str, size: str, **values: Any) -> ModelConfig | 
         if size not in beit3_sizes():
             raise ConfigError(f"size {size!r} is not a BEiT-3 size; allowed with family = \"beit3\": "
                               f"{', '.join(beit3_sizes())}")
-        extra = sorted(k for k in values if k not in BEIT3_RECIPE_KEYS and k not in ("heads", "normalize_output",
-                                                                                    "init", "nlvr2_num_classes"))
+        extra = sorted(k for k in values if k not in BEIT3_RECIPE_KEYS and k not in (
+            "heads", "normalize_output", "init", "nlvr2_num_classes", "mim_target_dim"))
         if extra:
             raise ConfigError(f"[model] {', '.join(extra)} do(es) not apply to family = \"beit3\"; its keys: "
                               f"{', '.join(BEIT3_RECIPE_KEYS)}")
@@ -633,10 +633,11 @@ STAGES: dict[str, StageSpec] = {
                   "pretrain-vl", bench="vl", scored_by="retrieval",
                   details="Stage 3: ITC (+VL branch) + ITM with global hard negatives + 0.25·MLM on image-text pairs."),
         StageSpec("pretrain.mdm", "train", PretrainMdmTask, "masked data modelling: masked images, texts and pairs",
-                  "pretrain-mdm",
-                  details="BEiT-3's masked data modelling on VLMo: each step mixes masked images (block-wise, predict "
-                          "normalised pixels or a teacher's patch features), masked texts and masked image-text pairs "
-                          "(MLM with the image visible), in the recipe's fractions of the batch."),
+                  "pretrain-mdm", bench="mdm",
+                  details="BEiT-3's masked data modelling on VLMo or BEiT-3: each step mixes masked images "
+                          "(block-wise, predict normalised pixels or a teacher's patch features), masked texts and "
+                          "masked image-text pairs (MLM with the image visible), in the recipe's fractions of the "
+                          "batch."),
         StageSpec("finetune.vqa", "train", FinetuneVQATask, "VQAv2", "vqa", bench="vqa", scored_by="vqa"),
         StageSpec("finetune.nlvr2", "train", FinetuneNLVR2Task, "NLVR2", "nlvr2", bench="nlvr2", scored_by="nlvr2"),
         StageSpec("finetune.retrieval_coco", "train", FinetuneRetrievalTask, "COCO retrieval", "retrieval",

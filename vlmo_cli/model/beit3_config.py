@@ -28,8 +28,10 @@ FAMILY = "beit3"
 #: plus ``logit_scale``), ``classify`` (mean-pooled patch tokens → LayerNorm → linear), ``captioning`` (linear
 #: vocabulary scores of the text tokens, under the captioning attention mask), and this project's ``pair_classify``
 #: (``vlmo finetune classify``: the VQA head's layout, pooler + two-layer classifier, on an image-text pair, with
-#: ``num_classes`` outputs; no released model has it).
-KNOWN_HEADS = ("vqa", "nlvr2", "retrieval", "classify", "captioning", "pair_classify")
+#: ``num_classes`` outputs; no released model has it); and the two heads of masked data modelling
+#: (``vlmo pretrain-mdm``), which no released checkpoint carries either: ``mlm`` (linear vocabulary scores of text
+#: tokens, the captioning head's layout) and ``mim`` (linear patch targets of image tokens: ``mim_target_dim`` outputs).
+KNOWN_HEADS = ("vqa", "nlvr2", "retrieval", "classify", "captioning", "pair_classify", "mlm", "mim")
 
 #: initialisations: ``torchscale`` = the ``BEiT3`` module's own (PyTorch defaults for linear and conv layers, sub-LN
 #: scaling of fc1/fc2/out_proj/v_proj by sqrt(log(2·depth)), text embedding N(0, width^-0.5), positions N(0, 1),
@@ -64,6 +66,7 @@ class Beit3Config:
         vqa_num_answers: outputs of the VQA head.
         nlvr2_num_classes: outputs of the NLVR2 head.
         num_classes: outputs of the image-classification head (and of ``pair_classify``).
+        mim_target_dim: outputs per patch of the ``mim`` head; 0 = the patch's pixels (``patch_size² × in_chans``).
         init: initialisation scheme (:data:`INITS`).
         name: the registered size this config was derived from (informational).
         family: always ``"beit3"``.
@@ -86,6 +89,7 @@ class Beit3Config:
     vqa_num_answers: int = 3129
     nlvr2_num_classes: int = 2
     num_classes: int = 1000
+    mim_target_dim: int = 0
     init: str = "torchscale"
     name: str = "custom"
     family: str = FAMILY
@@ -145,7 +149,10 @@ class Beit3Config:
         unknown = [h for h in self.heads if h not in KNOWN_HEADS]
         if unknown:
             out.append(f"unknown heads {unknown}; allowed: {list(KNOWN_HEADS)}")
-        text_heads = [h for h in self.heads if h in ("vqa", "nlvr2", "retrieval", "captioning", "pair_classify")]
+        if not isinstance(self.mim_target_dim, int) or isinstance(self.mim_target_dim, bool) or self.mim_target_dim < 0:
+            out.append(f"mim_target_dim must be a non-negative integer, got {self.mim_target_dim!r}")
+        text_heads = [h for h in self.heads
+                      if h in ("vqa", "nlvr2", "retrieval", "captioning", "pair_classify", "mlm")]
         if not self.language and text_heads:
             out.append(f"heads {text_heads} need the language side (language=false)")
         if not 0.0 <= self.drop_path_rate < 1.0:

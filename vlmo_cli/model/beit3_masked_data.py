@@ -1,64 +1,45 @@
-"""BEiT-3 through the masked-data-modelling interface (:class:`vlmo_cli.objectives.masked_data.MaskedDataModel`),
-with the two pre-training heads the released fine-tuning checkpoints do not carry.
+"""BEiT-3 through the masked-data-modelling interface (:class:`vlmo_cli.objectives.masked_data.MaskedDataModel`).
 
 The paths are :class:`~vlmo_cli.model.beit3.Beit3`'s: ``encode_image`` with the masked positions (its vision mask
-token), ``encode_text``, and ``encode_pair`` (image first, then text); the text padding mask is the inverse of the
-batch's ``attention_mask``. The heads are new: an MLM head (dense → GELU → LayerNorm → vocabulary decoder, BERT's
-shape) and a patch-target decoder (one linear layer to the target's width: ``patch_size² × 3`` pixels or a teacher's
-features), initialised like unilm's heads.
+token), ``encode_text``, and the pair laid out image first, then text; the text padding mask is the complement of the
+batch's ``attention_mask``. The heads are the model's ``mlm`` and ``mim`` heads (:mod:`vlmo_cli.model.beit3_heads`),
+which no released checkpoint carries: ``vlmo pretrain-mdm`` adds them and fine-tuning drops them.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .beit3 import Beit3
-from .beit3_heads import unilm_init
 
 
-class Beit3MaskedData(nn.Module):
-    """A BEiT-3 encoder plus MLM and patch-target heads, for masked data modelling.
+class Beit3MaskedData:
+    """A view of ``model`` (no parameters of its own); features are the encoder's output (final LayerNorm applied when
+    the model has it), the image CLS dropped.
 
     Args:
-        encoder: the BEiT-3 model (with its language side).
-        target_dim: outputs per patch; ``None`` = the patch's pixels (``patch_size² × in_chans``).
+        model: a BEiT-3 model with its language side and the ``mlm`` and ``mim`` heads.
     """
 
-    def __init__(self, encoder: Beit3, target_dim: int | None = None) -> None:
-        super().__init__()
-        cfg = encoder.config
-        if encoder.text_embed is None:
-            raise ValueError("masked data modelling needs a BEiT-3 model with a language side (language=true)")
-        self.beit3 = encoder
-        d = cfg.embed_dim
-        self.mlm_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, cfg.vocab_size))
-        self.patch_head = nn.Linear(d, target_dim or cfg.patch_size * cfg.patch_size * cfg.in_chans)
-        self.mlm_head.apply(unilm_init)
-        self.patch_head.apply(unilm_init)
-
-    @property
-    def patch_size(self) -> int:
-        return self.beit3.config.patch_size
+    def __init__(self, model: Beit3) -> None:
+        if not (model.config.has_head("mlm") and model.config.has_head("mim")):
+            raise ValueError("masked data modelling needs a BEiT-3 model with the 'mlm' and 'mim' heads")
+        self.model = model
 
     def image_patches(self, pixel_values: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
-        return self.beit3.encode_image(pixel_values, patch_mask).features[:, 1:]
+        return self.model.encode_image(pixel_values, patch_mask).features[:, 1:]
 
     def text_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.beit3.encode_text(input_ids, attention_mask == 0).features
+        return self.model.encode_text(input_ids, attention_mask == 0).features
 
     def pair_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
                     patch_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.beit3(text_ids=input_ids, image=pixel_values, text_padding_mask=attention_mask == 0,
+        out = self.model(text_ids=input_ids, image=pixel_values, text_padding_mask=attention_mask == 0,
                          vision_masked_position=patch_mask)
         return out.text_features, out.image_features[:, 1:]
 
     def mlm_logits(self, token_features: torch.Tensor) -> torch.Tensor:
-        return self.mlm_head(token_features)
+        return self.model.mlm_head(token_features)
 
     def patch_predictions(self, patch_features: torch.Tensor) -> torch.Tensor:
-        return self.patch_head(patch_features)
-
-    def forward(self, *args, **kwargs):  # nn.Module protocol: the pair path
-        return self.pair_tokens(*args, **kwargs)
-
+        return self.model.mim_head(patch_features)

@@ -83,3 +83,19 @@ def nlvr2_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     if isinstance(model, Beit3):
         return model.nlvr2_logits(pixels_0, pixels_1, input_ids, _padding(attention_mask))
     return model.nlvr2_logits(input_ids, attention_mask, pixels_0, pixels_1)
+
+
+def image_patch_features(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Final patch features ``[B, P, D]`` of whole images (the image CLS dropped)."""
+    if isinstance(model, Beit3):
+        return model.encode_image(pixels).features[:, 1:]
+    return model.forward_image(pixels).features[:, 1:]
+
+
+def masked_data_view(model: torch.nn.Module):
+    """``model`` through the masked-data-modelling interface of its family
+    (:class:`~vlmo_cli.objectives.masked_data.MaskedDataModel`)."""
+    from .beit3_masked_data import Beit3MaskedData
+    from .masked_data import VLMoMaskedData
+
+    return Beit3MaskedData(model) if isinstance(model, Beit3) else VLMoMaskedData(model)

@@ -18,13 +18,16 @@ def block_flops(cfg: ModelConfig | Beit3Config, n: int) -> int:
 
 
 def beit3_path_flops(cfg: Beit3Config, text_len: int | float) -> dict[str, int]:
-    """Forward FLOPs per sample of each path of a BEiT-3 model (backbone only)."""
+    """Forward FLOPs per sample of each path of a BEiT-3 model (backbone only), and of its MLM head over a whole
+    text when the model has one."""
     i = cfg.num_image_tokens
     patch = 2 * cfg.num_patches * (cfg.in_chans * cfg.patch_size**2) * cfg.embed_dim
     out = OrderedDict()
     out["image (dual encoder)"] = patch + cfg.depth * block_flops(cfg, i)
     out["text (dual encoder)"] = cfg.depth * block_flops(cfg, text_len)
     out["pair (image first, then text)"] = patch + cfg.depth * block_flops(cfg, text_len + i)
+    if cfg.has_head("mlm"):
+        out["MLM head (per text)"] = 2 * text_len * cfg.embed_dim * cfg.vocab_size
     return out
 
 

@@ -24,8 +24,9 @@ BEIT3_BACKBONE_PREFIXES = ("text_embed.", "vision_embed.", "encoder.")
 def initialise_beit3(model: Beit3, source: str, allow_missing: bool = False) -> InitReport:
     """Load ``source`` into ``model`` (in place) and report where every tensor came from."""
     if not source:
-        return InitReport(source="", fresh=sorted(model.state_dict()),
-                          random_note="initialised at random (unilm's initialisation of the fine-tuning models)")
+        scheme = ("unilm's initialisation of the fine-tuning models" if model.config.init == "unilm"
+                  else "torchscale's initialisation of the BEiT3 module")
+        return InitReport(source="", fresh=sorted(model.state_dict()), random_note=f"initialised at random ({scheme})")
     state, src_cfg = read_beit3_init_source(source, num_heads=model.config.num_heads)
     check_backbone(source, src_cfg, model.config, BEIT3_BACKBONE_FIELDS)
     state = adapt_state(state, src_cfg, model.config)

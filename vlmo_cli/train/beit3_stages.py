@@ -11,7 +11,11 @@ The objectives follow microsoft/unilm ``beit3/engine_for_finetuning.py`` and ``b
   projections of the two CLS tokens, at temperature ``logit_scale.exp()`` (learned, from log(1/0.07), unclamped).
 * classify (this project's pair classification): cross entropy on ``pair_classify``, the VQA head's layout.
 
-Every parameter trains (the unilm fine-tuning scripts freeze nothing).
+Every parameter of a fine-tune trains (the unilm fine-tuning scripts freeze nothing).
+
+Pre-training: ``pretrain.mdm``, masked data modelling (:mod:`vlmo_cli.train.mdm`, the objective both families share),
+on a BEiT-3 with the ``mlm`` and ``mim`` heads; unilm releases no BEiT-3 pre-training code, so nothing here is taken
+from it beyond the architecture.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from ..model.beit3_config import Beit3Config
 from ..model.family import logit_scale, nlvr2_logits, pair_logits
 from ..objectives.classification import classification_loss, vqa_loss, vqa_score
 from ..objectives.contrastive import contrastive_loss
-from .stages import STAGE_DEFS, Batch, StageDef, StepOutput, everything
+from . import mdm
+from .stages import STAGE_DEFS, Batch, StageDef, StepOutput, everything, mdm_objective, mdm_validate
 
 
 # ---------------------------------------------------------------------- objectives
@@ -71,6 +76,46 @@ def dual_flops(f: dict[str, int], task) -> float:
     return f["image (dual encoder)"] + f["text (dual encoder)"]
 
 
+# ---------------------------------------------------------------------- masked data modelling
+def beit3_mdm_trainable(name: str, cfg: Beit3Config, task) -> bool:
+    """Everything the parts in use reach, so that no trained parameter goes without a gradient (DDP requires it):
+    the vision copy (``A``) of every multiway module when images or pairs are drawn, the language copy (``B``) when
+    texts or pairs are; the mask token and the ``mim`` head only when some image is masked. When no image patch is
+    predicted (whole pairs alone), the image tokens' outputs of the last block are read by no loss, so what only
+    shapes them stays frozen: that block's vision query, attention output and FFN, and the final vision LayerNorm
+    (the image keys and values still serve the text)."""
+    fr = task.fractions
+    images = fr["image"] > 0 or fr["pair"] > 0
+    texts = fr["text"] > 0 or fr["pair"] > 0
+    masked_images = fr["image"] > 0 or (fr["pair"] > 0 and task.pair_image_mask_ratio > 0)
+    if name.startswith(("vision_embed.mask_token", "mim_head.")):
+        return masked_images
+    if not masked_images and name.startswith((*_image_output_only(cfg.depth), "encoder.layer_norm.A.")):
+        return False
+    if name.startswith(("vision_embed.", "text_embed.", "mlm_head.")):
+        return images if name.startswith("vision_embed.") else texts
+    if ".A." in name:
+        return images
+    if ".B." in name:
+        return texts
+    return True
+
+
+def _image_output_only(depth: int) -> tuple[str, ...]:
+    last = f"encoder.layers.{depth - 1}."
+    return tuple(last + part for part in ("self_attn.q_proj.A.", "self_attn.out_proj.A.", "self_attn.inner_attn_ln.A.",
+                                          "ffn.A.", "final_layer_norm.A."))
+
+
+def beit3_mdm_flops(f: dict[str, int], task) -> float:
+    """The mix of one sample: an image pass, a text pass and the MLM head, or a pair pass and the MLM head, weighted
+    by the fractions."""
+    fr = task.fractions
+    mlm = f["MLM head (per text)"]
+    return (fr["image"] * f["image (dual encoder)"] + fr["text"] * (f["text (dual encoder)"] + mlm)
+            + fr["pair"] * (f["pair (image first, then text)"] + mlm))
+
+
 def _task(name: str, head: str, objective, forward_flops) -> StageDef:
     base = STAGE_DEFS[name]
     return StageDef(name, base.data_task, (head,), objective, everything, forward_flops,
@@ -86,6 +131,8 @@ BEIT3_STAGE_DEFS: dict[str, StageDef] = {
         _task("finetune.retrieval_coco", "retrieval", beit3_retrieval_objective, dual_flops),
         _task("finetune.retrieval_flickr", "retrieval", beit3_retrieval_objective, dual_flops),
         _task("finetune.classify", "pair_classify", beit3_classify_objective, pair_flops),
+        StageDef("pretrain.mdm", "mixed", ("mlm", "mim"), mdm_objective, beit3_mdm_trainable, beit3_mdm_flops,
+                 loader=mdm.stage_loader, validate=mdm_validate, equal_rows=False),
     )
 }
 
@@ -93,9 +140,15 @@ BEIT3_STAGE_DEFS: dict[str, StageDef] = {
 def beit3_stage_config(stage, stage_def: StageDef, open_dataset) -> Beit3Config:
     """The :class:`Beit3Config` a resolved recipe ``stage`` trains: the recipe's size and overrides at the data's
     image size, the task's head, the VQA answer / class count of the prepared data, unilm's initialisation of a
-    fine-tuning model, and no final LayerNorm for VQA (as ``beit3_*_vqav2``)."""
+    fine-tuning model, and no final LayerNorm for VQA (as ``beit3_*_vqav2``). Pre-training (``pretrain.mdm``) keeps
+    torchscale's initialisation of the ``BEiT3`` module; its ``mim`` head predicts pixels or a teacher's features."""
     task, data = stage.task, stage.data
-    changes: dict = {"heads": list(stage_def.heads), "init": "unilm", "image_size": data.image_size}
+    pretrain = stage_def.name == "pretrain.mdm"
+    changes: dict = {"heads": list(stage_def.heads), "init": "torchscale" if pretrain else "unilm",
+                     "image_size": data.image_size}
+    if pretrain and task.target == "teacher":
+        cfg = stage.model.build_config(image_size=data.image_size)
+        changes["mim_target_dim"] = mdm.teacher_dim(task, data.image_size, cfg.patch_size)
     if stage_def.data_task == "vqa":
         changes["normalize_output"] = False
         num_answers = getattr(task, "num_answers", 0) or None

@@ -66,7 +66,7 @@ def stage_def_of(stage) -> StageDef:
             from ..errors import RecipeError
 
             raise RecipeError(f"{stage.source}: [{stage.name}] does not train a BEiT-3 model (family = \"beit3\"); "
-                              f"BEiT-3 fine-tunes: {', '.join(BEIT3_STAGE_DEFS)}")
+                              f"BEiT-3 trains: {', '.join(BEIT3_STAGE_DEFS)}")
         return BEIT3_STAGE_DEFS[stage.name]
     return STAGE_DEFS[stage.name]
 

@@ -1,9 +1,9 @@
-"""``pretrain.mdm``: BEiT-3's masked data modelling on VLMo, as a stage of the one training loop.
+"""``pretrain.mdm``: BEiT-3's masked data modelling, on a VLMo or a BEiT-3 model, as a stage of the one training loop.
 
 Every micro-batch mixes images, texts and image-text pairs in the recipe's fractions (:mod:`vlmo_cli.data.mixed`;
 each part read by the ordinary prepared-data loader, sharded over the processes, resumed exactly); the objective is
-:func:`vlmo_cli.objectives.masked_data.masked_data_loss` over the model's :class:`~vlmo_cli.model.masked_data.
-VLMoMaskedData` view. Masking: block-wise patches for images (``image_mask_ratio``), whole words for texts
+:func:`vlmo_cli.objectives.masked_data.masked_data_loss` over the model's view of its family
+(:func:`vlmo_cli.model.family.masked_data_view`). Masking: block-wise patches for images (``image_mask_ratio``), whole words for texts
 (``text_mask_ratio``) and for the pairs' texts (``pair_text_mask_ratio``), each text's budget counted on its real
 tokens; the pairs' images optionally block-masked too (``pair_image_mask_ratio``).
 """
@@ -18,8 +18,7 @@ from ..data.collate import trim_text_padding
 from ..data.mixed import MixedLoader, batch_sizes, split_parts
 from ..errors import DataError, RecipeError, VlmoError
 from ..model.config import ModelConfig
-from ..model.masked_data import VLMoMaskedData
-from ..model.vlmo import VLMo
+from ..model.family import image_patch_features, masked_data_view
 from ..objectives.masked_data import feature_target_loss, masked_data_loss, pixel_target_loss
 
 #: part → the loader task reading it
@@ -102,13 +101,13 @@ class MaskedDataObjective:
     def __init__(self) -> None:
         self._teachers: dict[tuple[str, str], torch.nn.Module] = {}
 
-    def __call__(self, model: VLMo, batch: dict[str, torch.Tensor], task) -> tuple[torch.Tensor, dict]:
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], task) -> tuple[torch.Tensor, dict]:
         parts = {name: trim_text_padding(part) for name, part in split_parts(batch).items()}
         if task.target == "teacher":
             patch_loss = feature_target_loss(self.teacher(task.teacher, batch_device(batch)))
         else:
             patch_loss = pixel_target_loss(model.config.patch_size)
-        return masked_data_loss(VLMoMaskedData(model), parts, patch_loss)
+        return masked_data_loss(masked_data_view(model), parts, patch_loss)
 
     def teacher(self, path: str, device: torch.device):
         """``pixel_values -> [B, P, D_teacher]``: the teacher's final patch features of the whole image."""
@@ -117,14 +116,14 @@ class MaskedDataObjective:
         if model is None:
             model = load_teacher(path).to(device)
             self._teachers[key] = model
-        return lambda pixels: model.forward_image(pixels).features[:, 1:]
+        return lambda pixels: image_patch_features(model, pixels)
 
 
 def batch_device(batch: dict[str, torch.Tensor]) -> torch.device:
     return next(v.device for v in batch.values() if isinstance(v, torch.Tensor))
 
 
-def load_teacher(path: str) -> VLMo:
+def load_teacher(path: str) -> torch.nn.Module:
     """The frozen teacher of a model directory (or run folder / checkpoint), in eval mode without gradients."""
     from ..factory import load_model
 
@@ -144,7 +143,8 @@ def teacher_dim(task, image_size: int, patch_size: int) -> int:
     try:
         cfg = load_config(resolve_model_dir(task.teacher))
     except VlmoError as exc:
-        raise RecipeError(f"pretrain.mdm.teacher: {exc} (a VLMo model directory, run folder or checkpoint)") from None
+        raise RecipeError(f"pretrain.mdm.teacher: {exc} (a VLMo or BEiT-3 model directory, run folder or checkpoint)"
+                          ) from None
     if cfg.patch_size != patch_size or cfg.image_size != image_size:
         raise RecipeError(f"pretrain.mdm.teacher: {task.teacher} sees {cfg.image_size} px images in {cfg.patch_size} "
                           f"px patches; the student {image_size} px in {patch_size} px patches: the patch grids must "
