@@ -153,21 +153,34 @@ def _losses(run_dir, key):
     return [m[key] for m in read_metrics(run_dir) if key in m and not any(k.startswith("val_") for k in m)]
 
 
-def test_pretrain_mdm_trains_a_beit3_and_fine_tuning_starts_from_it(in_demo, tmp_path, capsys):
-    code, out, err = run(capsys, "pretrain-mdm", "beit3_tiny", *in_demo, "data.batch_size=16",
-                         "pretrain.mdm.max_steps=30", "pretrain.mdm.log_every=10", "pretrain.mdm.warmup=3")
+def test_pretrain_mdm_saves_a_beit3_that_fine_tuning_starts_from(in_demo, tmp_path, capsys):
+    code, out, err = run(capsys, "pretrain-mdm", "beit3_tiny", *in_demo, "data.batch_size=8",
+                         "pretrain.mdm.max_steps=2", "pretrain.mdm.val_split=none")
     assert code == 0, out + err
     run_dir = tmp_path / "runs" / "beit3-tiny-pretrain-mdm"
-    saved = json.loads((run_dir / "checkpoints" / "step_30" / "config.json").read_text())
-    assert saved["family"] == "beit3" and saved["heads"] == ["mlm", "mim"]
-    for key in ("mdm_text_loss", "mdm_pair_loss", "mdm_image_loss"):
-        values = _losses(run_dir, key)
-        assert len(values) == 3 and values[-1] < values[0], (key, values)
+    saved = json.loads((run_dir / "checkpoints" / "step_2" / "config.json").read_text())
+    assert saved["family"] == "beit3" and saved["heads"] == ["mlm", "mim"] and saved["init"] == "torchscale"
+    assert {"mdm_text_loss", "mdm_pair_loss", "mdm_image_loss"} <= set(read_metrics(run_dir)[-1])
     code, out, err = run(capsys, "finetune", "vqa", "beit3_tiny", *in_demo, "--from", str(run_dir),
-                         "finetune.vqa.max_steps=2")
+                         "data.batch_size=8", "finetune.vqa.max_steps=1", "finetune.vqa.val_split=none")
     text = " ".join(out.split())
     assert code == 0, out + err
     assert "initialised from" in text and "not used by this stage: 8 tensors (encoder, mim_head, mlm_head)" in text, text
+
+
+@pytest.mark.slow  # ~35 s on an idle 2-core machine
+def test_the_shipped_section_learns_every_part(in_demo, tmp_path, capsys):
+    """``vlmo pretrain-mdm beit3_tiny`` as shipped (200 steps of 32): every loss falls and the masked-token
+    accuracies beat always answering the most frequent masked token (0.154 of the texts', 0.130 of the pairs')."""
+    code, out, err = run(capsys, "pretrain-mdm", "beit3_tiny", *in_demo)
+    assert code == 0, out + err
+    run_dir = tmp_path / "runs" / "beit3-tiny-pretrain-mdm"
+    for key in ("mdm_image_loss", "mdm_text_loss", "mdm_pair_loss"):
+        values = _losses(run_dir, key)
+        assert len(values) == 10 and values[-1] < 0.9 * values[0], (key, values)
+    final = read_metrics(run_dir)[-1]
+    print("beit3 mdm:", {k: round(v, 3) for k, v in final.items() if k.startswith("val_")})
+    assert final["val_mdm_text_acc"] > 2 * 0.154 and final["val_mdm_pair_acc"] > 2 * 0.130, final
 
 
 @pytest.mark.slow  # three short runs
