@@ -402,4 +402,6 @@ def stage_config(stage, open_dataset: Callable[[], object | None]) -> ModelConfi
         cfg = cfg.replace(heads=[h for h in cfg.heads if h != "itc_vl"])
     if stage.name == "pretrain.mdm" and task.target == "teacher":  # the MIM head predicts the teacher's features
         cfg = cfg.replace(mim_target_dim=mdm.teacher_dim(task, data.image_size, cfg.patch_size))
+    if stage.name == "pretrain.mdm" and task.target == "vqkd":  # the MIM head scores the tokenizer's codebook
+        cfg = cfg.replace(mim_target_dim=mdm.codebook_size(task, data.image_size, cfg.patch_size))
     return cfg
