@@ -90,6 +90,17 @@ def test_the_stage_builds_a_beit3_with_pixel_or_teacher_heads(tmp_path):
     assert 0 < float(out.metrics["mdm_image_loss"]) < 2  # 1 - cos
 
 
+def test_visual_token_targets_size_the_head_to_the_codebook(tmp_path):
+    from helpers import vqkd_dir
+
+    stage = _small(["pretrain.mdm.target=vqkd", f"pretrain.mdm.visual_tokenizer={vqkd_dir(tmp_path)}"])
+    parts = build_stage(stage, torch.device("cpu"), lambda: None)
+    assert parts.model.mim_head.out_features == 64  # the fixture tokenizer's codebook
+    out = parts.stage_def.objective(parts.model, _fixed_batch(), stage.task)
+    assert {"mdm_image_acc", "mdm_pair_image_acc"} <= set(out.metrics)
+    assert float(out.metrics["mdm_image_loss"]) == pytest.approx(float(torch.log(torch.tensor(64.0))), rel=0.3)
+
+
 def test_the_objective_reports_every_part_through_beit3_s_paths():
     parts = _parts()
     out = parts.stage_def.objective(parts.model, _fixed_batch(), _small().task)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import run
+from helpers import run, vqkd_dir
 from safetensors.torch import load_file
 
 from vlmo_cli.config.recipe import load_recipe
@@ -302,8 +302,11 @@ def test_resume_auto_equals_the_uninterrupted_run(in_demo, tmp_path):
     (["pretrain.mdm.image_fraction=0.5"], "they must sum to 1"),
     (["pretrain.mdm.pair_dataset=[]"], "pretrain.mdm.pair_dataset: missing"),
     (["pretrain.mdm.image_fraction=0", "pretrain.mdm.pair_fraction=0.75"], "given, but image_fraction is 0"),
-    (["pretrain.mdm.target=vqkd"], "pretrain.mdm.target"),
+    (["pretrain.mdm.target=dall-e"], "pretrain.mdm.target"),
     (["pretrain.mdm.target=teacher"], "needs the teacher"),
+    (["pretrain.mdm.target=vqkd"],
+     'pretrain.mdm.visual_tokenizer: target = "vqkd" needs the VQ-KD tokenizer directory'),
+    (["pretrain.mdm.visual_tokenizer=tok"], 'pretrain.mdm.visual_tokenizer: given, but target is "pixels"'),
     (["data.batch_size=6"], "whole number of rows"),
 ])
 def test_bad_recipe_values_are_one_message_exit_2(in_demo, capsys, overrides, message):
@@ -364,6 +367,77 @@ def test_an_unusable_teacher_is_one_message_exit_2(in_demo, tmp_path, capsys, ma
                          f"pretrain.mdm.teacher={make(tmp_path)}")
     assert code == 2, out + err
     assert message in " ".join(err.split()) and "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------------- visual-token targets (BEiT v2's VQ-KD)
+def test_vqkd_targets_size_the_mim_head_to_the_codebook(tmp_path):
+    stage = mdm_stage([f"pretrain.mdm.visual_tokenizer={vqkd_dir(tmp_path)}", "pretrain.mdm.target=vqkd"])
+    cfg = stages.stage_config(stage, lambda: None)
+    assert cfg.mim_target_dim == 64 and VLMo(cfg).mim_head.decoder.out_features == 64
+
+
+def test_the_objective_scores_the_tokenizer_s_ids_of_the_whole_image(tmp_path):
+    """The image loss is the cross-entropy of the MIM head at the masked patches against the tokenizer's ids of the
+    unmasked pixels; the masked-token accuracies are reported for images and pairs' images."""
+    from vlmo_cli.factory import load_vqkd
+    from vlmo_cli.model.vqkd import tokenizer_input
+    from vlmo_cli.data.transforms import MEAN, STD
+
+    directory = vqkd_dir(tmp_path)
+    torch.manual_seed(0)
+    model = VLMo(get_config("tiny", vocab_size=64, drop_path_rate=0.0, text_dropout=0.0, heads=["mlm", "mim"],
+                            mim_target_dim=64)).eval()
+    batch = _fixed_batch()
+    out = stages.STAGE_DEFS["pretrain.mdm"].objective(model, batch, _task(target="vqkd", visual_tokenizer=directory))
+    assert {"mdm_image_acc", "mdm_pair_image_acc"} <= set(out.metrics)
+    pixels, mask = batch["image.pixel_values"], batch["image.patch_mask"]
+    with torch.no_grad():
+        ids = load_vqkd(directory).tokenize(tokenizer_input(pixels, MEAN, STD))
+        logits = model.mim_head(model.forward_image(pixels, patch_mask=mask).features[:, 1:])
+    expected = torch.nn.functional.cross_entropy(logits[mask], ids[mask])
+    assert float(out.metrics["mdm_image_loss"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.slow  # ~20 s on an idle 2-core machine
+def test_pretrain_mdm_learns_vqkd_visual_tokens(in_demo, tmp_path, capsys):
+    tokenizer = vqkd_dir(tmp_path)
+    code, out, err = run(capsys, "pretrain-mdm", "tiny", *in_demo, "data.batch_size=16", "pretrain.mdm.max_steps=20",
+                         "pretrain.mdm.log_every=5", "pretrain.mdm.warmup=2", "pretrain.mdm.target=vqkd",
+                         f"pretrain.mdm.visual_tokenizer={tokenizer}", "pretrain.mdm.pair_image_mask_ratio=0.4")
+    assert code == 0, out + err
+    run_dir = tmp_path / "runs" / "tiny-pretrain-mdm"
+    image, acc = _losses(run_dir, "mdm_image_loss"), _losses(run_dir, "mdm_image_acc")
+    pair_image = _losses(run_dir, "mdm_pair_image_loss")
+    print(f"visual-token cross-entropy per 5 steps: images {image}, pairs' images {pair_image}; accuracy {acc}")
+    assert len(image) == 4 and image[-1] < 0.7 * image[0], image
+    assert len(pair_image) == 4 and sum(pair_image[2:]) / 2 < 0.7 * pair_image[0], pair_image
+    assert len(acc) == 4 and all(0.0 <= a <= 1.0 for a in acc)
+    assert {"val_mdm_image_acc", "val_mdm_pair_image_acc"} <= set(read_metrics(run_dir)[-1])
+    weights = load_file(run_dir / "checkpoints" / "step_20" / "model.safetensors")
+    assert weights["mim_head.decoder.weight"].shape == (64, 128)
+    assert not any(k.startswith(("encoder.", "quantize.", "encode_task_layer.")) for k in weights)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: tmp / "nowhere", "no such VQ-KD tokenizer directory"),
+    (lambda tmp: _teacher_dir(tmp), "not a VQ-KD tokenizer config"),
+    (lambda tmp: _tokenizer_of_another_grid(tmp), "the patch grids must be the same"),
+])
+def test_an_unusable_visual_tokenizer_is_one_message_exit_2(in_demo, tmp_path, capsys, make, message):
+    code, out, err = run(capsys, "pretrain-mdm", "tiny", *in_demo, "pretrain.mdm.target=vqkd",
+                         f"pretrain.mdm.visual_tokenizer={make(tmp_path)}")
+    assert code == 2, out + err
+    assert message in " ".join(err.split()) and "Traceback" not in err, err
+
+
+def _tokenizer_of_another_grid(tmp_path):
+    """The fixture's tokenizer with its config claiming 16 px patches (64 px images): a 4×4 grid of other pixels."""
+    import json
+
+    directory = vqkd_dir(tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "patch_size": 16, "image_size": 64}))
+    return directory
 
 
 @pytest.mark.slow  # two torchrun processes

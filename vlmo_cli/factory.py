@@ -1,7 +1,8 @@
 """Making models from what a user names, above the network (:mod:`vlmo_cli.model`) and the foreign-format readers
 (:mod:`vlmo_cli.interop`): load a model directory, a run folder or an official checkpoint; save a model directory;
-convert official or BEiT weights into one; read a training init source; and the inference wrapper (a model with its
-tokenizer on a device) that evaluation, embedding, search and serving use.
+convert official, BEiT or BEiT-3 weights into one, and a VQ-KD visual tokenizer into a tokenizer directory; read a
+training init source; and the inference wrapper (a model with its tokenizer on a device) that evaluation, embedding,
+search and serving use.
 """
 
 from __future__ import annotations
@@ -81,12 +82,17 @@ def load_config(model_dir: str | Path):
     unreadable one is a :class:`CheckpointError`)."""
     from .model.beit3_config import Beit3Config, is_beit3_config
     from .model.config import ModelConfig
+    from .model.vqkd import is_vqkd_config
 
     path = Path(model_dir) / CONFIG_NAME
     try:
-        beit3 = is_beit3_config(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        beit3 = False  # ModelConfig.load says what is wrong with it
+        data = None  # ModelConfig.load says what is wrong with it
+    if is_vqkd_config(data):
+        raise CheckpointError(f"{model_dir}: a VQ-KD visual tokenizer (`{CONVERT_VQKD}`), not a VLMo or BEiT-3 model; "
+                              'it serves as pretrain.mdm.visual_tokenizer (target = "vqkd")')
+    beit3 = is_beit3_config(data)
     try:
         return (Beit3Config if beit3 else ModelConfig).load(path)
     except ConfigError as exc:
@@ -270,6 +276,54 @@ def convert_beit3(checkpoint: str | Path, out_dir: str | Path, *, num_heads: int
     model = build_beit3(converted.state, converted.config, str(checkpoint))
     metadata = {"source": f"beit3:{Path(checkpoint).name}", "inferred": converted.describe()}
     return save_model(model, out_dir, command=CONVERT_BEIT3, overwrite=overwrite, inputs=inputs, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------------- VQ-KD
+CONVERT_VQKD = "vlmo convert vqkd"
+
+
+def convert_vqkd(checkpoint: str | Path, out_dir: str | Path, *, num_heads: int | None = None,
+                 overwrite: bool = False) -> Path:
+    """Convert a released BEiT v2 VQ-KD tokenizer file (:mod:`vlmo_cli.interop.vqkd`) into a tokenizer directory
+    (config.json with ``family: "vqkd"``, model.safetensors); ``out_dir`` follows :mod:`vlmo_cli.outputs`."""
+    from .interop.official import read_checkpoint
+    from .interop.vqkd import convert_state
+    from .model.vqkd import build_vqkd
+
+    kind, inputs = model_dir_kind(CONVERT_VQKD), [checkpoint]
+    check_directory(out_dir, kind, overwrite=overwrite, inputs=inputs)
+    state, _ = read_checkpoint(checkpoint)
+    converted = convert_state(state, str(checkpoint), num_heads=num_heads)
+    model = build_vqkd(converted.state, converted.config, str(checkpoint))
+    metadata = {"source": f"vqkd:{Path(checkpoint).name}", "inferred": converted.describe()}
+    return save_model(model, out_dir, command=CONVERT_VQKD, overwrite=overwrite, inputs=inputs, metadata=metadata)
+
+
+def vqkd_config(path: str | Path):
+    """The :class:`~vlmo_cli.model.vqkd.VqkdConfig` of a tokenizer directory (from ``vlmo convert vqkd``), after
+    checking that it holds its config and weights."""
+    from .model.vqkd import VqkdConfig
+
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such VQ-KD tokenizer directory")
+    if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"{directory}: not a VQ-KD tokenizer directory (expected {CONFIG_NAME} and "
+                              f"{WEIGHTS_NAME}, as `{CONVERT_VQKD}` writes)")
+    try:
+        return VqkdConfig.load(directory / CONFIG_NAME)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def load_vqkd(path: str | Path, device: str | torch.device = "cpu"):
+    """The frozen :class:`~vlmo_cli.model.vqkd.VqkdTokenizer` of a tokenizer directory (from ``vlmo convert vqkd``),
+    in eval mode on ``device``."""
+    from .model.vqkd import build_vqkd
+    from .model.weights import read_weights
+
+    cfg = vqkd_config(path)
+    return build_vqkd(read_weights(Path(path) / WEIGHTS_NAME), cfg, str(path)).to(device)
 
 
 # ---------------------------------------------------------------------------------------------------- init sources

@@ -1,4 +1,5 @@
-"""``vlmo convert official|beit|beit3``: foreign checkpoints → model directories (config.json + model.safetensors)."""
+"""``vlmo convert official|beit|beit3|vqkd``: foreign checkpoints → model directories (config.json +
+model.safetensors); ``vqkd`` writes a visual-tokenizer directory of the same layout."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import typer
 from rich.console import Console
 
 convert_app = typer.Typer(
-    help="Convert official VLMo, BEiT or BEiT-3 checkpoints into model directories.", no_args_is_help=True
+    help="Convert official VLMo, BEiT or BEiT-3 checkpoints into model directories, and BEiT v2 VQ-KD tokenizers.",
+    no_args_is_help=True
 )
 console = Console()
 OverwriteOpt = typer.Option(False, "--overwrite", help="replace a previous result of this command at OUT_DIR "
@@ -141,6 +143,34 @@ def beit3(
     out = convert_beit3(checkpoint, out_dir, num_heads=num_heads, image_size=image_size,
                         drop_unexpected=drop_unexpected, overwrite=overwrite)
     _beit3_summary(out)
+
+
+def _vqkd_summary(out: Path) -> None:
+    from ..layout import CONFIG_NAME
+    from ..model.vqkd import VqkdConfig
+
+    cfg = VqkdConfig.load(out / CONFIG_NAME)
+    _print_summary(out, f"VQ-KD tokenizer {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, MLP {cfg.ffn_dim}, "
+                        f"{cfg.image_size}px in {cfg.patch_size}px patches ({cfg.num_patches} tokens per image), "
+                        f"codebook {cfg.codebook_size}×{cfg.codebook_dim}")
+
+
+@convert_app.command("vqkd")
+def vqkd(
+    checkpoint: Path = typer.Argument(..., help="released BEiT v2 VQ-KD tokenizer (.pth, e.g. "
+                                                "vqkd_encoder_base_decoder_3x768x12_clip-d5036aa7.pth)"),
+    out_dir: Path = typer.Argument(..., help="tokenizer directory to write"),
+    num_heads: int = typer.Option(
+        None, "--num-heads", min=1, help="attention heads of the encoder, when it is not the released ViT-B/16 one"
+    ),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Convert a microsoft/unilm BEiT v2 VQ-KD tokenizer into a tokenizer directory for pretrain-mdm's
+    target = "vqkd": encoder, encode_task_layer and codebook kept; decoder, teacher and training statistics dropped.
+    Sizes come from the weights; the head count from the released encoder's shape or --num-heads, never guessed."""
+    from ..factory import convert_vqkd
+
+    _vqkd_summary(convert_vqkd(checkpoint, out_dir, num_heads=num_heads, overwrite=overwrite))
 
 
 def register(app: typer.Typer) -> None:

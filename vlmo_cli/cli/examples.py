@@ -38,6 +38,7 @@ EXAMPLES: dict[str, str] = {
     "convert official": "vlmo convert official vlmo_base_patch16_224.pt models/vlmo-base --vocab vocab.txt",
     "convert beit": "vlmo convert beit beit_base_patch16_224_pt22k.pth models/beit-base --size base",
     "convert beit3": "vlmo convert beit3 beit3_base_patch16_480_vqa.pth models/beit3-base-vqa",
+    "convert vqkd": "vlmo convert vqkd vqkd_encoder_base_decoder_3x768x12_clip-d5036aa7.pth models/vqkd-clip",
     "eval retrieval": "vlmo eval retrieval tiny --model runs/tiny-finetune-retrieval_coco --split coco-test",
     "eval vqa": "vlmo eval vqa tiny --model runs/tiny-finetune-vqa --split val",
     "eval nlvr2": "vlmo eval nlvr2 tiny --model runs/tiny-finetune-nlvr2 --split dev",

@@ -431,8 +431,9 @@ class PretrainVLTask(TrainTask):
     logit_scale_max: float = setting(0.0, help="clamp of the contrastive logit scale; 0 = unclamped (official)", ge=0)
 
 
-#: patch targets of masked data modelling: normalised pixels (as stage 1) or a frozen teacher's patch features
-MDM_TARGETS = ("pixels", "teacher")
+#: patch targets of masked data modelling: normalised pixels (as stage 1), a frozen teacher's patch features or the
+#: visual-token ids of a frozen BEiT v2 VQ-KD tokenizer
+MDM_TARGETS = ("pixels", "teacher", "vqkd")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -458,10 +459,13 @@ class PretrainMdmTask:
     pair_image_mask_ratio: float = setting(
         0.0, help="fraction of the patches of a pair's image masked and predicted too; 0 = the image stays whole",
         ge=0, lt=1)
-    target: Literal["pixels", "teacher"] = setting(
-        "pixels", help='what a masked patch predicts: "pixels" (its normalised pixels, as stage 1) or "teacher" '
-                       "(the patch features of the teacher model on the whole image)")
+    target: Literal["pixels", "teacher", "vqkd"] = setting(
+        "pixels", help='what a masked patch predicts: "pixels" (its normalised pixels, as stage 1), "teacher" '
+                       '(the patch features of the teacher model on the whole image) or "vqkd" (the visual token '
+                       "the VQ-KD tokenizer gives it in the whole image, as BEiT v2)")
     teacher: str = setting("", help='model directory of the frozen teacher (target = "teacher")')
+    visual_tokenizer: str = setting(
+        "", help='tokenizer directory of the frozen VQ-KD visual tokenizer (target = "vqkd"; from `vlmo convert vqkd`)')
 
     @property
     def fractions(self) -> dict[str, float]:
@@ -503,7 +507,12 @@ class PretrainMdmTask:
             out.append(("teacher", 'target = "teacher" needs the teacher\'s model directory'))
         if self.target != "teacher" and self.teacher:
             out.append(("teacher", f'given, but target is "{self.target}"; set target = "teacher" to use it'))
-        if self.target == "teacher" and self.image_fraction == 0 and self.pair_image_mask_ratio == 0:
+        if self.target == "vqkd" and not self.visual_tokenizer:
+            out.append(("visual_tokenizer", 'target = "vqkd" needs the VQ-KD tokenizer directory '
+                                            "(from `vlmo convert vqkd`)"))
+        if self.target != "vqkd" and self.visual_tokenizer:
+            out.append(("visual_tokenizer", f'given, but target is "{self.target}"; set target = "vqkd" to use it'))
+        if self.target != "pixels" and self.image_fraction == 0 and self.pair_image_mask_ratio == 0:
             out.append(("target", "no patch is predicted (image_fraction and pair_image_mask_ratio are 0)"))
         return out
 
@@ -635,9 +644,9 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("pretrain.mdm", "train", PretrainMdmTask, "masked data modelling: masked images, texts and pairs",
                   "pretrain-mdm", bench="mdm",
                   details="BEiT-3's masked data modelling on VLMo or BEiT-3: each step mixes masked images "
-                          "(block-wise, predict normalised pixels or a teacher's patch features), masked texts and "
-                          "masked image-text pairs (MLM with the image visible), in the recipe's fractions of the "
-                          "batch."),
+                          "(block-wise, predict normalised pixels, a teacher's patch features or VQ-KD visual tokens), "
+                          "masked texts and masked image-text pairs (MLM with the image visible), in the recipe's "
+                          "fractions of the batch."),
         StageSpec("finetune.vqa", "train", FinetuneVQATask, "VQAv2", "vqa", bench="vqa", scored_by="vqa"),
         StageSpec("finetune.nlvr2", "train", FinetuneNLVR2Task, "NLVR2", "nlvr2", bench="nlvr2", scored_by="nlvr2"),
         StageSpec("finetune.retrieval_coco", "train", FinetuneRetrievalTask, "COCO retrieval", "retrieval",

@@ -141,14 +141,15 @@ def beit3_stage_config(stage, stage_def: StageDef, open_dataset) -> Beit3Config:
     """The :class:`Beit3Config` a resolved recipe ``stage`` trains: the recipe's size and overrides at the data's
     image size, the task's head, the VQA answer / class count of the prepared data, unilm's initialisation of a
     fine-tuning model, and no final LayerNorm for VQA (as ``beit3_*_vqav2``). Pre-training (``pretrain.mdm``) keeps
-    torchscale's initialisation of the ``BEiT3`` module; its ``mim`` head predicts pixels or a teacher's features."""
+    torchscale's initialisation of the ``BEiT3`` module; its ``mim`` head predicts pixels, a teacher's features or a
+    visual tokenizer's ids."""
     task, data = stage.task, stage.data
     pretrain = stage_def.name == "pretrain.mdm"
     changes: dict = {"heads": list(stage_def.heads), "init": "torchscale" if pretrain else "unilm",
                      "image_size": data.image_size}
-    if pretrain and task.target == "teacher":
-        cfg = stage.model.build_config(image_size=data.image_size)
-        changes["mim_target_dim"] = mdm.teacher_dim(task, data.image_size, cfg.patch_size)
+    if pretrain:
+        patch_size = stage.model.build_config(image_size=data.image_size).patch_size
+        changes["mim_target_dim"] = mdm.mim_target_dim(task, data.image_size, patch_size)
     if stage_def.data_task == "vqa":
         changes["normalize_output"] = False
         num_answers = getattr(task, "num_answers", 0) or None

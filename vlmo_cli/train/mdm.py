@@ -19,7 +19,7 @@ from ..data.mixed import MixedLoader, batch_sizes, split_parts
 from ..errors import DataError, RecipeError, VlmoError
 from ..model.config import ModelConfig
 from ..model.family import image_patch_features, masked_data_view
-from ..objectives.masked_data import feature_target_loss, masked_data_loss, pixel_target_loss
+from ..objectives.masked_data import feature_target_loss, masked_data_loss, pixel_target_loss, token_target_loss
 
 #: part → the loader task reading it
 PART_TASKS = {"image": "images", "text": "text", "pair": "pairs"}
@@ -95,16 +95,19 @@ def stage_loader(stage_data, epoch: int, skip: int, stream_state: dict | None = 
 # ---------------------------------------------------------------------- objective
 class MaskedDataObjective:
     """The stage's objective ``(model, batch, task) -> (loss, metrics)``; holds the frozen teacher of
-    ``target = "teacher"`` (loaded once per directory and device, outside the trained model: never saved, never
-    synchronised by DDP)."""
+    ``target = "teacher"`` and the frozen visual tokenizer of ``target = "vqkd"`` (each loaded once per directory and
+    device, outside the trained model: never saved, never synchronised by DDP)."""
 
     def __init__(self) -> None:
         self._teachers: dict[tuple[str, str], torch.nn.Module] = {}
+        self._tokenizers: dict[tuple[str, str], torch.nn.Module] = {}
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], task) -> tuple[torch.Tensor, dict]:
         parts = {name: trim_text_padding(part) for name, part in split_parts(batch).items()}
         if task.target == "teacher":
             patch_loss = feature_target_loss(self.teacher(task.teacher, batch_device(batch)))
+        elif task.target == "vqkd":
+            patch_loss = token_target_loss(self.visual_tokens(task.visual_tokenizer, batch_device(batch)))
         else:
             patch_loss = pixel_target_loss(model.config.patch_size)
         return masked_data_loss(masked_data_view(model), parts, patch_loss)
@@ -117,6 +120,19 @@ class MaskedDataObjective:
             model = load_teacher(path).to(device)
             self._teachers[key] = model
         return lambda pixels: image_patch_features(model, pixels)
+
+    def visual_tokens(self, path: str, device: torch.device):
+        """``pixel_values -> [B, P]``: the VQ-KD tokenizer's ids of the whole image, the pipeline's pixels
+        (normalised with :data:`~vlmo_cli.data.transforms.MEAN` / ``STD``) mapped to its input range."""
+        from ..data.transforms import MEAN, STD
+        from ..model.vqkd import tokenizer_input
+
+        key = (str(Path(path).resolve()), str(device))
+        model = self._tokenizers.get(key)
+        if model is None:
+            model = load_visual_tokenizer(path).to(device)
+            self._tokenizers[key] = model
+        return lambda pixels: model.tokenize(tokenizer_input(pixels, MEAN, STD))
 
 
 def batch_device(batch: dict[str, torch.Tensor]) -> torch.device:
@@ -150,6 +166,43 @@ def teacher_dim(task, image_size: int, patch_size: int) -> int:
                           f"px patches; the student {image_size} px in {patch_size} px patches: the patch grids must "
                           "be the same")
     return cfg.embed_dim
+
+
+def load_visual_tokenizer(path: str):
+    """The frozen VQ-KD tokenizer of a tokenizer directory (``vlmo convert vqkd``)."""
+    from ..factory import load_vqkd
+
+    try:
+        return load_vqkd(path)
+    except VlmoError as exc:
+        raise RecipeError(f"pretrain.mdm.visual_tokenizer: {exc}") from None
+
+
+def codebook_size(task, image_size: int, patch_size: int) -> int:
+    """Number of visual tokens of the VQ-KD tokenizer (the MIM head's outputs), after checking that it labels the
+    student's patch grid: the same resolution (it reads the same pixels) and the same patch size."""
+    from ..factory import vqkd_config
+
+    try:
+        cfg = vqkd_config(task.visual_tokenizer)
+    except VlmoError as exc:
+        raise RecipeError(f"pretrain.mdm.visual_tokenizer: {exc}") from None
+    if cfg.patch_size != patch_size or cfg.image_size != image_size:
+        raise RecipeError(f"pretrain.mdm.visual_tokenizer: {task.visual_tokenizer} labels {cfg.image_size} px images "
+                          f"in {cfg.patch_size} px patches; the student sees {image_size} px in {patch_size} px "
+                          "patches: the patch grids must be the same (set data.image_size and the model's patch size "
+                          "to the tokenizer's)")
+    return cfg.codebook_size
+
+
+def mim_target_dim(task, image_size: int, patch_size: int) -> int:
+    """Outputs per patch of the MIM head of either family: the teacher's width, the tokenizer's codebook size, or 0
+    (the patch's pixels)."""
+    if task.target == "teacher":
+        return teacher_dim(task, image_size, patch_size)
+    if task.target == "vqkd":
+        return codebook_size(task, image_size, patch_size)
+    return 0
 
 
 # ---------------------------------------------------------------------- trainable parameters, FLOPs

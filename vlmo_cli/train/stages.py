@@ -400,6 +400,6 @@ def stage_config(stage, open_dataset: Callable[[], object | None]) -> ModelConfi
                              text_len=data.max_text_len)
     if not getattr(task, "itc_vl", True):
         cfg = cfg.replace(heads=[h for h in cfg.heads if h != "itc_vl"])
-    if stage.name == "pretrain.mdm" and task.target == "teacher":  # the MIM head predicts the teacher's features
-        cfg = cfg.replace(mim_target_dim=mdm.teacher_dim(task, data.image_size, cfg.patch_size))
+    if stage.name == "pretrain.mdm":
+        cfg = cfg.replace(mim_target_dim=mdm.mim_target_dim(task, data.image_size, cfg.patch_size))
     return cfg
