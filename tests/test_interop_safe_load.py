@@ -55,6 +55,20 @@ def test_pickled_module_is_refused_naming_its_class(tmp_path):
         load_torch_file(path, "checkpoint")
 
 
+def test_training_args_load_beside_the_weights(tmp_path):
+    """unilm's checkpoints (BEiT, BEiT-3, VQ-KD) may store ``args``, an ``argparse.Namespace``: it loads, attributes
+    and all; a class beside it is still refused."""
+    import argparse
+
+    path = tmp_path / "unilm.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=5e-4, model="beit3_base")}, path)
+    loaded = load_torch_file(path, "checkpoint")
+    assert loaded["args"].model == "beit3_base" and torch.equal(loaded["model"]["w"], torch.ones(2))
+    torch.save({"args": argparse.Namespace(lr=1), "head": torch.nn.Linear(2, 2)}, path)
+    with pytest.raises(UnsafeFileError, match=REFUSED):
+        load_torch_file(path, "checkpoint")
+
+
 def test_truncated_file_is_corrupt(tmp_path):
     good = tmp_path / "good.pt"
     torch.save({"w": torch.arange(1000.0)}, good)

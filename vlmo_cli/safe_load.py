@@ -1,13 +1,15 @@
 """Loading ``torch.save`` files without ever running pickled code, with one readable error per kind of failure.
 
 :func:`load_torch_file` is the one place the package calls ``torch.load``. It always passes ``weights_only=True``:
-tensors, plain containers and the few types torch allow-lists load; anything whose unpickling would call other code
-is refused (:class:`UnsafeFileError`), and a damaged file is reported as corrupt (:class:`CorruptFileError`). Both
+tensors, plain containers, the few types torch allow-lists and ``argparse.Namespace`` load (training scripts such as
+unilm's store their ``args`` beside the weights; a Namespace is an attribute bag that runs no code when rebuilt);
+anything whose unpickling would call other code is refused (:class:`UnsafeFileError`), and a damaged file is reported as corrupt (:class:`CorruptFileError`). Both
 are :class:`~vlmo_cli.errors.CheckpointError`, so the CLI prints them as one line and exits with code 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import pickle
 import pickletools
@@ -116,7 +118,8 @@ def load_torch_file(path: str | Path, what: str) -> Any:
     try:
         with warnings.catch_warnings():  # the protocol notice is noise: a refusal below says what matters
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         calls = re.findall(r"GLOBAL ([\w.]+)", str(exc)) or code_globals(path)  # torch names the one it refused
         if calls:

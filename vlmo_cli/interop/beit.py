@@ -27,7 +27,6 @@ index buffers are dropped; any other key, or a missing one, is a :class:`Checkpo
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from pathlib import Path
@@ -72,13 +71,9 @@ _EXPERT_PARTS = ("norm2_{}.weight", "norm2_{}.bias", "mlp_{}.fc1.weight", "mlp_{
 
 
 def read_beit_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict of a BEiT ``.pth`` file, loaded with ``weights_only=True``.
-
-    unilm training checkpoints also store ``args`` (an ``argparse.Namespace``: a plain attribute bag that runs no
-    code), which is allow-listed; anything else that needs code to unpickle is refused.
-    """
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        state, _ = read_checkpoint(path)
+    """The state dict of a BEiT ``.pth`` file, loaded with ``weights_only=True`` (the ``args`` unilm training
+    checkpoints store beside the weights load too; anything else that needs code to unpickle is refused)."""
+    state, _ = read_checkpoint(path)
     return state
 
 
