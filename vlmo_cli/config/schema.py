@@ -442,14 +442,16 @@ class PretrainMdmTask:
     image-text pairs, in the fractions of the batch given here (see :mod:`vlmo_cli.train.mdm`)."""
 
     image_dataset: tuple[str, ...] = setting(
-        (), help="prepared images (or pairs) directory, or a list of them, for the masked images; [] = none")
+        (), help="prepared images (or pairs) directory, or a list of them, or webdataset shards of images (or pairs), "
+                 "for the masked images; [] = none")
     text_dataset: tuple[str, ...] = setting(
-        (), help="prepared text (or pairs: their captions) directory, or a list of them, for the masked texts; "
-                 "[] = none")
+        (), help="prepared text (or pairs: their captions) directory, or a list of them, or webdataset shards of text "
+                 "(or pairs), for the masked texts; [] = none")
     pair_dataset: tuple[str, ...] = setting(
-        (), help="prepared pairs directory, or a list of them, for the masked image-text pairs; [] = none")
+        (), help="prepared pairs directory, or a list of them, or webdataset shards of pairs, for the masked "
+                 "image-text pairs; [] = none")
     split: str = setting("train", help='split(s) to train on; several joined by "+" (e.g. "train+restval")')
-    val_split: str = setting("val", help="split used for validation (datasets without it are left out)")
+    val_split: str = setting("val", help="split used for validation (datasets without it, and shards, are left out)")
     image_fraction: float = setting(0.25, help="fraction of each batch that is images alone", ge=0, le=1)
     text_fraction: float = setting(0.25, help="fraction of each batch that is texts alone", ge=0, le=1)
     pair_fraction: float = setting(0.5, help="fraction of each batch that is image-text pairs", ge=0, le=1)
@@ -474,13 +476,12 @@ class PretrainMdmTask:
 
     @property
     def datasets(self) -> dict[str, tuple[str, ...]]:
-        """``image`` / ``text`` / ``pair`` → prepared directories."""
+        """``image`` / ``text`` / ``pair`` → prepared directories or webdataset shards."""
         return {"image": self.image_dataset, "text": self.text_dataset, "pair": self.pair_dataset}
 
     @property
     def dataset(self) -> tuple[str, ...]:
-        """The directories of the kinds in use, pairs first, then texts, then images (the first one's tokenizer is
-        the data's)."""
+        """The directories (or shards) of the kinds in use, pairs first, then texts, then images."""
         return tuple(p for kind in ("pair", "text", "image") if self.fractions[kind] > 0 for p in self.datasets[kind])
 
     @property

@@ -23,7 +23,8 @@ position (reading at most one shard prefix and one block again), and rotates the
 comes from the stream that would have made it. The resumed run sees exactly the samples of the uninterrupted one.
 
 Corrupt samples (no image, an image that does not decode, no caption) are skipped and counted; an unreadable or
-truncated shard is counted and left after the samples read before the damage.
+truncated shard is counted and left after the samples read before the damage. A stream that reads a whole pass over
+its shards without one usable sample (shards of the wrong kind: images only for a text stream) stops with a message.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ STREAM_TASKS = ("pairs", "text", "images")
 COUNTERS = ("bad_samples", "bad_shards", "refills")
 #: counters the shard reader (rather than the batch maker) keeps
 RAW_COUNTERS = ("bad_shards",)
+#: what each task needs of a sample
+_NEEDS = {"pairs": "a decodable image and a caption", "text": "a caption", "images": "a decodable image"}
 _WARNED: set[str] = set()
 
 
@@ -273,6 +276,7 @@ class ShardStream(IterableDataset):
         done = k // self.workers + (1 if logical < k % self.workers else 0)
         saved = self.resume.get(str(logical)) or self.resume.get(logical)  # checked by set_epoch
         cursor = _Cursor(self, logical, self.epoch, saved if done else None)
+        usable_pass = cursor.consumed_pass  # the pass of the last usable sample
         for number in range(done, self.quota):
             keys, items, bad = [], [], 0
             with torch.random.fork_rng(devices=[]):
@@ -285,7 +289,12 @@ class ShardStream(IterableDataset):
                         cursor.counts["bad_samples"] += 1
                         if cursor.counts["bad_samples"] <= 5:
                             log.warning("skipping unusable sample %s in %s", key, url)
+                        if cursor.consumed_pass > usable_pass + 1:  # a whole pass read without one usable sample
+                            raise DataError(f"a whole pass over the shards of a data stream (process {self.rank}, "
+                                            f"stream {logical}) gave no sample with {_NEEDS[self.task]}; check "
+                                            f"that the shards hold them and data.stream_caption_key")
                         continue
+                    usable_pass = cursor.consumed_pass
                     items.append(item)
                     keys.append(f"{url}#{key}")
                 batch = self.collate(items)
@@ -368,7 +377,11 @@ def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
 
 
 def stream_tracker(loader: DataLoader) -> StreamTracker | None:
-    return loader.dataset.tracker if isinstance(loader.dataset, ShardStream) else None
+    """The tracker of a training loader's streams: a shard stream's, a loader's own ``tracker`` (mixed batches with
+    streamed parts: :class:`~vlmo_cli.data.mixed.MixedTracker`), else ``None`` (prepared data)."""
+    if isinstance(loader.dataset, ShardStream):
+        return loader.dataset.tracker
+    return getattr(loader, "tracker", None)
 
 
 def gather_stream_state(loader: DataLoader, accelerator) -> dict:
@@ -376,7 +389,9 @@ def gather_stream_state(loader: DataLoader, accelerator) -> dict:
     tracker = stream_tracker(loader)
     if tracker is None:
         return {}
-    mine = {**tracker.state(), "workers": loader.dataset.workers}
+    mine = tracker.state()
+    if isinstance(loader.dataset, ShardStream):
+        mine["workers"] = loader.dataset.workers
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 

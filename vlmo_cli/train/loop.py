@@ -146,12 +146,18 @@ class StageData:
 
 def setup_data(stage, accelerator, init: str) -> StageData:
     """Open the stage's prepared data (or check its shards: a task shards cannot feed, or a pattern matching nothing,
-    is refused here); the tokenizer is the recipe's, the prepared data's, or the init model's."""
+    is refused here; mixed batches: each part's, :func:`~vlmo_cli.train.mdm.check_parts`); the tokenizer is the
+    recipe's, the prepared data's, or the init model's."""
     from ..data.shards import names_shards
     from ..data.store import open_prepared
     from ..data.streaming import check_stream_source
 
     paths = list(stage.task.dataset)
+    if stage_def_of(stage).data_task == "mixed":  # several datasets (pretrain.mdm): each part checked on its own
+        from .mdm import check_parts
+
+        prepared = check_parts(stage)
+        return StageData(stage, accelerator, paths, prepared, stage.data.tokenizer or init_tokenizer(prepared, init))
     streamed = names_shards(paths)
     if streamed:
         check_stream_source(paths, stage_def_of(stage).data_task)

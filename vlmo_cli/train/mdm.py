@@ -1,11 +1,28 @@
 """``pretrain.mdm``: BEiT-3's masked data modelling, on a VLMo or a BEiT-3 model, as a stage of the one training loop.
 
 Every micro-batch mixes images, texts and image-text pairs in the recipe's fractions (:mod:`vlmo_cli.data.mixed`;
-each part read by the ordinary prepared-data loader, sharded over the processes, resumed exactly); the objective is
-:func:`vlmo_cli.objectives.masked_data.masked_data_loss` over the model's view of its family
-(:func:`vlmo_cli.model.family.masked_data_view`). Masking: block-wise patches for images (``image_mask_ratio``), whole words for texts
-(``text_mask_ratio``) and for the pairs' texts (``pair_text_mask_ratio``), each text's budget counted on its real
-tokens; the pairs' images optionally block-masked too (``pair_image_mask_ratio``).
+each part read by the ordinary prepared-data or shard-stream loader, sharded over the processes, resumed exactly);
+the objective is :func:`vlmo_cli.objectives.masked_data.masked_data_loss` over the model's view of its family
+(:func:`vlmo_cli.model.family.masked_data_view`). Masking: block-wise patches for images (``image_mask_ratio``), whole
+words for texts (``text_mask_ratio``) and for the pairs' texts (``pair_text_mask_ratio``), each text's budget counted
+on its real tokens; the pairs' images optionally block-masked too (``pair_image_mask_ratio``).
+
+Data. Each part (``image_dataset``, ``text_dataset``, ``pair_dataset``) names prepared directories or webdataset
+shards (:mod:`vlmo_cli.data.streaming`), one kind per part; the parts may differ. An image part reads the images of
+images or pairs data, a text part the texts of text data or the captions of pairs data (one sample per caption in
+shards, so an image part over pair shards sees an image once per caption). Shards carry no tokenizer: the texts'
+tokenizer is ``data.tokenizer``, else the one stored with the first prepared pairs (or text) directory, else the init
+model's.
+
+Mixed epochs with streamed parts. A streamed part's pass is its stream's epoch, sized as for the other streaming
+stages: with ``data.stream_samples_per_epoch = N`` a mixed epoch holds ``N`` samples over all processes, all parts
+together, so each streamed part reads its fraction of them per pass (``N × fraction``: every streamed part's pass is
+``N / global micro-batch`` micro-batches); with ``N = 0`` a streamed part's pass is what its shards' counts give. A
+mixed epoch is the longest part's pass, prepared or streamed; the parts cycle independently. The checkpoint stores
+the stream positions and skip counters of every streamed part, per process and worker stream
+(:class:`~vlmo_cli.data.mixed.MixedTracker`); the loop logs the counters summed (``stream_bad_samples`` …) and per part
+(``stream_pair_bad_samples`` …). Validation reads the ``val_split`` of prepared parts only; streamed parts are left
+out of it.
 """
 
 from __future__ import annotations
@@ -15,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ..data.collate import trim_text_padding
-from ..data.mixed import MixedLoader, batch_sizes, split_parts
+from ..data.mixed import MixedLoader, batch_sizes, part_stream_state, split_parts
 from ..errors import DataError, RecipeError, VlmoError
 from ..model.config import ModelConfig
 from ..model.family import image_patch_features, masked_data_view
@@ -28,12 +45,49 @@ _SEED_OFFSETS = {"image": 0, "text": 7919, "pair": 15838}
 
 
 # ---------------------------------------------------------------------- data
+def streamed_parts(task) -> dict[str, bool]:
+    """Part in use → whether it names webdataset shards (else prepared directories); a part naming both kinds is
+    refused (one message)."""
+    from ..data.shards import is_shard_entry
+
+    out = {}
+    for kind, paths in task.datasets.items():
+        if task.fractions[kind] > 0 and paths:
+            flags = {is_shard_entry(p) for p in paths}
+            if len(flags) > 1:
+                raise DataError(f"pretrain.mdm.{kind}_dataset {list(paths)} mixes webdataset shards with prepared "
+                                "directories; each part reads one kind (the parts may differ): list only shards or "
+                                "only directories, or write the directories as shards with `vlmo prepare ... "
+                                "--out-format webdataset`")
+            out[kind] = flags == {True}
+    return out
+
+
 def first_tokenizer_dataset(task) -> str | None:
-    """The first directory whose kind has text (pairs, then texts): its tokenizer is the data's."""
+    """The first prepared directory whose kind has text (pairs, then texts): its tokenizer is the data's."""
+    streamed = streamed_parts(task)
     for kind in ("pair", "text"):
-        if task.fractions[kind] > 0 and task.datasets[kind]:
+        if task.fractions[kind] > 0 and task.datasets[kind] and not streamed[kind]:
             return task.datasets[kind][0]
     return None
+
+
+def check_parts(stage):
+    """Check every part's data before a run builds anything (shards: the source must list existing shards a part
+    can read; directories: the first must be prepared data); the first prepared directory (pairs, then texts, then
+    images), whose tokenizer is the data's, or ``None`` when every part streams."""
+    from ..data.store import open_prepared
+    from ..data.streaming import check_stream_source
+
+    task = stage.task
+    streamed = streamed_parts(task)
+    for kind in (k for k, shards in streamed.items() if shards):
+        try:
+            check_stream_source(list(task.datasets[kind]), PART_TASKS[kind])
+        except DataError as exc:
+            raise DataError(f"pretrain.mdm.{kind}_dataset: {exc}") from None
+    first = next((task.datasets[k][0] for k in ("pair", "text", "image") if k in streamed and not streamed[k]), None)
+    return open_prepared(first) if first is not None else None
 
 
 def part_sizes(stage, world_size: int) -> dict[str, int]:
@@ -43,53 +97,72 @@ def part_sizes(stage, world_size: int) -> dict[str, int]:
 
 def mdm_loader(stage, tokenizer, *, rank: int = 0, world_size: int = 1, epoch: int = 0, skip_batches: int = 0,
                split: str | None = None, train: bool = True, workers: int | None = None, pin_memory: bool = False,
-               sizes: dict[str, int] | None = None) -> MixedLoader:
+               sizes: dict[str, int] | None = None, stream_state: dict | None = None) -> MixedLoader:
     """The mixed loader of a resolved ``pretrain.mdm`` stage for process ``rank`` of ``world_size``.
 
     Args:
         stage: the resolved stage.
-        tokenizer: a tokenizer object or path; ``None`` = the one stored with the first pairs (or texts) directory.
-        split: default the task's training split.
+        tokenizer: a tokenizer object or path; ``None`` = ``data.tokenizer``, else the one stored with the first
+            prepared pairs (or texts) directory.
+        split: default the task's training split (prepared parts; shards have no splits).
         train: training transforms, shuffling and dropping the last incomplete batch of each part.
         sizes: rows of each part; default: the fractions of this process's micro-batch.
+        stream_state: a checkpoint's stream state (every process's; ``TrainerState.stream``): the streamed parts
+            continue from its positions.
     """
+    from dataclasses import replace
+
     from ..data.loader import build_dataloader, resolve_tokenizer
-    from ..data.shards import names_shards
     from ..data.store import open_prepared
+    from .stream_hooks import stream_options
 
     task, dcfg = stage.task, stage.data
-    for kind, paths in task.datasets.items():
-        if paths and names_shards(list(paths)):
-            raise DataError(f"pretrain.mdm.{kind}_dataset: masked data modelling reads prepared directories "
-                            "(`vlmo prepare ...`), not webdataset shards")
+    streamed = streamed_parts(task)
     sizes = part_sizes(stage, world_size) if sizes is None else sizes
     text_source = first_tokenizer_dataset(task)
+    tokenizer = tokenizer if tokenizer is not None else dcfg.tokenizer or None
     tok = resolve_tokenizer(tokenizer, open_prepared(text_source) if text_source else None)
     if tok is None and text_source is not None:
         raise DataError(f"{text_source}: no tokenizer stored with the data; set data.tokenizer")
+    if tok is None and (texts := [k for k in ("pair", "text") if k in sizes]):
+        raise DataError(f"pretrain.mdm.{texts[0]}_dataset streams webdataset shards, which carry no tokenizer: set "
+                        "data.tokenizer (or initialise from a model saved with one)")
+    workers = dcfg.num_workers if workers is None else workers
+    micro = sum(sizes.values())
     patch_size = stage.model.get("patch_size")
     ratios = {"image": (None, task.image_mask_ratio), "text": (task.text_mask_ratio, None),
               "pair": (task.pair_text_mask_ratio, task.pair_image_mask_ratio or None)}
 
     def make(kind: str, rows: int):
         mlm_ratio, mim_ratio = ratios[kind]
-        return build_dataloader(
-            list(task.datasets[kind]), split or task.split, PART_TASKS[kind], tokenizer=tok, image_size=dcfg.image_size,
-            batch_size=rows, train=train, seed=stage.train.seed + _SEED_OFFSETS[kind],
-            workers=dcfg.num_workers if workers is None else workers, rank=rank, world_size=world_size,
-            max_text_len=dcfg.max_text_len, mlm=mlm_ratio is not None, mlm_probability=mlm_ratio or 0.15,
-            mlm_budget="real", mim=mim_ratio is not None, patch_size=patch_size, mim_ratio=mim_ratio or 0.4,
-            randaug=dcfg.randaugment, hflip=dcfg.horizontal_flip, pin_memory=pin_memory)
+        # a streamed part's pass: its fraction of a mixed epoch's data.stream_samples_per_epoch (module docstring)
+        stream = stream_options(dcfg)
+        stream = replace(stream, samples_per_epoch=stream.samples_per_epoch * rows // micro)
+        try:
+            return build_dataloader(
+                list(task.datasets[kind]), split or task.split, PART_TASKS[kind], tokenizer=tok,
+                image_size=dcfg.image_size, batch_size=rows, train=train, seed=stage.train.seed + _SEED_OFFSETS[kind],
+                workers=workers, rank=rank, world_size=world_size,
+                max_text_len=dcfg.max_text_len, mlm=mlm_ratio is not None, mlm_probability=mlm_ratio or 0.15,
+                mlm_budget="real", mim=mim_ratio is not None, patch_size=patch_size, mim_ratio=mim_ratio or 0.4,
+                randaug=dcfg.randaugment, hflip=dcfg.horizontal_flip, pin_memory=pin_memory, stream=stream)
+        except DataError as exc:
+            if not streamed[kind]:
+                raise
+            raise DataError(f"pretrain.mdm.{kind}_dataset: {exc}") from None
 
-    return MixedLoader({kind: make(kind, rows) for kind, rows in sizes.items()}, epoch, skip_batches)
+    resume = {kind: part_stream_state(stream_state, kind, rank, world_size, workers)
+              for kind in sizes if streamed[kind]}
+    return MixedLoader({kind: make(kind, rows) for kind, rows in sizes.items()}, epoch, skip_batches, resume)
 
 
 def stage_loader(stage_data, epoch: int, skip: int, stream_state: dict | None = None) -> MixedLoader:
-    """The training loader of the loop's :class:`~vlmo_cli.train.loop.StageData` (this process's share)."""
+    """The training loader of the loop's :class:`~vlmo_cli.train.loop.StageData` (this process's share; streamed
+    parts at the positions ``stream_state`` saved with the checkpoint)."""
     accelerator = stage_data.accelerator
     return mdm_loader(stage_data.stage, stage_data.tokenizer, rank=accelerator.process_index,
                       world_size=accelerator.num_processes, epoch=epoch, skip_batches=skip,
-                      pin_memory=accelerator.device.type == "cuda")
+                      pin_memory=accelerator.device.type == "cuda", stream_state=stream_state)
 
 
 # ---------------------------------------------------------------------- objective
@@ -259,14 +332,16 @@ def validation_sizes(stage) -> dict[str, int]:
 
 @torch.no_grad()
 def mdm_validate(module, stage, objective, device, tokenizer, max_batches: int) -> dict[str, float]:
-    """Mean of the objective's metrics over up to ``max_batches`` mixed batches of the ``val_split`` of each dataset
-    that has one (eval transforms, fixed order, the training mix of one process); empty when none has it."""
+    """Mean of the objective's metrics over up to ``max_batches`` mixed batches of the ``val_split`` of each prepared
+    part that has one (eval transforms, fixed order, the training mix of one process; streamed parts are left out);
+    empty when none has it."""
     from ..data.store import open_prepared
     from ..objectives.distributed import local_only
 
     task = stage.task
-    sizes = {kind: rows for kind, rows in validation_sizes(stage).items()
-             if all(task.val_split in open_prepared(p).splits for p in task.datasets[kind])}
+    streamed = streamed_parts(task)
+    sizes = {kind: rows for kind, rows in validation_sizes(stage).items() if not streamed[kind]
+             and all(task.val_split in open_prepared(p).splits for p in task.datasets[kind])}
     if not sizes:
         return {}
     model = module.model

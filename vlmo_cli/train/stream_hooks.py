@@ -15,13 +15,15 @@ def stream_options(data) -> StreamOptions:
 
 
 def stream_metrics(tracker: StreamTracker, accelerator) -> dict[str, int]:
-    """``stream_bad_samples``, ``stream_bad_shards``, ``stream_refills`` so far, summed over processes (a collective
-    when there are several)."""
+    """``stream_bad_samples``, ``stream_bad_shards``, ``stream_refills`` so far (and any further counter the tracker
+    keeps: a mixed loader's per part, ``stream_image_bad_samples`` …), summed over processes (a collective when there
+    are several)."""
     counts = tracker.counters()
-    values = torch.tensor([counts[k] for k in COUNTERS], dtype=torch.float64, device=accelerator.device)
+    names = [*COUNTERS, *(k for k in counts if k not in COUNTERS)]
+    values = torch.tensor([counts[k] for k in names], dtype=torch.float64, device=accelerator.device)
     if accelerator.num_processes > 1:
         values = accelerator.reduce(values, "sum")
-    return {f"stream_{k}": int(v) for k, v in zip(COUNTERS, values.tolist())}
+    return {f"stream_{k}": int(v) for k, v in zip(names, values.tolist())}
 
 
 def stream_summary(counts: dict[str, int]) -> str:
