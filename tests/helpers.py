@@ -65,3 +65,54 @@ def vqkd_dir(tmp_path) -> Path:
     from vlmo_cli.factory import convert_vqkd
 
     return convert_vqkd(released_vqkd(tmp_path), tmp_path / "vqkd", num_heads=4)
+
+
+# ---------------------------------------------------------------------- DDP against one process
+def gradients(module, batch) -> tuple[float, dict]:
+    """One forward and backward of a step module ``(loss, metrics) = module(batch)``: the loss and the gradient of
+    every parameter that got one (names without DDP's ``module.`` prefix)."""
+    module.zero_grad(set_to_none=True)
+    loss, _ = module(batch)
+    loss.backward()
+    return float(loss.detach()), {n.removeprefix("module."): p.grad.detach().clone()
+                                  for n, p in module.named_parameters() if p.grad is not None}
+
+
+def _ddp_worker(rank: int, port: int, out_dir: str, world: int, make_module, make_batch) -> None:
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    batch = {k: v.chunk(world)[rank] for k, v in make_batch().items()}
+    loss, grads = gradients(torch.nn.parallel.DistributedDataParallel(make_module()), batch)
+    losses = [None] * world
+    dist.all_gather_object(losses, loss)
+    if rank == 0:
+        torch.save((sum(losses) / world, grads), os.path.join(out_dir, "ddp.pt"))
+    dist.destroy_process_group()
+
+
+def assert_ddp_equals_one_process(make_module, make_batch, tmp_path, world: int = 2) -> None:
+    """``world`` gloo processes, each with ``make_module()`` and its row share of ``make_batch()``, compute the mean
+    loss and the gradients of one process on the whole batch (``make_*``: module-level functions, as they are
+    pickled into the spawned interpreters)."""
+    import socket
+
+    import pytest
+    import torch
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path), world, make_module, make_batch), nprocs=world, join=True)
+    ddp_loss, ddp_grads = torch.load(tmp_path / "ddp.pt")
+    loss, grads = gradients(make_module(), make_batch())
+    assert ddp_loss == pytest.approx(loss, rel=1e-5)
+    assert grads.keys() == ddp_grads.keys() and len(grads) > 50
+    for name, g in grads.items():
+        torch.testing.assert_close(ddp_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)

@@ -216,9 +216,12 @@ def test_model_info_and_training_flops_of_a_beit3_recipe(demo_root, monkeypatch,
     from vlmo_cli.model.flops import path_flops
 
     monkeypatch.chdir(demo_root)  # the answer count comes from the prepared VQA data
-    code, out, err = run(capsys, "model", "info", "beit3_tiny")
+    code, out, err = run(capsys, "model", "info", "beit3_tiny")  # the pre-trained model: the first training stage
     assert code == 0, err
-    assert "BEiT-3 beit3_tiny [finetune.vqa]" in out and "head: vqa_head" in out
+    assert "BEiT-3 beit3_tiny [pretrain.mdm]" in out and "head: mlm_head" in out and "MLM head (per text)" in out
+    code, out, err = run(capsys, "model", "info", "beit3_tiny", "--stage", "finetune.vqa")
+    assert code == 0, err
+    assert "BEiT-3 beit3_tiny [finetune.vqa]" in out and "head: vqa_head" in out and "MLM head" not in out
     st = stage("finetune.nlvr2")
     cfg = build_stage(st, torch.device("cpu"), lambda: None).cfg
     f = path_flops(cfg, 16)

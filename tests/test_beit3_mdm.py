@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from helpers import run
+from helpers import assert_ddp_equals_one_process, run
 from safetensors.torch import load_file
 
 from vlmo_cli.config.recipe import load_recipe
@@ -157,6 +157,15 @@ def test_exactly_the_parameters_the_parts_reach_train(mix):
     assert reached <= trainable
     missing = trainable - reached
     assert not missing, sorted(missing)
+
+
+def _stage_module():
+    return _parts().module
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch
+def test_two_gloo_processes_compute_the_single_process_gradients(tmp_path):
+    assert_ddp_equals_one_process(_stage_module, _fixed_batch, tmp_path)
 
 
 # ---------------------------------------------------------------------- the command

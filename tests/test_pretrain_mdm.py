@@ -6,15 +6,12 @@ compute one process's gradients; bad recipe values are one message each, exit 2.
 from __future__ import annotations
 
 import os
-import socket
 from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from helpers import run, vqkd_dir
+from helpers import assert_ddp_equals_one_process, run, vqkd_dir
 from safetensors.torch import load_file
 
 from vlmo_cli.config.recipe import load_recipe
@@ -208,44 +205,13 @@ def test_trimming_each_part_s_padding_is_exact():
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-WORLD = 2
-
-
-def _step(module, batch):
-    module.zero_grad(set_to_none=True)
-    loss, _ = module(batch)
-    loss.backward()
-    return float(loss.detach()), {n.removeprefix("module."): p.grad.detach().clone()
-                                  for n, p in module.named_parameters() if p.grad is not None}
-
-
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
-    batch = {k: v.chunk(WORLD)[rank] for k, v in _fixed_batch().items()}
-    ddp = torch.nn.parallel.DistributedDataParallel(StageModule(_model(), stages.STAGE_DEFS["pretrain.mdm"], _task()))
-    loss, grads = _step(ddp, batch)
-    losses = [None] * WORLD
-    dist.all_gather_object(losses, loss)
-    if rank == 0:
-        torch.save((sum(losses) / WORLD, grads), os.path.join(out_dir, "ddp.pt"))
-    dist.destroy_process_group()
+def _stage_module():
+    return StageModule(_model(), stages.STAGE_DEFS["pretrain.mdm"], _task())
 
 
 @pytest.mark.slow  # two spawned interpreters importing torch
 def test_two_gloo_processes_compute_the_single_process_gradients(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
-    ddp_loss, ddp_grads = torch.load(tmp_path / "ddp.pt")
-    single = StageModule(_model(), stages.STAGE_DEFS["pretrain.mdm"], _task())
-    loss, grads = _step(single, _fixed_batch())
-    assert ddp_loss == pytest.approx(loss, rel=1e-5)
-    assert grads.keys() == ddp_grads.keys() and len(grads) > 50
-    for name, g in grads.items():
-        torch.testing.assert_close(ddp_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    assert_ddp_equals_one_process(_stage_module, _fixed_batch, tmp_path)
 
 
 # ---------------------------------------------------------------------- training runs

@@ -30,8 +30,12 @@ def _written(out: Path) -> tuple[int, str | None]:
         return n, (f.metadata() or {}).get("inferred")
 
 
-def _print_summary(out: Path, description: str) -> None:
-    """One line describing the written directory, and where its architecture came from."""
+def _print_summary(out: Path, config_type: type, describe) -> None:
+    """One line describing the written directory (``describe(config)``, its ``config_type`` read back from it), and
+    where its architecture came from."""
+    from ..layout import CONFIG_NAME
+
+    description = describe(config_type.load(out / CONFIG_NAME))
     n, inferred = _written(out)
     console.print(f"wrote {out}: {description}, {n:,} weights", highlight=False, soft_wrap=True, markup=False)
     if inferred:
@@ -39,23 +43,19 @@ def _print_summary(out: Path, description: str) -> None:
 
 
 def _summary(out: Path) -> None:
-    from ..layout import CONFIG_NAME
     from ..model.config import ModelConfig
 
-    cfg = ModelConfig.load(out / CONFIG_NAME)
-    _print_summary(out, f"{cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, VL-FFN from block {cfg.vlffn_start}, "
-                        f"{'relative' if cfg.relative_position else 'absolute'} positions, {cfg.image_size}px, "
-                        f"heads {cfg.heads}")
+    _print_summary(out, ModelConfig, lambda cfg: (
+        f"{cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, VL-FFN from block {cfg.vlffn_start}, "
+        f"{'relative' if cfg.relative_position else 'absolute'} positions, {cfg.image_size}px, heads {cfg.heads}"))
 
 
 def _beit3_summary(out: Path) -> None:
-    from ..layout import CONFIG_NAME
     from ..model.beit3_config import Beit3Config
 
-    cfg = Beit3Config.load(out / CONFIG_NAME)
-    _print_summary(out, f"BEiT-3 {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, FFN {cfg.ffn_dim}, "
-                        f"{cfg.image_size}px, vocabulary {cfg.vocab_size}, final norm "
-                        f"{'yes' if cfg.normalize_output else 'no'}, heads {cfg.heads}")
+    _print_summary(out, Beit3Config, lambda cfg: (
+        f"BEiT-3 {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, FFN {cfg.ffn_dim}, {cfg.image_size}px, "
+        f"vocabulary {cfg.vocab_size}, final norm {'yes' if cfg.normalize_output else 'no'}, heads {cfg.heads}"))
 
 
 @convert_app.command("official")
@@ -146,13 +146,12 @@ def beit3(
 
 
 def _vqkd_summary(out: Path) -> None:
-    from ..layout import CONFIG_NAME
     from ..model.vqkd import VqkdConfig
 
-    cfg = VqkdConfig.load(out / CONFIG_NAME)
-    _print_summary(out, f"VQ-KD tokenizer {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, MLP {cfg.ffn_dim}, "
-                        f"{cfg.image_size}px in {cfg.patch_size}px patches ({cfg.num_patches} tokens per image), "
-                        f"codebook {cfg.codebook_size}×{cfg.codebook_dim}")
+    _print_summary(out, VqkdConfig, lambda cfg: (
+        f"VQ-KD tokenizer {cfg.depth}×{cfg.embed_dim}, {cfg.num_heads} heads, MLP {cfg.ffn_dim}, {cfg.image_size}px "
+        f"in {cfg.patch_size}px patches ({cfg.num_patches} tokens per image), codebook "
+        f"{cfg.codebook_size}×{cfg.codebook_dim}"))
 
 
 @convert_app.command("vqkd")
