@@ -116,3 +116,33 @@ def assert_ddp_equals_one_process(make_module, make_batch, tmp_path, world: int 
     assert grads.keys() == ddp_grads.keys() and len(grads) > 50
     for name, g in grads.items():
         torch.testing.assert_close(ddp_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def mixed_batch(b: int = 8) -> dict:
+    """A masked-data-modelling batch of ``b`` images, texts and pairs (32 px images of 16 patches; 12 text columns,
+    ids 5–63, with padding) whose every image has 4 masked patches and every text 2 masked tokens (so that
+    per-process means average to the global mean)."""
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    patch_mask = torch.zeros(b, 16, dtype=torch.bool)
+    for row in range(b):
+        patch_mask[row, torch.randperm(16, generator=g)[:4]] = True
+
+    def texts(rows):
+        ids = torch.randint(5, 64, (rows, 12), generator=g)
+        mask = torch.ones(rows, 12, dtype=torch.long)
+        mask[:, 8:] = 0  # 4 columns of padding in every row: trimmed by the objective
+        mask[: rows // 2, 7:] = 0
+        ids = ids * mask
+        mlm_ids, labels = ids.clone(), torch.full_like(ids, -100)
+        labels[:, 1:4:2] = ids[:, 1:4:2]
+        mlm_ids[:, 1:4:2] = 3
+        return {"input_ids": ids, "attention_mask": mask, "mlm_input_ids": mlm_ids, "mlm_labels": labels}
+
+    batch = {"image.pixel_values": torch.randn(b, 3, 32, 32, generator=g), "image.patch_mask": patch_mask}
+    batch.update({f"text.{k}": v for k, v in texts(b).items()})
+    batch.update({f"pair.{k}": v for k, v in texts(b).items()})
+    batch["pair.pixel_values"] = torch.randn(b, 3, 32, 32, generator=g)
+    batch["pair.patch_mask"] = patch_mask.flip(0)
+    return batch

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from helpers import assert_ddp_equals_one_process, run
+from helpers import assert_ddp_equals_one_process, mixed_batch, run
 from safetensors.torch import load_file
 
 from vlmo_cli.config.recipe import load_recipe
@@ -42,31 +42,6 @@ def _small(overrides=()):
                       "model.vocab_size=64", *overrides])
 
 
-def _fixed_batch(b: int = 4) -> dict[str, torch.Tensor]:
-    """A mixed batch of ``b`` images, texts and pairs (32 px images of 16 patches, 12 text columns with padding)."""
-    g = torch.Generator().manual_seed(3)
-    patch_mask = torch.zeros(b, 16, dtype=torch.bool)
-    for row in range(b):
-        patch_mask[row, torch.randperm(16, generator=g)[:6]] = True
-
-    def texts(rows):
-        ids = torch.randint(5, 64, (rows, 12), generator=g)
-        mask = torch.ones(rows, 12, dtype=torch.long)
-        mask[: rows // 2, 7:] = 0
-        ids = ids * mask
-        mlm_ids, labels = ids.clone(), torch.full_like(ids, -100)
-        labels[:, 1:6:2] = ids[:, 1:6:2]
-        mlm_ids[:, 1:6:2] = 3
-        return {"input_ids": ids, "attention_mask": mask, "mlm_input_ids": mlm_ids, "mlm_labels": labels}
-
-    batch = {"image.pixel_values": torch.randn(b, 3, 32, 32, generator=g), "image.patch_mask": patch_mask}
-    batch.update({f"text.{k}": v for k, v in texts(b).items()})
-    batch.update({f"pair.{k}": v for k, v in texts(b).items()})
-    batch["pair.pixel_values"] = torch.randn(b, 3, 32, 32, generator=g)
-    batch["pair.patch_mask"] = patch_mask.flip(0)
-    return batch
-
-
 def _parts(overrides=()):
     torch.manual_seed(0)
     return build_stage(_small(overrides), torch.device("cpu"), lambda: None)
@@ -86,7 +61,7 @@ def test_the_stage_builds_a_beit3_with_pixel_or_teacher_heads(tmp_path):
     with_teacher = _small(["pretrain.mdm.target=teacher", f"pretrain.mdm.teacher={tmp_path}", "model.embed_dim=48"])
     student = build_stage(with_teacher, torch.device("cpu"), lambda: None)
     assert student.model.mim_head.out_features == 32  # the teacher's width
-    out = student.stage_def.objective(student.model, _fixed_batch(), with_teacher.task)
+    out = student.stage_def.objective(student.model, mixed_batch(), with_teacher.task)
     assert 0 < float(out.metrics["mdm_image_loss"]) < 2  # 1 - cos
 
 
@@ -96,14 +71,14 @@ def test_visual_token_targets_size_the_head_to_the_codebook(tmp_path):
     stage = _small(["pretrain.mdm.target=vqkd", f"pretrain.mdm.visual_tokenizer={vqkd_dir(tmp_path)}"])
     parts = build_stage(stage, torch.device("cpu"), lambda: None)
     assert parts.model.mim_head.out_features == 64  # the fixture tokenizer's codebook
-    out = parts.stage_def.objective(parts.model, _fixed_batch(), stage.task)
+    out = parts.stage_def.objective(parts.model, mixed_batch(), stage.task)
     assert {"mdm_image_acc", "mdm_pair_image_acc"} <= set(out.metrics)
     assert float(out.metrics["mdm_image_loss"]) == pytest.approx(float(torch.log(torch.tensor(64.0))), rel=0.3)
 
 
 def test_the_objective_reports_every_part_through_beit3_s_paths():
     parts = _parts()
-    out = parts.stage_def.objective(parts.model, _fixed_batch(), _small().task)
+    out = parts.stage_def.objective(parts.model, mixed_batch(), _small().task)
     assert set(out.metrics) == {"mdm_image_loss", "mdm_text_loss", "mdm_text_acc", "mdm_pair_loss", "mdm_pair_acc",
                                 "mdm_pair_image_loss"}
     assert torch.allclose(out.loss, sum(out.metrics[k] for k in ("mdm_image_loss", "mdm_text_loss", "mdm_pair_loss",
@@ -116,7 +91,7 @@ def test_text_padding_stays_padding():
     from vlmo_cli.model.family import masked_data_view
 
     view = masked_data_view(_parts().model.eval())
-    text = split_parts(_fixed_batch())["text"]
+    text = split_parts(mixed_batch())["text"]
     changed = text["mlm_input_ids"].masked_fill(text["attention_mask"] == 0, 7)
     with torch.no_grad():
         a = view.text_tokens(text["mlm_input_ids"], text["attention_mask"])
@@ -145,7 +120,7 @@ def test_exactly_the_parameters_the_parts_reach_train(mix):
     one, and a frozen one that the loss reaches would silently not learn)."""
     parts = _parts(MIXES[mix])
     task = _small(MIXES[mix]).task
-    batch = {k: v for k, v in _fixed_batch().items() if task.fractions[k.split(".")[0]] > 0}
+    batch = {k: v for k, v in mixed_batch().items() if task.fractions[k.split(".")[0]] > 0}
     if task.pair_image_mask_ratio == 0:
         batch.pop("pair.patch_mask", None)
     parts.model.zero_grad()
@@ -165,7 +140,7 @@ def _stage_module():
 
 @pytest.mark.slow  # two spawned interpreters importing torch
 def test_two_gloo_processes_compute_the_single_process_gradients(tmp_path):
-    assert_ddp_equals_one_process(_stage_module, _fixed_batch, tmp_path)
+    assert_ddp_equals_one_process(_stage_module, mixed_batch, tmp_path)
 
 
 # ---------------------------------------------------------------------- the command

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import assert_ddp_equals_one_process, run, vqkd_dir
+from helpers import assert_ddp_equals_one_process, mixed_batch, run, vqkd_dir
 from safetensors.torch import load_file
 
 from vlmo_cli.config.recipe import load_recipe
@@ -142,41 +142,14 @@ def test_only_parameters_some_part_reaches_train():
     assert not any("mlp_text" in n or n.startswith("mlm_score") for n in frozen)
 
 
-def _fixed_batch(b: int = 8) -> dict[str, torch.Tensor]:
-    """A mixed batch whose every image has 4 masked patches and every text 2 masked tokens (so that per-process
-    means average to the global mean)."""
-    g = torch.Generator().manual_seed(3)
-    patch_mask = torch.zeros(b, 16, dtype=torch.bool)
-    for row in range(b):
-        patch_mask[row, torch.randperm(16, generator=g)[:4]] = True
-
-    def texts(rows):
-        ids = torch.randint(5, 64, (rows, 12), generator=g)
-        mask = torch.ones(rows, 12, dtype=torch.long)
-        mask[:, 8:] = 0  # 4 columns of padding in every row: trimmed by the objective
-        mask[: rows // 2, 7:] = 0
-        ids = ids * mask
-        mlm_ids, labels = ids.clone(), torch.full_like(ids, -100)
-        labels[:, 1:4:2] = ids[:, 1:4:2]
-        mlm_ids[:, 1:4:2] = 3
-        return {"input_ids": ids, "attention_mask": mask, "mlm_input_ids": mlm_ids, "mlm_labels": labels}
-
-    batch = {"image.pixel_values": torch.randn(b, 3, 32, 32, generator=g), "image.patch_mask": patch_mask}
-    batch.update({f"text.{k}": v for k, v in texts(b).items()})
-    batch.update({f"pair.{k}": v for k, v in texts(b).items()})
-    batch["pair.pixel_values"] = torch.randn(b, 3, 32, 32, generator=g)
-    batch["pair.patch_mask"] = patch_mask.flip(0)
-    return batch
-
-
 def test_the_objective_reports_every_part():
-    out = stages.STAGE_DEFS["pretrain.mdm"].objective(_model(), _fixed_batch(), _task())
+    out = stages.STAGE_DEFS["pretrain.mdm"].objective(_model(), mixed_batch(), _task())
     assert set(out.metrics) == {"mdm_image_loss", "mdm_text_loss", "mdm_text_acc", "mdm_pair_loss", "mdm_pair_acc",
                                 "mdm_pair_image_loss"}
     parts = [out.metrics[k] for k in ("mdm_image_loss", "mdm_text_loss", "mdm_pair_loss", "mdm_pair_image_loss")]
     assert torch.allclose(out.loss, sum(parts))
     assert out.metrics["mdm_text_loss"] == pytest.approx(float(torch.log(torch.tensor(64.0))), rel=0.3)
-    batch = {k: v for k, v in _fixed_batch().items() if k != "pair.patch_mask"}
+    batch = {k: v for k, v in mixed_batch().items() if k != "pair.patch_mask"}
     assert "mdm_pair_image_loss" not in stages.STAGE_DEFS["pretrain.mdm"].objective(_model(), batch, _task()).metrics
 
 
@@ -187,11 +160,11 @@ def test_trimming_each_part_s_padding_is_exact():
 
     from vlmo_cli.data.collate import trim_text_padding
 
-    assert trim_text_padding(split_parts(_fixed_batch())["pair"])["mlm_input_ids"].shape == (8, 8)
+    assert trim_text_padding(split_parts(mixed_batch())["pair"])["mlm_input_ids"].shape == (8, 8)
     results = []
     for trimmed in (True, False):
         model = _model()
-        batch = _fixed_batch()
+        batch = mixed_batch()
         if trimmed:
             loss = stages.STAGE_DEFS["pretrain.mdm"].objective(model, batch, _task()).loss
         else:
@@ -211,7 +184,7 @@ def _stage_module():
 
 @pytest.mark.slow  # two spawned interpreters importing torch
 def test_two_gloo_processes_compute_the_single_process_gradients(tmp_path):
-    assert_ddp_equals_one_process(_stage_module, _fixed_batch, tmp_path)
+    assert_ddp_equals_one_process(_stage_module, mixed_batch, tmp_path)
 
 
 # ---------------------------------------------------------------------- training runs
@@ -353,7 +326,7 @@ def test_the_objective_scores_the_tokenizer_s_ids_of_the_whole_image(tmp_path):
     torch.manual_seed(0)
     model = VLMo(get_config("tiny", vocab_size=64, drop_path_rate=0.0, text_dropout=0.0, heads=["mlm", "mim"],
                             mim_target_dim=64)).eval()
-    batch = _fixed_batch()
+    batch = mixed_batch()
     out = stages.STAGE_DEFS["pretrain.mdm"].objective(model, batch, _task(target="vqkd", visual_tokenizer=directory))
     assert {"mdm_image_acc", "mdm_pair_image_acc"} <= set(out.metrics)
     pixels, mask = batch["image.pixel_values"], batch["image.patch_mask"]
