@@ -202,7 +202,7 @@ def _pair_images(root: Path, n: int = 4) -> list[str]:
 
 def test_pairs_tsv_headerless_groups_captions(tmp_path):
     names = _pair_images(tmp_path)
-    rows = [f"{names[0]}\ta cat", f"{names[1]}\ta dog", f"{names[0]}\tanother cat", f"imgs/none.jpg\tlost",
+    rows = [f"{names[0]}\ta cat", f"{names[1]}\ta dog", f"{names[0]}\tanother cat", "imgs/none.jpg\tlost",
             f"{names[2]}\t   "]
     (tmp_path / "annot.tsv").write_text("\n".join(rows) + "\n")
     manifest = prepare(FilePairsSource(tmp_path / "annot.tsv", "tsv"), tmp_path / "out")

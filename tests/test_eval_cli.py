@@ -15,7 +15,6 @@ from vlmo_cli.cli.app import main
 from vlmo_cli.data.store import open_prepared
 from vlmo_cli.data.tokenizer import load_tokenizer
 from vlmo_cli.errors import CheckpointError, DataError
-from vlmo_cli.evaluate.retrieval import run_retrieval
 from vlmo_cli.evaluate.target import default_report_path, eval_target
 from vlmo_cli.evaluate.vqa import run_vqa
 from vlmo_cli.model.config import get_config

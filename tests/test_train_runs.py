@@ -4,7 +4,6 @@ and failed runs leave, fractional epochs, permissions, and the fp16 loss scaler 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

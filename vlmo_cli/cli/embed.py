@@ -84,7 +84,8 @@ def search(
     console.print(f"index {result.index.file}: {len(result.index)} {what}"
                   + (" (rebuilt)" if s.rebuilt else f" ({s.embedded} embedded, {s.removed} removed)")
                   + (f", {s.unreadable} unreadable" if s.unreadable else "") + f" in {s.seconds:.2f}s; "
-                  + result.index.describe_ann() + (" (built now)" if s.ann_built else ""))
+                  + result.index.describe_ann() + (" (built now)" if s.ann_built else ""),
+                  soft_wrap=True)  # one line, so the index path stays whole
     reranked = any(h.itm is not None for h in result.hits)
     table = Table(title=f"top {len(result.hits)} for " + (repr(query) if query is not None else str(image)),
                   header_style="bold")
