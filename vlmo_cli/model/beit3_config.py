@@ -12,14 +12,11 @@ projection, LayerNorm epsilon 1e-5 and 1024 text positions (torchscale's default
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .config_file import ConfigFile
 
 FAMILY = "beit3"
 
@@ -41,7 +38,7 @@ INITS = ("torchscale", "unilm")
 
 
 @dataclass
-class Beit3Config:
+class Beit3Config(ConfigFile):
     """Architecture of a BEiT-3 model.
 
     Args:
@@ -94,10 +91,7 @@ class Beit3Config:
     name: str = "custom"
     family: str = FAMILY
 
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise ConfigError("invalid BEiT-3 config: " + "; ".join(problems))
+    KIND = "BEiT-3"
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -163,62 +157,17 @@ class Beit3Config:
             out.append(f"family must be {FAMILY!r}, got {self.family!r}")
         return out
 
-    def replace(self, **changes: Any) -> "Beit3Config":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "BEiT-3 config") -> "Beit3Config":
         """A config from JSON-like data, every unknown key reported (naming ``source``)."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a JSON object of BEiT-3 config fields, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown BEiT-3 config keys {unknown}; allowed: {sorted(names)}")
+        cls.check_keys(data, source)
         if data.get("family", FAMILY) != FAMILY:
             raise ConfigError(f"{source}: not a BEiT-3 config (family {data.get('family')!r})")
-        problems = [p for name, value in data.items() if (p := _type_problem(name, value))]
-        if problems:
-            raise ConfigError(f"{source}: " + "; ".join(problems))
-        data = {k: float(v) if k in ("layer_norm_eps", "drop_path_rate") and isinstance(v, int) else v
-                for k, v in data.items()}
+        values = cls.typed(data, source)
         try:
-            return cls(**data)
+            return cls(**values)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Beit3Config":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read BEiT-3 config ({exc})") from exc
-        return cls.from_dict(data, source=str(path))
-
-
-def _type_problem(name: str, value: Any) -> str | None:
-    """``"field 'depth' must be an integer, got '12'"`` when ``value`` does not have the field's JSON type."""
-    kind = _FIELD_KINDS[name]
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-        "str": isinstance(value, str),
-        "list[str]": isinstance(value, list) and all(isinstance(x, str) for x in value),
-    }[kind]
-    words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-             "list[str]": "a list of strings"}
-    return None if ok else f"field {name!r} must be {words[kind]}, got {value!r}"
-
-
-_FIELD_KINDS = {name: (hint.__name__ if isinstance(hint, type) else str(hint).replace(" ", ""))
-                for name, hint in typing.get_type_hints(Beit3Config).items()}
 
 
 def is_beit3_config(data: Any) -> bool:

@@ -6,15 +6,13 @@ directory holds. The named sizes reproduce the official ``vlmo_*_patch16`` entri
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .config_file import ConfigFile
 
 #: Heads a model may carry. ``itc`` = the two plain projections and ``logit_scale``; ``itc_vl`` = the VL-branch
 #: projections and ``logit_vl_scale``; ``mim`` = our light masked-image-modelling head (pixel regression).
@@ -22,7 +20,7 @@ KNOWN_HEADS = ("pooler", "itc", "itc_vl", "itm", "mlm", "vqa", "nlvr2", "classif
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ConfigFile):
     """Architecture of a VLMo model.
 
     Args:
@@ -78,10 +76,7 @@ class ModelConfig:
     name: str = "custom"
     mim_target_dim: int = 0
 
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise ConfigError("invalid model config: " + "; ".join(problems))
+    KIND = "model"
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -131,81 +126,24 @@ class ModelConfig:
             out.append(f"drop_path_rate {self.drop_path_rate} must lie in [0, 1)")
         return out
 
-    def replace(self, **changes: Any) -> "ModelConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "model config") -> "ModelConfig":
         """A config from JSON-like data, every unknown key and wrongly typed value reported (naming ``source``)."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a JSON object of model config fields, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown model config keys {unknown}; allowed: {sorted(names)}")
-        problems = [p for name, value in data.items() if (p := _type_problem(name, value))]
-        if problems:
-            raise ConfigError(f"{source}: " + "; ".join(problems))
+        cls.check_keys(data, source)
+        values = cls.typed(data, source)
         try:
-            return cls(**{name: _coerce(name, value) for name, value in data.items()})
+            return cls(**values)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read model config ({exc})") from exc
+        data = cls.read_json(path)
         if isinstance(data, dict):
             data.pop("model_type", None)
             if data.get("family") == "beit3":
                 raise ConfigError(f"{path}: a BEiT-3 model (family beit3); this command works on VLMo models only")
         return cls.from_dict(data, source=str(path))
-
-
-# ---------------------------------------------------------------------- field types of config.json
-def _kind_of(hint: Any) -> str:
-    """The JSON kind of a field type: ``int``, ``float``, ``float|None``, ``bool``, ``str`` or ``list[str]``."""
-    return hint.__name__ if isinstance(hint, type) else str(hint).replace(" ", "")
-
-
-def _kind(name: str) -> str:
-    return _FIELD_KINDS[name]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _type_problem(name: str, value: Any) -> str | None:
-    """``"field 'depth' must be an integer, got '12'"`` when ``value`` does not have the field's type."""
-    kind = _kind(name)
-    ok = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": _is_number,
-        "float|None": lambda v: v is None or _is_number(v),
-        "bool": lambda v: isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-        "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-    }[kind](value)
-    words = {"int": "an integer", "float": "a number", "float|None": "a number or null", "bool": "true or false",
-             "str": "a string", "list[str]": "a list of strings"}
-    return None if ok else f"field {name!r} must be {words[kind]}, got {value!r}"
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """JSON writes 4.0 as 4: a float field holding an integer becomes a float."""
-    return float(value) if _kind(name).startswith("float") and value is not None else value
-
-
-_FIELD_KINDS = {name: _kind_of(hint) for name, hint in typing.get_type_hints(ModelConfig).items()}
 
 
 # ---------------------------------------------------------------------- registry of named sizes

@@ -26,10 +26,8 @@ pixels normalised as ``(x − mean) / std``.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -37,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .config_file import ConfigFile
 
 FAMILY = "vqkd"
 #: epsilon of every LayerNorm of the encoder (``get_model_default_params``: ``partial(nn.LayerNorm, eps=1e-6)``)
@@ -44,7 +43,7 @@ LAYER_NORM_EPS = 1e-6
 
 
 @dataclass
-class VqkdConfig:
+class VqkdConfig(ConfigFile):
     """Sizes of a VQ-KD tokenizer's encoder and codebook (what ``config.json`` of a tokenizer directory holds, with
     ``"family": "vqkd"``).
 
@@ -74,10 +73,7 @@ class VqkdConfig:
     name: str = "custom"
     family: str = FAMILY
 
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise ConfigError("invalid VQ-KD config: " + "; ".join(problems))
+    KIND = "VQ-KD"
 
     @property
     def grid_size(self) -> int:
@@ -105,39 +101,17 @@ class VqkdConfig:
             out.append(f"family must be {FAMILY!r}, got {self.family!r}")
         return out
 
-    def replace(self, **changes: Any) -> "VqkdConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: Any, source: str = "VQ-KD config") -> "VqkdConfig":
         """A config from JSON-like data; unknown keys and wrong types are reported naming ``source``."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a JSON object of VQ-KD config fields, got {type(data).__name__}")
-        if data.get("family") != FAMILY:
+        if isinstance(data, dict) and data.get("family") != FAMILY:
             raise ConfigError(f"{source}: not a VQ-KD tokenizer config (family {data.get('family')!r}, expected "
                               f"{FAMILY!r})")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown VQ-KD config keys {unknown}; allowed: {sorted(names)}")
+        cls.check_keys(data, source)
         try:
             return cls(**data)
         except (ConfigError, TypeError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "VqkdConfig":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read VQ-KD config ({exc})") from exc
-        return cls.from_dict(data, source=str(path))
 
 
 def is_vqkd_config(data: Any) -> bool:
