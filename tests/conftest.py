@@ -39,3 +39,11 @@ def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo_root")
     make_demo(root / "demo_data")
     return root
+
+
+@pytest.fixture()
+def in_demo(demo_root, monkeypatch, tmp_path):
+    """Run from the demo folder (the tiny recipes' relative dataset paths resolve) and write runs under tmp_path:
+    the override to append to a command."""
+    monkeypatch.chdir(demo_root)
+    return ["train.output_dir=" + str(tmp_path / "runs")]

@@ -146,3 +146,10 @@ def mixed_batch(b: int = 8) -> dict:
     batch["pair.pixel_values"] = torch.randn(b, 3, 32, 32, generator=g)
     batch["pair.patch_mask"] = patch_mask.flip(0)
     return batch
+
+
+def train_values(run_dir, key: str) -> list[float]:
+    """The logged training values of ``key`` in a run's metrics.jsonl, in step order (validation rows left out)."""
+    from vlmo_cli.train.monitor import read_metrics
+
+    return [m[key] for m in read_metrics(run_dir) if key in m and not any(k.startswith("val_") for k in m)]

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from helpers import assert_ddp_equals_one_process, mixed_batch, run
+from helpers import assert_ddp_equals_one_process, mixed_batch, run, train_values
 from safetensors.torch import load_file
 
 from vlmo_cli.config.recipe import load_recipe
@@ -24,12 +24,6 @@ from vlmo_cli.train.beit3_stages import BEIT3_STAGE_DEFS, beit3_mdm_trainable
 from vlmo_cli.train.build import build_stage
 from vlmo_cli.train.loop import train
 from vlmo_cli.train.monitor import read_metrics
-
-
-@pytest.fixture()
-def in_demo(demo_root, monkeypatch, tmp_path):
-    monkeypatch.chdir(demo_root)
-    return ["train.output_dir=" + str(tmp_path / "runs")]
 
 
 def mdm_stage(overrides=(), in_demo=()):
@@ -144,10 +138,6 @@ def test_two_gloo_processes_compute_the_single_process_gradients(tmp_path):
 
 
 # ---------------------------------------------------------------------- the command
-def _losses(run_dir, key):
-    return [m[key] for m in read_metrics(run_dir) if key in m and not any(k.startswith("val_") for k in m)]
-
-
 def test_pretrain_mdm_saves_a_beit3_that_fine_tuning_starts_from(in_demo, tmp_path, capsys):
     code, out, err = run(capsys, "pretrain-mdm", "beit3_tiny", *in_demo, "data.batch_size=8",
                          "pretrain.mdm.max_steps=2", "pretrain.mdm.val_split=none")
@@ -171,7 +161,7 @@ def test_the_shipped_section_learns_every_part(in_demo, tmp_path, capsys):
     assert code == 0, out + err
     run_dir = tmp_path / "runs" / "beit3-tiny-pretrain-mdm"
     for key in ("mdm_image_loss", "mdm_text_loss", "mdm_pair_loss"):
-        values = _losses(run_dir, key)
+        values = train_values(run_dir, key)
         assert len(values) == 10 and values[-1] < 0.9 * values[0], (key, values)
     final = read_metrics(run_dir)[-1]
     print("beit3 mdm:", {k: round(v, 3) for k, v in final.items() if k.startswith("val_")})
@@ -189,7 +179,7 @@ def test_resume_auto_equals_the_uninterrupted_run(in_demo):
     assert a.keys() == b.keys() and any(k.startswith("mim_head.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert _losses(full.run_dir, "loss") == _losses(resumed.run_dir, "loss")
+    assert train_values(full.run_dir, "loss") == train_values(resumed.run_dir, "loss")
 
 
 @pytest.mark.slow  # two torchrun processes

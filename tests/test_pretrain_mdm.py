@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import assert_ddp_equals_one_process, mixed_batch, run, vqkd_dir
+from helpers import assert_ddp_equals_one_process, mixed_batch, run, train_values, vqkd_dir
 from safetensors.torch import load_file
 
 from vlmo_cli.config.recipe import load_recipe
@@ -24,12 +24,6 @@ from vlmo_cli.train.build import StageModule
 from vlmo_cli.train.loop import train
 from vlmo_cli.train.mdm import mdm_loader, mdm_trainable
 from vlmo_cli.train.monitor import read_metrics
-
-
-@pytest.fixture()
-def in_demo(demo_root, monkeypatch, tmp_path):
-    monkeypatch.chdir(demo_root)
-    return ["train.output_dir=" + str(tmp_path / "runs")]
 
 
 def mdm_stage(overrides=(), in_demo=()):
@@ -188,10 +182,6 @@ def test_two_gloo_processes_compute_the_single_process_gradients(tmp_path):
 
 
 # ---------------------------------------------------------------------- training runs
-def _losses(run_dir, key):
-    return [m[key] for m in read_metrics(run_dir) if key in m and not any(k.startswith("val_") for k in m)]
-
-
 @pytest.mark.slow  # ~30 s on an idle 2-core machine
 def test_pretrain_mdm_from_the_cli_learns_every_part(in_demo, tmp_path, capsys):
     """The shipped tiny section as it is (200 steps of 32): every loss falls, and the masked-token accuracies beat
@@ -200,12 +190,12 @@ def test_pretrain_mdm_from_the_cli_learns_every_part(in_demo, tmp_path, capsys):
     assert code == 0, out + err
     run_dir = tmp_path / "runs" / "tiny-pretrain-mdm"
     for key in ("mdm_image_loss", "mdm_text_loss", "mdm_pair_loss"):
-        values = _losses(run_dir, key)
+        values = train_values(run_dir, key)
         assert len(values) == 10 and values[-1] < 0.9 * values[0], (key, values)
-    text_acc, pair_acc = _losses(run_dir, "mdm_text_acc")[-1], _losses(run_dir, "mdm_pair_acc")[-1]
+    text_acc, pair_acc = train_values(run_dir, "mdm_text_acc")[-1], train_values(run_dir, "mdm_pair_acc")[-1]
     final = read_metrics(run_dir)[-1]
     frequent = _frequent_token_rates(in_demo)
-    curves = {k: _losses(run_dir, k)[::9] for k in ("mdm_image_loss", "mdm_text_loss", "mdm_pair_loss")}
+    curves = {k: train_values(run_dir, k)[::9] for k in ("mdm_image_loss", "mdm_text_loss", "mdm_pair_loss")}
     print(f"mdm after 200 steps: text acc {text_acc:.3f} (val {final['val_mdm_text_acc']:.3f}), pair acc "
           f"{pair_acc:.3f} (val {final['val_mdm_pair_acc']:.3f}); losses first/last window {curves}; most frequent "
           f"masked token: text {frequent['text']:.3f}, pair {frequent['pair']:.3f}; uniform {1 / 160:.4f}")
@@ -233,7 +223,7 @@ def test_resume_auto_equals_the_uninterrupted_run(in_demo, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert _losses(full.run_dir, "loss") == _losses(resumed.run_dir, "loss")
+    assert train_values(full.run_dir, "loss") == train_values(resumed.run_dir, "loss")
 
 
 # ---------------------------------------------------------------------- recipe mistakes
@@ -288,7 +278,7 @@ def test_pretrain_mdm_learns_a_teachers_patch_features(in_demo, tmp_path, capsys
                          f"pretrain.mdm.teacher={teacher}", "pretrain.mdm.pair_image_mask_ratio=0.4")
     assert code == 0, out + err
     run_dir = tmp_path / "runs" / "tiny-pretrain-mdm"
-    image, pair_image = _losses(run_dir, "mdm_image_loss"), _losses(run_dir, "mdm_pair_image_loss")
+    image, pair_image = train_values(run_dir, "mdm_image_loss"), train_values(run_dir, "mdm_pair_image_loss")
     print(f"teacher-feature loss (1 - cos) per 5 steps: images {image}, pairs' images {pair_image}")
     assert len(image) == 4 and image[-1] < 0.7 * image[0], image
     assert len(pair_image) == 4 and pair_image[-1] < 0.7 * pair_image[0], pair_image
@@ -345,8 +335,8 @@ def test_pretrain_mdm_learns_vqkd_visual_tokens(in_demo, tmp_path, capsys):
                          f"pretrain.mdm.visual_tokenizer={tokenizer}", "pretrain.mdm.pair_image_mask_ratio=0.4")
     assert code == 0, out + err
     run_dir = tmp_path / "runs" / "tiny-pretrain-mdm"
-    image, acc = _losses(run_dir, "mdm_image_loss"), _losses(run_dir, "mdm_image_acc")
-    pair_image = _losses(run_dir, "mdm_pair_image_loss")
+    image, acc = train_values(run_dir, "mdm_image_loss"), train_values(run_dir, "mdm_image_acc")
+    pair_image = train_values(run_dir, "mdm_pair_image_loss")
     print(f"visual-token cross-entropy per 5 steps: images {image}, pairs' images {pair_image}; accuracy {acc}")
     assert len(image) == 4 and image[-1] < 0.7 * image[0], image
     assert len(pair_image) == 4 and sum(pair_image[2:]) / 2 < 0.7 * pair_image[0], pair_image

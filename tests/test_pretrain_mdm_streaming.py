@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run
+from helpers import run, train_values
 from safetensors.torch import load_file
 
 from vlmo_cli.cli.app import main
@@ -194,10 +194,6 @@ def test_data_mistakes_are_one_message_exit_2(small_shards, demo_root, tmp_path,
 
 
 # ---------------------------------------------------------------------- training runs
-def _losses(run_dir, key):
-    return [m[key] for m in read_metrics(run_dir) if key in m and not any(k.startswith("val_") for k in m)]
-
-
 @pytest.mark.slow  # ~4 s on an idle 2-core machine, after ~3 s writing the shards
 def test_streamed_pretrain_mdm_from_prepared_shards_learns(demo_shards, demo_root, tmp_path, monkeypatch):
     """Every part streamed from `vlmo prepare` shards of the demo data: 40 steps of 16 lower every loss."""
@@ -207,7 +203,7 @@ def test_streamed_pretrain_mdm_from_prepared_shards_learns(demo_shards, demo_roo
                                             "pretrain.mdm.max_steps=40",
                                             "pretrain.mdm.log_every=10", "pretrain.mdm.warmup=5"])
     result = train(stage)
-    curves = {k: _losses(result.run_dir, k) for k in ("loss", "mdm_image_loss", "mdm_text_loss", "mdm_pair_loss")}
+    curves = {k: train_values(result.run_dir, k) for k in ("loss", "mdm_image_loss", "mdm_text_loss", "mdm_pair_loss")}
     print(f"streamed mdm, 40 steps of 16, per 10 steps: {curves}")
     for key, values in curves.items():
         assert len(values) == 4 and all(torch.isfinite(torch.tensor(values))), (key, values)

@@ -31,12 +31,6 @@ TEXT = ["model.vocab_size=160", "data.batch_size=8", "pretrain.text.init=", "pre
         "train.log_every=1"]
 
 
-@pytest.fixture()
-def in_demo(demo_root, monkeypatch, tmp_path):
-    monkeypatch.chdir(demo_root)
-    return ["train.output_dir=" + str(tmp_path / "runs")]
-
-
 def _ckpt_root(tmp_path: Path, run_name: str) -> Path:
     return tmp_path / "runs" / run_name / "checkpoints"
 

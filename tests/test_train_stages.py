@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import train_values
 from vlmo_cli.cli.app import main
 from vlmo_cli.config.recipe import load_recipe
 from vlmo_cli.train import stages as stages_module
@@ -21,12 +21,6 @@ from vlmo_cli.train.monitor import read_metrics
 COMMON = ["model.vocab_size=160", "train.log_every=5", "data.batch_size=16"]
 
 
-@pytest.fixture()
-def in_demo(demo_root, monkeypatch, tmp_path):
-    monkeypatch.chdir(demo_root)
-    return ["train.output_dir=" + str(tmp_path / "runs")]
-
-
 def run_cli(args: list[str]) -> None:
     try:
         main(args)
@@ -34,22 +28,18 @@ def run_cli(args: list[str]) -> None:
         assert exc.code in (0, None), f"vlmo {' '.join(args)} exited with {exc.code}"
 
 
-def losses(run: Path, key: str) -> list[float]:
-    return [m[key] for m in read_metrics(run) if key in m and not any(k.startswith("val_") for k in m)]
-
-
 def test_three_stages_from_the_cli_learn_and_chain(in_demo, tmp_path):
     runs = tmp_path / "runs"
     run_cli(["pretrain-vision", "tiny", *COMMON, *in_demo, "pretrain.vision.max_steps=30",
              "pretrain.vision.lr=2e-3", "pretrain.vision.warmup=3"])
     vision = runs / "tiny-pretrain-vision"
-    mim = losses(vision, "mim_loss")
+    mim = train_values(vision, "mim_loss")
     assert sum(mim[-2:]) < 0.93 * sum(mim[:2]), mim  # per-patch normalised pixels: 1.0 = predicting the mean
 
     run_cli(["pretrain-text", "tiny", *COMMON, *in_demo, "pretrain.text.max_steps=30", "pretrain.text.warmup=3",
              f"pretrain.text.init={vision}"])
     text = runs / "tiny-pretrain-text"
-    mlm = losses(text, "mlm_loss")
+    mlm = train_values(text, "mlm_loss")
     assert sum(mlm[-2:]) < 0.8 * sum(mlm[:2]), mlm
     # stage 2 trains only the text side: every frozen tensor is bit-identical to stage 1's
     before = load_file(list_checkpoints(vision)[-1] / "model.safetensors")
@@ -64,7 +54,7 @@ def test_three_stages_from_the_cli_learn_and_chain(in_demo, tmp_path):
     run_cli(["pretrain-vl", "tiny", *COMMON, *in_demo, "pretrain.vl.max_steps=60", "pretrain.vl.warmup=5",
              "pretrain.vl.lr=1e-3", f"pretrain.vl.init={text}"])
     vl = runs / "tiny-pretrain-vl"
-    total, mlm_vl, itc = losses(vl, "loss"), losses(vl, "mlm_loss"), losses(vl, "itc_loss")
+    total, mlm_vl, itc = train_values(vl, "loss"), train_values(vl, "mlm_loss"), train_values(vl, "itc_loss")
     # from a tiny stage-2 model, ITC/ITM leave their plateau slowly (the quickstart shows them learn); MLM drops fast
     assert sum(total[-2:]) < 0.95 * sum(total[:2]), total
     assert sum(mlm_vl[-2:]) < 0.85 * sum(mlm_vl[:2]), mlm_vl
