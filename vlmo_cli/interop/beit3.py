@@ -17,13 +17,13 @@ conversion is refused. Keys that fit nowhere are named and refused unless the ca
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..model.beit3_config import OFFICIAL_SHAPES, Beit3Config, get_beit3_config
+from .shapes import given_heads, numbered_blocks, square_image_size
 
 PREFIX = "beit3."
 State = dict[str, torch.Tensor]
@@ -121,28 +121,10 @@ def map_heads(rest: State, source: str):
     return out, heads, sorted(set(rest) - claimed), initial
 
 
-def _depth(backbone: State, source: str) -> int:
-    found = {int(m.group(1)) for k in backbone if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
-    if found != set(range(len(found))):
-        raise CheckpointError(f"{source}: the blocks are not numbered 0..N-1 (found {sorted(found)})")
-    return len(found)
-
-
-def _image_size(backbone: State, patch: int, source: str) -> int:
-    rows = backbone["encoder.embed_positions.A.weight"].shape[0]
-    grid = math.isqrt(max(rows - 3, 0))
-    if grid < 1 or grid * grid != rows - 3:
-        raise CheckpointError(
-            f"{source}: the image position table has {rows} rows, not 2 offset rows + CLS + a square patch grid"
-        )
-    return grid * patch
-
-
 def _num_heads(dim: int, depth: int, ffn: int, num_heads: int | None, source: str) -> tuple[int, str]:
-    if num_heads is not None:
-        if dim % num_heads:
-            raise CheckpointError(f"{source}: option --num-heads {num_heads} does not divide the width {dim}")
-        return num_heads, "option --num-heads"
+    given = given_heads(num_heads, dim, source)
+    if given is not None:
+        return given
     size = OFFICIAL_SHAPES.get((dim, depth))
     official = get_beit3_config(size) if size else None
     if official is not None and official.ffn_dim == ffn:
@@ -160,11 +142,13 @@ def infer_config(backbone: State, heads: State, head_names: list[str],
     proj = backbone["vision_embed.proj.weight"]
     dim = proj.shape[0]
     language = LANGUAGE_MARKER in backbone
-    depth = _depth(backbone, source)
+    depth = numbered_blocks(backbone, r"encoder\.layers\.(\d+)\.", "the blocks", source)
     ffn = backbone["encoder.layers.0.ffn.A.fc1.weight"].shape[0]
     heads_n, how = _num_heads(dim, depth, ffn, num_heads, source)
+    image_size = square_image_size(backbone["encoder.embed_positions.A.weight"].shape[0], 3, proj.shape[-1],
+                                   "the image position table", "2 offset rows + CLS", source)
     fields = dict(
-        image_size=_image_size(backbone, proj.shape[-1], source), patch_size=proj.shape[-1], in_chans=proj.shape[1],
+        image_size=image_size, patch_size=proj.shape[-1], in_chans=proj.shape[1],
         embed_dim=dim, depth=depth, num_heads=heads_n, ffn_dim=ffn, language=language,
         normalize_output="encoder.layer_norm.A.weight" in backbone, heads=head_names, name="converted",
     )

@@ -17,7 +17,6 @@ conversion is refused.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..model.vqkd import VqkdConfig
+from .shapes import given_heads, numbered_blocks, square_image_size
 
 State = dict[str, torch.Tensor]
 
@@ -103,28 +103,11 @@ def split_released(state: State, source: str) -> tuple[State, dict[str, list[str
     return kept, dropped, unknown
 
 
-def _depth(state: State, source: str) -> int:
-    found = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.blocks\.(\d+)\.", k))}
-    if found != set(range(len(found))):
-        raise CheckpointError(f"{source}: the encoder blocks are not numbered 0..N-1 (found {sorted(found)})")
-    return len(found)
-
-
-def _image_size(state: State, patch: int, source: str) -> int:
-    rows = state["encoder.pos_embed"].shape[-2]
-    grid = math.isqrt(max(rows - 1, 0))
-    if grid < 1 or grid * grid != rows - 1:
-        raise CheckpointError(f"{source}: the position table encoder.pos_embed has {rows} rows, not CLS + a square "
-                              "patch grid")
-    return grid * patch
-
-
 def _num_heads(shape: tuple[int, int, int, int], num_heads: int | None, source: str) -> tuple[int, str]:
     dim, depth, ffn, patch = shape
-    if num_heads is not None:
-        if dim % num_heads:
-            raise CheckpointError(f"{source}: option --num-heads {num_heads} does not divide the width {dim}")
-        return num_heads, "option --num-heads"
+    given = given_heads(num_heads, dim, source)
+    if given is not None:
+        return given
     if shape in RELEASED_ENCODERS:
         return RELEASED_ENCODERS[shape], (f"the released VQ-KD encoder (width {dim}, depth {depth}, MLP {ffn}, "
                                           f"{patch} px patches)")
@@ -142,7 +125,7 @@ def infer_config(state: State, source: str, num_heads: int | None = None) -> tup
         raise CheckpointError(f"{source}: encoder.patch_embed.proj.weight {tuple(proj.shape)} is not a square patch "
                               "projection")
     dim, patch = proj.shape[0], proj.shape[-1]
-    depth = _depth(state, source)
+    depth = numbered_blocks(state, r"encoder\.blocks\.(\d+)\.", "the encoder blocks", source)
     ffn = state["encoder.blocks.0.mlp.fc1.weight"].shape[0]
     codebook = state[CODEBOOK]
     task_out = state["encode_task_layer.2.weight"]
@@ -150,8 +133,10 @@ def infer_config(state: State, source: str, num_heads: int | None = None) -> tup
         raise CheckpointError(f"{source}: encode_task_layer.2.weight {tuple(task_out.shape)} does not map the width "
                               f"{dim} to the codebook's entries {tuple(codebook.shape)}")
     heads, how = _num_heads((dim, depth, ffn, patch), num_heads, source)
+    image_size = square_image_size(state["encoder.pos_embed"].shape[-2], 1, patch,
+                                   "the position table encoder.pos_embed", "CLS", source)
     try:
-        cfg = VqkdConfig(image_size=_image_size(state, patch, source), patch_size=patch, in_chans=proj.shape[1],
+        cfg = VqkdConfig(image_size=image_size, patch_size=patch, in_chans=proj.shape[1],
                          embed_dim=dim, depth=depth, num_heads=heads, ffn_dim=ffn, codebook_size=codebook.shape[0],
                          codebook_dim=codebook.shape[1], name="converted")
     except ConfigError as exc:
