@@ -28,6 +28,7 @@ out of it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -172,8 +173,7 @@ class MaskedDataObjective:
     device, outside the trained model: never saved, never synchronised by DDP)."""
 
     def __init__(self) -> None:
-        self._teachers: dict[tuple[str, str], torch.nn.Module] = {}
-        self._tokenizers: dict[tuple[str, str], torch.nn.Module] = {}
+        self._frozen: dict[tuple[str, str, str], torch.nn.Module] = {}
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], task) -> tuple[torch.Tensor, dict]:
         parts = {name: trim_text_padding(part) for name, part in split_parts(batch).items()}
@@ -185,13 +185,16 @@ class MaskedDataObjective:
             patch_loss = pixel_target_loss(model.config.patch_size)
         return masked_data_loss(masked_data_view(model), parts, patch_loss)
 
+    def _load_once(self, load: Callable[[str], torch.nn.Module], path: str, device: torch.device) -> torch.nn.Module:
+        """``load(path)`` on ``device``, loaded at the first call only (per loader, directory and device)."""
+        key = (load.__name__, str(Path(path).resolve()), str(device))
+        if key not in self._frozen:
+            self._frozen[key] = load(path).to(device)
+        return self._frozen[key]
+
     def teacher(self, path: str, device: torch.device):
         """``pixel_values -> [B, P, D_teacher]``: the teacher's final patch features of the whole image."""
-        key = (str(Path(path).resolve()), str(device))
-        model = self._teachers.get(key)
-        if model is None:
-            model = load_teacher(path).to(device)
-            self._teachers[key] = model
+        model = self._load_once(load_teacher, path, device)
         return lambda pixels: image_patch_features(model, pixels)
 
     def visual_tokens(self, path: str, device: torch.device):
@@ -200,11 +203,7 @@ class MaskedDataObjective:
         from ..data.transforms import MEAN, STD
         from ..model.vqkd import tokenizer_input
 
-        key = (str(Path(path).resolve()), str(device))
-        model = self._tokenizers.get(key)
-        if model is None:
-            model = load_visual_tokenizer(path).to(device)
-            self._tokenizers[key] = model
+        model = self._load_once(load_visual_tokenizer, path, device)
         return lambda pixels: model.tokenize(tokenizer_input(pixels, MEAN, STD))
 
 
@@ -234,10 +233,7 @@ def teacher_dim(task, image_size: int, patch_size: int) -> int:
     except VlmoError as exc:
         raise RecipeError(f"pretrain.mdm.teacher: {exc} (a VLMo or BEiT-3 model directory, run folder or checkpoint)"
                           ) from None
-    if cfg.patch_size != patch_size or cfg.image_size != image_size:
-        raise RecipeError(f"pretrain.mdm.teacher: {task.teacher} sees {cfg.image_size} px images in {cfg.patch_size} "
-                          f"px patches; the student {image_size} px in {patch_size} px patches: the patch grids must "
-                          "be the same")
+    _check_same_grid("teacher", task.teacher, cfg, image_size, patch_size)
     return cfg.embed_dim
 
 
@@ -260,12 +256,16 @@ def codebook_size(task, image_size: int, patch_size: int) -> int:
         cfg = vqkd_config(task.visual_tokenizer)
     except VlmoError as exc:
         raise RecipeError(f"pretrain.mdm.visual_tokenizer: {exc}") from None
-    if cfg.patch_size != patch_size or cfg.image_size != image_size:
-        raise RecipeError(f"pretrain.mdm.visual_tokenizer: {task.visual_tokenizer} labels {cfg.image_size} px images "
-                          f"in {cfg.patch_size} px patches; the student sees {image_size} px in {patch_size} px "
-                          "patches: the patch grids must be the same (set data.image_size and the model's patch size "
-                          "to the tokenizer's)")
+    _check_same_grid("visual_tokenizer", task.visual_tokenizer, cfg, image_size, patch_size)
     return cfg.codebook_size
+
+
+def _check_same_grid(key: str, path: str, cfg, image_size: int, patch_size: int) -> None:
+    """The frozen model at ``pretrain.mdm.<key>`` reads the student's pixels: it must cut them into the same patches."""
+    if cfg.patch_size != patch_size or cfg.image_size != image_size:
+        raise RecipeError(f"pretrain.mdm.{key}: {path} reads {cfg.image_size} px images in {cfg.patch_size} px "
+                          f"patches; the student sees {image_size} px in {patch_size} px patches: the patch grids "
+                          "must be the same (set data.image_size and the model's patch size to its own)")
 
 
 def mim_target_dim(task, image_size: int, patch_size: int) -> int:
