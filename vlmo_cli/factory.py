@@ -184,11 +184,12 @@ def convert_beit_to_dir(
     ``config_by`` / ``heads_by`` say where ``cfg`` and its head count were chosen (e.g. ``"option --size base"``);
     the weights' metadata record them under ``inferred`` (:func:`~vlmo_cli.interop.beit.describe_sources`).
     """
-    from .interop.beit import convert_beit, describe_sources, read_beit_checkpoint
+    from .interop.beit import convert_beit, describe_sources
+    from .interop.official import read_checkpoint
 
     kind, inputs = model_dir_kind(CONVERT_BEIT), [checkpoint, vocab]
     check_directory(out_dir, kind, overwrite=overwrite, inputs=inputs)
-    state = read_beit_checkpoint(checkpoint)
+    state, _ = read_checkpoint(checkpoint)
     model = convert_beit(state, cfg, source=str(checkpoint), **options)
     metadata = {"source": f"beit:{Path(checkpoint).name}", "inferred": describe_sources(state, cfg, config_by, heads_by)}
     return save_model(model, out_dir, extra_files=vocab_files(vocab), command=CONVERT_BEIT, overwrite=overwrite,

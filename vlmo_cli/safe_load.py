@@ -3,8 +3,9 @@
 :func:`load_torch_file` is the one place the package calls ``torch.load``. It always passes ``weights_only=True``:
 tensors, plain containers, the few types torch allow-lists and ``argparse.Namespace`` load (training scripts such as
 unilm's store their ``args`` beside the weights; a Namespace is an attribute bag that runs no code when rebuilt);
-anything whose unpickling would call other code is refused (:class:`UnsafeFileError`), and a damaged file is reported as corrupt (:class:`CorruptFileError`). Both
-are :class:`~vlmo_cli.errors.CheckpointError`, so the CLI prints them as one line and exits with code 2.
+anything whose unpickling would call other code is refused (:class:`UnsafeFileError`), and a damaged file is reported
+as corrupt (:class:`CorruptFileError`). Both are :class:`~vlmo_cli.errors.CheckpointError`, so the CLI prints them
+as one line and exits with code 2.
 """
 
 from __future__ import annotations

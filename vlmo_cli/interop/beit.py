@@ -70,13 +70,6 @@ _EXPERT_PARTS = ("norm2_{}.weight", "norm2_{}.bias", "mlp_{}.fc1.weight", "mlp_{
                  "mlp_{}.fc2.bias")
 
 
-def read_beit_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict of a BEiT ``.pth`` file, loaded with ``weights_only=True`` (the ``args`` unilm training
-    checkpoints store beside the weights load too; anything else that needs code to unpickle is refused)."""
-    state, _ = read_checkpoint(path)
-    return state
-
-
 def _unwrap(state: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in unwrap_state_dict(state).items() if isinstance(v, torch.Tensor)}
 
@@ -237,7 +230,7 @@ def convert_beit(
     if final_norm not in ("auto", "official"):
         raise CheckpointError(f"final_norm must be 'auto' or 'official', got {final_norm!r}")
     if isinstance(checkpoint, (str, Path)):
-        source, state = str(checkpoint), read_beit_checkpoint(checkpoint)
+        source, state = str(checkpoint), read_checkpoint(checkpoint)[0]
     else:
         source, state = source or "<state dict>", checkpoint
     mapped = beit_state_dict(state, cfg, source=source, final_norm=final_norm)
