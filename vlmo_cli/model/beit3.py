@@ -33,8 +33,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .beit3_config import Beit3Config
-from .beit3_heads import (ClassifyHead, NLVR2Head, PatchTargetHead, RetrievalHead, VocabularyHead, VQAHead,
-                          captioning_mask, unilm_init)
+from .beit3_heads import (ClassifyHead, LinearHead, NLVR2Head, RetrievalHead, VQAHead, captioning_mask,
+                          unilm_init)
 
 #: parameters of the encoder that torchscale's sub-LN initialisation multiplies by sqrt(log(2 · depth))
 SUBLN_SCALED = ("fc1", "fc2", "out_proj", "v_proj")
@@ -257,13 +257,13 @@ class Beit3(nn.Module):
         if cfg.has_head("classify"):
             self.classify_head = ClassifyHead(cfg.embed_dim, cfg.num_classes)
         if cfg.has_head("captioning"):
-            self.captioning_head = VocabularyHead(cfg.embed_dim, cfg.vocab_size)
+            self.captioning_head = LinearHead(cfg.embed_dim, cfg.vocab_size)
         if cfg.has_head("pair_classify"):  # this project's image-text classification: the VQA head's layout
             self.pair_classify_head = VQAHead(cfg.embed_dim, cfg.num_classes)
         if cfg.has_head("mlm"):  # masked data modelling: masked text tokens
-            self.mlm_head = VocabularyHead(cfg.embed_dim, cfg.vocab_size)
+            self.mlm_head = LinearHead(cfg.embed_dim, cfg.vocab_size)
         if cfg.has_head("mim"):  # masked data modelling: masked image patches
-            self.mim_head = PatchTargetHead(cfg.embed_dim, cfg.mim_target_dim or cfg.patch_size**2 * cfg.in_chans)
+            self.mim_head = LinearHead(cfg.embed_dim, cfg.mim_target_dim or cfg.patch_size**2 * cfg.in_chans)
         self._init_backbone()
 
     # ------------------------------------------------------------------ initialisation

@@ -114,18 +114,10 @@ class ClassifyHead(nn.Module):
         return self.head(self.fc_norm(patch_tokens.mean(1)))
 
 
-class VocabularyHead(nn.Linear):
-    """Vocabulary scores of text features: a linear layer with bias (``mlm_head`` of unilm's captioning model; the
-    masked-token head of masked data modelling has the same layout)."""
-
-    def __init__(self, dim: int, vocab_size: int) -> None:
-        super().__init__(dim, vocab_size)
-        unilm_init(self)
-
-
-class PatchTargetHead(nn.Linear):
-    """Targets of image patch features: one linear layer (the layout of BEiT's ``lm_head`` over the patch tokens),
-    ``out_dim`` outputs per patch (pixels, a teacher's features or visual-token scores)."""
+class LinearHead(nn.Linear):
+    """A linear layer with bias, initialised as unilm's heads: the vocabulary scores of text features (``mlm_head`` of
+    unilm's captioning model, and the masked-token head of masked data modelling) and the targets of image patch
+    features (the layout of BEiT's ``lm_head``: pixels, a teacher's features or visual-token scores per patch)."""
 
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__(dim, out_dim)
