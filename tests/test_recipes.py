@@ -429,7 +429,8 @@ def test_recipe_found_by_name_outside_the_repo(tmp_path, monkeypatch):
 
 def test_task_keys_do_not_shadow_shared_keys():
     """A flat stage key must have one meaning: task fields never reuse a [train]/[data]/[model] key."""
-    from vlmo_cli.config.schema import shared_specs, specs_of
+    from vlmo_cli.config.fields import specs_of
+    from vlmo_cli.config.schema import shared_specs
 
     shared = {k for s in ("train", "data", "model") for k in shared_specs(s)}
     for spec in STAGES.values():

@@ -20,20 +20,19 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError, RecipeError
-from .values import INVALID, check_value, format_value, parse_text, suggest
+from .fields import FieldSpec, specs_of
 from .schema import (
     SHARED_SECTIONS,
     STAGE_GROUPS,
     STAGES,
-    FieldSpec,
     RecipeData,
     RecipeModel,
     RecipeTrain,
     ResolvedStage,
     shared_specs,
-    specs_of,
     stage_sections,
 )
+from .values import INVALID, check_value, format_value, parse_text, suggest
 from .toml import dump_toml
 
 __all__ = [

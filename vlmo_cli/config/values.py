@@ -9,7 +9,7 @@ import types
 import typing
 from typing import Any, Iterable, Literal
 
-from .schema import FieldSpec, is_finite_number
+from .fields import FieldSpec, is_finite_number
 from .toml import toml_scalar
 
 INVALID = object()  # placeholder for a value that failed validation (never left in a returned Recipe)
