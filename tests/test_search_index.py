@@ -166,3 +166,16 @@ def test_caption_file_image_to_text_with_rerank(models, tmp_path, capsys):
     code, _, err = run(capsys, "search", "--model", str(models["itm"]), "--index", str(tmp_path / "imgs"), "red",
                        "--ann", "ivf")
     assert code == 2 and "--ann must be one of auto, flat, ivfpq, hnsw" in err
+
+
+def test_search_prints_long_paths_whole(models, tmp_path, capsys):
+    """The status line and every hit name their file in full however narrow the console (a path the user can copy)."""
+    folder = tmp_path.joinpath(*[f"a_rather_long_folder_name_{i}" for i in range(4)])
+    paths = write_images(folder, 3)
+    code, out, err = run(capsys, "search", "--model", str(models["itc"]), "--index", str(folder), "red",
+                         "--top-k", "3")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.startswith(f"index {folder}") for line in lines), out  # the status line is never wrapped
+    cells = "".join(line.split("│")[-2].strip() for line in lines if line.count("│") >= 4)  # the folded image column
+    assert all(str(p) in cells for p in paths), out

@@ -94,7 +94,7 @@ def search(
     if reranked:
         table.add_column("cosine", justify="right")
         table.add_column("ITM", justify="right")
-    table.add_column("image" if captions is None else "caption (line: text)", style="cyan")
+    table.add_column("image" if captions is None else "caption (line: text)", style="cyan", overflow="fold")
     for hit in result.hits:
         extra = [f"{hit.similarity:.4f}", "-" if hit.itm is None else f"{hit.itm:.3f}"] if reranked else []
         table.add_row(str(hit.rank), f"{hit.score:.4f}", *extra, hit.label)
