@@ -1,19 +1,23 @@
 """Does the data path keep up with stage 3? Loader samples/s at 224 px from 640x480 JPEGs of realistic size.
 
-Run: ``python benchmarks/bench_loader.py [--images 384] [--batches 8] [--workers 0,2,4]``. Writes JPEGs (quality 90,
-photo-like: smooth shapes plus sensor-like noise, about 100 KB each, as COCO's 640x480 images are), then measures
+Run: ``python benchmarks/bench_loader.py [--images 384] [--batches 16] [--workers 0,1,2] [--json PATH]``. Writes
+JPEGs (quality 90, photo-like: smooth shapes plus sensor-like noise, about 100 KB each, as COCO's 640x480 images are)
+and measures stage 3's training loader (:func:`vlmo_cli.data.loader.build_dataloader`, task ``pairs``: train transform
+with RandomResizedCrop + flip + RandAugment, tokenisation, MLM masking; batch 32) over three layouts of them:
 
-- ``prepared``: the training loader (:func:`vlmo_cli.data.loader.build_dataloader`, task ``pairs``, train transform
-  with RandomResizedCrop + flip + RandAugment, tokenisation and MLM masking; batch 32) over the images prepared with
-  ``vlmo prepare pairs`` (Arrow, stored as found);
-- ``shards``: the same images written as webdataset tar shards (``webdataset.TarWriter``, 4 shards), read with
-  ``webdataset.WebDataset`` in a DataLoader: raw shard read + JPEG decode + the same train transform (no text);
+- ``prepared``: ``vlmo prepare pairs`` output (Arrow, images stored as found);
+- ``shards``: ``vlmo prepare pairs --out-format webdataset`` output (8 tar shards with ``sizes.json``), read by the
+  training shard stream (resampled, so that it never runs dry while timed);
+- ``prepared_max320``: prepared with ``--max-size 320`` (images re-encoded with a 320 px shorter side).
 
-with 0, 2 and 4 workers (and ``prepared_max320``: prepared with ``--max-size 320``, images stored re-encoded with a
-320 px shorter side), and the decoders per image: PIL (``decode_rgb``) against ``torchvision.io.decode_jpeg``
-(the pixels of both, and after the same eval transform), and how a sample's time splits into decode / transform.
-Prints one JSON object. The stage-3 step rate it compares against is stated with ``--step-rate`` (samples/s of one
-GPU; default: base at 224 px on one H100 at 45 % MFU in bf16, from the analytic FLOPs).
+Each configuration is timed in its steady state: ``--batches`` batches after the ones the DataLoader has prefetched.
+With one worker process a core makes every batch, so the one-worker rate is the rate per core, and
+``cores_per_gpu_for_2x`` = 2 x the step rate / that rate. The decoder comparison: PIL (``decode_rgb``) against
+``torchvision.io.decode_jpeg`` per image (time, and the pixels of both, also after the eval transform), and how a
+sample's time splits into decode / transform. The load average before and after is printed: numbers taken while
+other jobs share the cores are not per-core rates. Prints one JSON object. The stage-3 step rate it compares against
+is stated with ``--step-rate`` (samples/s of one GPU; default: base at 224 px on one H100 at 45 % MFU in bf16, from
+the analytic FLOPs).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -33,11 +38,13 @@ from vlmo_cli.data.images import decode_rgb
 from vlmo_cli.data.loader import build_dataloader
 from vlmo_cli.data.prepare import PrepareOptions, prepare
 from vlmo_cli.data.sources import FilePairsSource
+from vlmo_cli.data.streaming import StreamOptions
 from vlmo_cli.data.transforms import build_transform
 
 WIDTH, HEIGHT, QUALITY = 640, 480, 90
 H100_BF16_TFLOPS = 989.0
 TARGET_MFU = 0.45
+BATCH = 32
 
 
 def photo_like(rng: np.random.RandomState) -> Image.Image:
@@ -68,54 +75,54 @@ def make_images(root: Path, n: int) -> tuple[Path, list[tuple[bytes, str]]]:
     return root / "pairs.tsv", samples
 
 
-def write_shards(root: Path, samples: list[tuple[bytes, str]], shards: int = 4) -> list[str]:
-    import webdataset as wds
+def write_shards(root: Path, tsv: Path, tokenizer: Path, per_shard: int) -> None:
+    """The images as webdataset shards, written the way ``vlmo prepare pairs --out-format webdataset`` does."""
+    from vlmo_cli.data.shard_writer import write_shards as write
 
-    root.mkdir(parents=True)
-    per = -(-len(samples) // shards)
-    paths = []
-    for s in range(shards):
-        path = root / f"{s:05d}.tar"
-        with wds.TarWriter(str(path)) as sink:
-            for i in range(s * per, min(len(samples), (s + 1) * per)):
-                data, caption = samples[i]
-                sink.write({"__key__": f"{i:08d}", "jpg": data, "txt": caption})
-        paths.append(str(path))
-    return paths
+    write(FilePairsSource(tsv, "tsv"), root, PrepareOptions(workers=1, tokenizer=tokenizer),
+          samples_per_shard=per_shard)
 
 
-def rate(loader, batches: int) -> float:
+def prefetched(workers: int) -> int:
+    """Batches a DataLoader holds ready after its first one (``prefetch_factor`` 2 per worker): the timed window
+    starts after them, so it measures production, not the queue."""
+    return 1 + 2 * workers
+
+
+def rate(loader, batches: int, workers: int) -> float:
+    """Steady-state samples/s: ``batches`` batches after the prefetched ones (the loader must hold them all)."""
+    warm = prefetched(workers)
+    if len(loader) < warm + batches:
+        raise SystemExit(f"a loader of {len(loader)} batches cannot time {batches} after {warm} prefetched ones; "
+                         "use more --images")
     it = iter(loader)
-    next(it)  # worker start-up is not throughput
+    for _ in range(warm):
+        next(it)
     start, n = time.perf_counter(), 0
     for _ in range(batches):
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            batch = next(it)
-        n += len(batch["pixel_values"])
+        n += len(next(it)["pixel_values"])
     return n / (time.perf_counter() - start)
 
 
-def prepared_loader(prepared: Path, tokenizer: Path, workers: int):
-    return build_dataloader(prepared, "train", "pairs", tokenizer=tokenizer, image_size=224, patch_size=16,
-                            batch_size=32, workers=workers, mlm=True, max_text_len=40)
+def training_loader(data, tokenizer: Path, workers: int, **stream):
+    """Stage 3's training loader (task ``pairs``: train transform, tokenisation, MLM masking) over ``data``."""
+    return build_dataloader(data, "train", "pairs", tokenizer=tokenizer, image_size=224, patch_size=16,
+                            batch_size=BATCH, workers=workers, mlm=True, max_text_len=40, **stream)
 
 
-class _ShardTransform:
-    def __init__(self) -> None:
-        self.transform = build_transform(224, train=True)
-
-    def __call__(self, sample: dict) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.transform(decode_rgb(sample["jpg"]))}
-
-
-def shard_loader(paths: list[str], workers: int):
-    import webdataset as wds
-
-    dataset = wds.WebDataset(paths, shardshuffle=False, empty_check=False).map(_ShardTransform())
-    return torch.utils.data.DataLoader(dataset.batched(32, partial=False), batch_size=None, num_workers=workers)
+def loaders(root: Path, tokenizer: Path, images: int, batches: int, workers: int, layouts: list[str]) -> dict:
+    """One loader per layout, each long enough for the prefetched batches plus the timed ones."""
+    needed = (prefetched(workers) + batches + 1) * BATCH
+    copies = -(-needed // images)  # a prepared directory listed again is one longer epoch (the same images)
+    made = {}
+    for layout in layouts:
+        if layout == "shards":
+            made[layout] = training_loader(sorted(str(p) for p in (root / "shards").rglob("*.tar")), tokenizer,
+                                           workers, stream=StreamOptions(resampled=True, samples_per_epoch=needed *
+                                                                         max(1, workers)))
+        else:
+            made[layout] = training_loader([root / layout] * copies, tokenizer, workers)
+    return made
 
 
 def decoders(samples: list[tuple[bytes, str]], n: int = 48, rounds: int = 7) -> dict:
@@ -174,22 +181,27 @@ def assumed_step_rate() -> float:
     return H100_BF16_TFLOPS * 1e12 * TARGET_MFU / flops
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=384)
-    parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--workers", default="0,2,4")
+    parser.add_argument("--batches", type=int, default=16, help="timed batches per configuration")
+    parser.add_argument("--workers", default="0,1,2", help="DataLoader worker counts to measure, comma-separated")
     parser.add_argument("--max-size", type=int, default=320,
                         help="also prepare with --max-size (shorter side; 320 keeps every 224 px crop of scale >= 0.5 "
                              "a downscale) and measure that; 0 = skip")
+    parser.add_argument("--rounds", type=int, default=7, help="passes of the decoder comparison (0 = skip it)")
     parser.add_argument("--step-rate", type=float, default=None, help="stage-3 samples/s of one GPU to compare with")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     workers = [int(w) for w in args.workers.split(",")]
     step_rate = args.step_rate or assumed_step_rate()
-    results: dict = {"images": args.images, "image": f"{WIDTH}x{HEIGHT} JPEG q{QUALITY}", "step_rate": round(step_rate, 1),
+    results: dict = {"images": args.images, "image": f"{WIDTH}x{HEIGHT} JPEG q{QUALITY}", "batch": BATCH,
+                     "cpu_count": os.cpu_count(), "load_average_before": round(os.getloadavg()[0], 2),
+                     "step_rate": round(step_rate, 1),
                      "step_rate_source": "--step-rate" if args.step_rate else
                      "assumed: base stage 3, 224 px, one H100 at 45 % MFU (bf16 989 TFLOPS), analytic FLOPs"}
+    layouts = ["prepared", "shards"] + ([f"prepared_max{args.max_size}"] if args.max_size else [])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tsv, samples = make_images(root / "src", args.images)
@@ -198,25 +210,32 @@ def main() -> None:
 
         tokenizer = train_tokenizer([c for _, c in samples], vocab_size=200, method="words").save(root / "tok")
         prepare(FilePairsSource(tsv, "tsv"), root / "prepared", PrepareOptions(workers=1, tokenizer=tokenizer))
-        try:
-            shards = write_shards(root / "shards", samples)
-        except ImportError:
-            shards = None
-            results["shards"] = "skipped: the webdataset package is not installed"
+        write_shards(root / "shards", tsv, tokenizer, per_shard=max(1, args.images // 8))
         if args.max_size:
-            prepare(FilePairsSource(tsv, "tsv"), root / "resized",
+            prepare(FilePairsSource(tsv, "tsv"), root / layouts[-1],
                     PrepareOptions(workers=1, tokenizer=tokenizer, max_size=args.max_size))
-        results["decoders"] = decoders(samples)
+        if args.rounds:
+            results["decoders"] = decoders(samples, rounds=args.rounds)
+        rates: dict[str, dict[str, float]] = {layout: {} for layout in layouts}
         for w in workers:
-            results[f"prepared_w{w}"] = round(rate(prepared_loader(root / "prepared", tokenizer, w), args.batches), 1)
-            if shards:
-                results[f"shards_w{w}"] = round(rate(shard_loader(shards, w), args.batches), 1)
-            if args.max_size:
-                results[f"prepared_max{args.max_size}_w{w}"] = round(
-                    rate(prepared_loader(root / "resized", tokenizer, w), args.batches), 1)
-        for key in [k for k in results if k.startswith(("prepared_", "shards_w"))]:
-            results[f"{key}_x_step"] = round(results[key] / step_rate, 3)
-    print(json.dumps(results, indent=1))
+            for layout, loader in loaders(root, tokenizer, args.images, args.batches, w, layouts).items():
+                rates[layout][f"w{w}"] = round(rate(loader, args.batches, w), 1)
+    results["samples_per_s"] = rates
+    results["load_average_after"] = round(os.getloadavg()[0], 2)
+    results["per_core"], results["cores_per_gpu_for_2x"], results["best_x_step"] = {}, {}, {}
+    for layout, by_workers in rates.items():
+        # one worker process makes every batch on one core while the main process only receives them; without
+        # workers the main process makes them between its own receives
+        core = by_workers.get("w1", by_workers.get("w0"))
+        if core:
+            results["per_core"][layout] = core
+            results["cores_per_gpu_for_2x"][layout] = round(2 * step_rate / core, 1)
+        results["best_x_step"][layout] = round(max(by_workers.values()) / step_rate, 3)
+    text = json.dumps(results, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return results
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 # (`--reference`) for the speed-up, torch.compile on/off and activation checkpointing on/off (texts of 20-40 real
 # tokens padded to 40; the `captions` row: COCO-like 8-24 tokens, so the trimmed padding shows), and the `fsdp` row:
 # VLMo-large (FSDP_RECIPE) sharded with FSDP2 on 1 process (torchrun, `train.fsdp` path of the training loop, through
-# benchmarks/bench_fsdp.py) with activation checkpointing: its peak memory and samples/s. Prints a table
-# (samples/s, MFU, peak memory) and writes it as JSON to ${OUT:-.}/gpu_check.json. Made for one H100/H200 and about
-# 8 minutes; runs as is from a clone with the package installed (`pip install -e .`), no data or weights needed
-# (synthetic batches, random init).
+# benchmarks/bench_fsdp.py) with activation checkpointing: its peak memory and samples/s; and the `loader` row: the
+# stage-3 training loader on this machine's cores (benchmarks/bench_loader.py: prepared directory, webdataset
+# shards, `--max-size 320`; 0, 1 and all-but-two workers) against the step rate the eager-b64 row measured. Prints
+# a table (samples/s, MFU, peak memory) and the loader's, and writes both as JSON to ${OUT:-.}/gpu_check.json. Made
+# for one H100/H200 and about 8 minutes; runs as is from a clone with the package installed (`pip install -e .`), no
+# data or weights needed (synthetic batches, random init; the loader generates its JPEGs).
 #
 #   bash benchmarks/gpu_check.sh                  # defaults
 #   BUDGET_S=300 STEPS=6 bash benchmarks/gpu_check.sh
+#   ROWS=eager-b64,loader bash benchmarks/gpu_check.sh   # only these rows (the others are listed as not selected)
 #
 # Robustness: every configuration runs in its own process under `timeout`; an out-of-memory error, a timeout or
 # any other failure becomes a row of the table (status column) instead of stopping the script. Configurations that
@@ -22,6 +25,7 @@ BUDGET_S="${BUDGET_S:-450}"          # all configurations together (the script i
 STEPS="${STEPS:-10}"
 WARMUP="${WARMUP:-3}"
 RECIPE="${RECIPE:-base}"
+ROWS="${ROWS:-}"                     # comma-separated row names to run; empty = all
 FSDP_RECIPE="${FSDP_RECIPE:-large}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${PYTHON:-python}"
@@ -36,12 +40,24 @@ CONFIGS=(
   "eager-b64|64||90"
   "ckpt-b64|64|--checkpointing|90"
   "fsdp-large-ckpt-b32|32|--fsdp --checkpointing|150"
+  "loader|32|--loader|150"
   "captions-b64|64|--text-tokens 8-24|90"
   "compile-b64|64|--compile|240"
   "eager-b128|128||100"
   "ckpt-b128|128|--checkpointing|100"
   "compile-ckpt-b128|128|--compile --checkpointing|240"
 )
+
+if [[ -n "$ROWS" ]]; then
+  known="$(printf '%s,' "${CONFIGS[@]%%|*}")"
+  IFS=',' read -ra wanted <<<"$ROWS"
+  for row in "${wanted[@]}"; do
+    if [[ ",$known" != *",$row,"* ]]; then
+      echo "gpu_check: ROWS names '$row', which is not a row; rows: ${known%,}" >&2
+      exit 2
+    fi
+  done
+fi
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu_check: no CUDA device visible to torch; nothing to check" >&2
@@ -57,6 +73,11 @@ order=0
 for entry in "${CONFIGS[@]}"; do
   order=$(( order + 1 ))
   IFS='|' read -r name batch flags limit <<<"$entry"
+  if [[ -n "$ROWS" && ",$ROWS," != *",$name,"* ]]; then
+    echo "{\"order\": $order, \"name\": \"$name\", \"batch\": $batch, \"flags\": \"$flags\", \"status\": \"not selected (ROWS)\"}" \
+      > "$ROWS_DIR/$name.status.json"
+    continue
+  fi
   elapsed=$(( $(date +%s) - start ))
   left=$(( BUDGET_S - elapsed ))
   if (( left < 45 )); then
@@ -66,7 +87,14 @@ for entry in "${CONFIGS[@]}"; do
   fi
   (( limit > left )) && limit=$left
   echo "== $name: batch $batch $flags (timeout ${limit}s, ${left}s of budget left)"
-  if [[ "$flags" == --fsdp* ]]; then  # one process under torchrun: FSDP2 needs a process group
+  if [[ "$flags" == --loader ]]; then  # CPU only: the data path against the step rate measured above
+    step_rate=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['samples_per_s'])" \
+      "$ROWS_DIR/eager-b64.json" 2>/dev/null)
+    cores=$(nproc 2>/dev/null || echo 4)
+    timeout --kill-after=10 "$limit" "$PY" "$HERE/bench_loader.py" --images 512 --batches 16 --rounds 0 \
+      --workers "0,1,$(( cores > 3 ? cores - 2 : 2 ))" ${step_rate:+--step-rate "$step_rate"} \
+      --json "$ROWS_DIR/$name.loader.json" > "$ROWS_DIR/$name.log" 2>&1
+  elif [[ "$flags" == --fsdp* ]]; then  # one process under torchrun: FSDP2 needs a process group
     # shellcheck disable=SC2086
     timeout --kill-after=10 "$limit" "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 \
       "$HERE/bench_fsdp.py" --recipe "$FSDP_RECIPE" --batch "$batch" ${flags#--fsdp} --steps "$STEPS" \
@@ -110,6 +138,9 @@ for row in sorted((json.loads(p.read_text()) for p in rows_dir.glob("*.status.js
                    data_ms=r["times"]["data"] * 1e3, warmup_s=r["times"]["warmup_total_s"],
                    tflops=r["achieved_tflops"], peak_tflops=r["peak_tflops"], gflops_per_sample=r["flops_per_sample"] / 1e9,
                    device=r["device"])
+    loader_file = rows_dir / f"{row['name']}.loader.json"
+    if row["status"] == "ok" and loader_file.exists():
+        row["loader"] = json.loads(loader_file.read_text())
     rows.append(row)
 
 head = f"{'config':<20}{'batch':>6}{'samples/s':>11}{'MFU':>8}{'peak GiB':>10}{'step ms':>9}{'fwd':>8}{'bwd':>8}{'opt':>7}  status"
@@ -122,7 +153,17 @@ for r in rows:
         print(f"{r['name']:<20}{r['batch']:>6}{r['samples_per_s']:>11.1f}{mfu:>8}{r['peak_memory_gib']:>10.1f}"
               f"{r['step_ms']:>9.1f}{r['forward_ms']:>8.1f}{r['backward_ms']:>8.1f}{r['optimizer_ms']:>7.1f}  ok")
     else:
-        print(f"{r['name']:<20}{r['batch']:>6}{'':>11}{'':>8}{'':>10}{'':>9}{'':>8}{'':>8}{'':>7}  {r['status']}")
+        status = "ok (loader: below)" if "loader" in r else r["status"]
+        print(f"{r['name']:<20}{r['batch']:>6}{'':>11}{'':>8}{'':>10}{'':>9}{'':>8}{'':>8}{'':>7}  {status}")
+for r in rows:
+    if "loader" in r:
+        loader = r["loader"]
+        print(f"\nstage-3 training loader, {loader['cpu_count']} cores, against {loader['step_rate']} samples/s "
+              f"({loader['step_rate_source']}); target: >= 2x")
+        for layout, by_workers in loader["samples_per_s"].items():
+            cells = "  ".join(f"{w}: {v:.0f}" for w, v in by_workers.items())
+            print(f"{layout:<20}{cells}   best {loader['best_x_step'][layout]:.2f}x the step; 2x needs "
+                  f"{loader['cores_per_gpu_for_2x'][layout]} cores per GPU")
 by_name = {r["name"]: r for r in rows if "samples_per_s" in r}
 speedup = None
 if "eager-b32" in by_name and "reference-b32" in by_name:  # the same synthetic batches (same seed)
