@@ -1,6 +1,6 @@
 """Does the data path keep up with stage 3? Loader samples/s at 224 px from 640x480 JPEGs of realistic size.
 
-Run: ``python benchmarks/bench_loader.py [--images 384] [--batches 16] [--workers 0,1,2] [--json PATH]``. Writes
+Run: ``python benchmarks/bench_loader.py [--images 384] [--batches 16] [--workers 0,1,2,4] [--json PATH]``. Writes
 JPEGs (quality 90, photo-like: smooth shapes plus sensor-like noise, about 100 KB each, as COCO's 640x480 images are)
 and measures stage 3's training loader (:func:`vlmo_cli.data.loader.build_dataloader`, task ``pairs``: train transform
 with RandomResizedCrop + flip + RandAugment, tokenisation, MLM masking; batch 32) over three layouts of them:
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=384)
     parser.add_argument("--batches", type=int, default=16, help="timed batches per configuration")
-    parser.add_argument("--workers", default="0,1,2", help="DataLoader worker counts to measure, comma-separated")
+    parser.add_argument("--workers", default="0,1,2,4", help="DataLoader worker counts to measure, comma-separated")
     parser.add_argument("--max-size", type=int, default=320,
                         help="also prepare with --max-size (shorter side; 320 keeps every 224 px crop of scale >= 0.5 "
                              "a downscale) and measure that; 0 = skip")
