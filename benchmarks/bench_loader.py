@@ -116,10 +116,10 @@ def loaders(root: Path, tokenizer: Path, images: int, batches: int, workers: int
     copies = -(-needed // images)  # a prepared directory listed again is one longer epoch (the same images)
     made = {}
     for layout in layouts:
-        if layout == "shards":
+        if layout == "shards":  # an epoch in which every worker stream alone could fill the window
+            epoch = StreamOptions(resampled=True, samples_per_epoch=needed * max(1, workers))
             made[layout] = training_loader(sorted(str(p) for p in (root / "shards").rglob("*.tar")), tokenizer,
-                                           workers, stream=StreamOptions(resampled=True, samples_per_epoch=needed *
-                                                                         max(1, workers)))
+                                           workers, stream=epoch)
         else:
             made[layout] = training_loader([root / layout] * copies, tokenizer, workers)
     return made

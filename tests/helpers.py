@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 from vlmo_cli.cli.app import main
 
@@ -153,3 +155,14 @@ def train_values(run_dir, key: str) -> list[float]:
     from vlmo_cli.train.monitor import read_metrics
 
     return [m[key] for m in read_metrics(run_dir) if key in m and not any(k.startswith("val_") for k in m)]
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/NAME.py`` as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

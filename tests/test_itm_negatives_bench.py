@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "itm_negatives.py"
+from helpers import load_benchmark
 
 
 def test_itm_negatives_smoke(demo_root, tmp_path, capsys):
@@ -15,9 +12,7 @@ def test_itm_negatives_smoke(demo_root, tmp_path, capsys):
 
     model_dir = save_model(VLMo(get_config("tiny", vocab_size=160, max_text_len=16, heads=["pooler", "itc"])),
                            tmp_path / "model")
-    spec = importlib.util.spec_from_file_location("itm_negatives", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("itm_negatives")
     counts = module.main([str(model_dir), "--pairs", str(demo_root / "demo_data" / "pairs"), "--batches", "2",
                           "--batch", "8"])
     assert set(counts) == {"official", "uniform"}

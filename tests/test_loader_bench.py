@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_loader.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_loader", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_loader"] = module
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 @pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision are deprecated")
 def test_bench_loader_smoke(tmp_path):
-    bench = load_script()
+    bench = load_benchmark("bench_loader")
     out = tmp_path / "loader.json"
     results = bench.main(["--images", "24", "--batches", "1", "--workers", "0,1", "--max-size", "160",
                           "--rounds", "1", "--step-rate", "500", "--json", str(out)])
@@ -40,6 +28,6 @@ def test_bench_loader_smoke(tmp_path):
 
 
 def test_bench_loader_refuses_a_loader_too_short_to_time():
-    bench = load_script()
+    bench = load_benchmark("bench_loader")
     with pytest.raises(SystemExit, match="cannot time 4 after 3 prefetched"):
         bench.rate([{"pixel_values": [0]}] * 6, batches=4, workers=1)

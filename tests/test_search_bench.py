@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_search.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_search", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def test_bench_search_smoke(tmp_path, capsys):
-    bench = load_script()
+    bench = load_benchmark("bench_search")
     out = tmp_path / "bench.json"
     record = bench.main(["--n", "2000", "--dim", "64", "--kinds", "ivfpq,hnsw,flat,scan", "--recall-queries", "50", "--single", "5",
                          "--batches", "2", "--scan-single", "3", "--scan-batches", "1", "--out", str(out)])
