@@ -16,7 +16,8 @@ from vlmo_cli.inference.embed import embed, load_embeddings
 from vlmo_cli.errors import VlmoError
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.vlmo import VLMo
-from vlmo_cli.inference.search import INDEX_NAME, load_index, search_folder, update_index
+from vlmo_cli.inference.collection_index import INDEX_NAME, load_index, update_index
+from vlmo_cli.inference.search import search_folder
 
 COLORS = [(220, 40, 40), (40, 200, 60), (50, 90, 230), (230, 210, 40), (200, 200, 200)]
 

@@ -17,15 +17,8 @@ from vlmo_cli.data.tokenizer import load_tokenizer
 from vlmo_cli.model.config import get_config
 from vlmo_cli.model.vlmo import VLMo
 from vlmo_cli.inference.ann import FLAT_MAX, AnnIndex, plan, recall_at_k, resolve_kind
-from vlmo_cli.inference.search import (
-    ANN_FILE,
-    INDEX_NAME,
-    load_index,
-    nearest,
-    search_folder,
-    update_caption_index,
-    update_index,
-)
+from vlmo_cli.inference.collection_index import ANN_FILE, INDEX_NAME, load_index, update_caption_index, update_index
+from vlmo_cli.inference.search import nearest, search_folder
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..factory import InferenceModel
-    from ..inference.search import ImageIndex
+    from ..inference.collection_index import ImageIndex
 
 LABEL_FILES = ("labels.json", "answers.json")
 THUMBNAIL_PX = 160
@@ -95,7 +95,7 @@ class SearchService:
              labels: str | Path | None = None, batch_size: int = 64) -> tuple[SearchService, object | None]:
         """Load the model, bring the index up to date; returns the service and the update statistics (or ``None``)."""
         from ..factory import load_inference_model
-        from ..inference.search import update_caption_index, update_index
+        from ..inference.collection_index import update_caption_index, update_index
 
         if index is not None and captions is not None:
             raise VlmoError("serve either a folder of images (--index FOLDER) or a caption file (--captions FILE)")
